@@ -1,0 +1,252 @@
+"""From a data config to a grain pipeline of batches: sharded, shuffled, resumable.
+
+``make_dataset(config, split, batch_size, seed, process_index, process_count)`` returns a
+``grain.IterDataset``; ``iter()`` of it is a ``grain.DatasetIterator`` whose
+``get_state()`` (a small JSON-able dict) and ``set_state(state)`` resume the exact stream, for
+checkpoints. Batches are dicts of numpy arrays [batch_size // process_count, seq_len], laid
+out as in ``example.py``.
+
+- train: repeats forever. Text windows and TFDS records are reshuffled every epoch from
+  ``seed``; synthetic examples are i.i.d. draws keyed by (seed, index), so they are not
+  shuffled again. Incomplete batches never occur.
+- eval: finite and the same on every call. Synthetic eval sets are keyed by
+  ``config.eval_seed`` (not the run seed) so runs with different seeds share one eval set.
+  The last batch is completed with rows whose ``loss_mask`` is all False, so every example is
+  evaluated once; for map-style sources (synthetic, text files) every host also gets the same
+  number of batches (needed when hosts step together). For TFDS, packing happens per host
+  after sharding, so hosts can end up with different batch counts: a multi-host trainer
+  should evaluate a fixed number of batches there.
+- sharding: host p of P reads source indices p, p + P, p + 2P, ... (disjoint slices), before
+  shuffling; ``batch_size`` is the global batch, split evenly over hosts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import grain
+
+from cyb_jax.data import example as example_lib
+from cyb_jax.data import synthetic
+from cyb_jax.data import tasks
+from cyb_jax.data import text as text_lib
+from cyb_jax.data import tfds_text
+from cyb_jax.data import tokenizer as tokenizer_lib
+
+TEXT_FILE = "text_file"
+TFDS = "tfds"
+SPLITS = ("train", "eval")
+DEFAULT_TEXT_SEQ_LEN = 256
+
+
+def known_sources() -> list[str]:
+  return sorted(tasks.TASKS) + [TEXT_FILE, TFDS]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """What to read. Only the fields of the chosen source matter."""
+  # A synthetic task name (pointer_chasing, addition, set_sum), "text_file" or "tfds".
+  name: str = "pointer_chasing"
+  # Row length N. Synthetic: None = the task's own length (else rows are padded to it);
+  # text: None = DEFAULT_TEXT_SEQ_LEN.
+  seq_len: int | None = None
+  # Synthetic tasks: overrides of the task's config fields (see each task's *Config).
+  task: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  eval_seed: int = 0            # synthetic eval set key, independent of the run seed
+  eval_examples: int = 1024     # synthetic eval set size
+  # Text file: path, and the fraction of its tokens (at the end) held out for eval.
+  text_path: str = ""
+  eval_fraction: float = 0.1
+  # TFDS: dataset prepared as ArrayRecord in tfds_data_dir (None = TFDS default dir).
+  tfds_name: str = "lm1b"
+  tfds_data_dir: str | None = None
+  tfds_text_field: str = "text"
+  tfds_train_split: str = "train"
+  tfds_eval_split: str = "test"
+  packing_bins: int = 16        # first-fit bins; more bins, less padding, more latency
+  # Text tokenizer: "byte" or "sentencepiece" (needs spm_model_path and the package).
+  tokenizer: str = "byte"
+  spm_model_path: str = ""
+  # Background reading: threads (0 = read in the consuming thread) and batches buffered.
+  read_threads: int = 2
+  prefetch_batches: int = 4
+
+  @classmethod
+  def from_any(cls, config_like=None, **overrides) -> "DataConfig":
+    """DataConfig, Mapping, ml_collections ConfigDict (anything with ``to_dict``) or None."""
+    if config_like is None:
+      values = {}
+    elif isinstance(config_like, DataConfig):
+      values = dataclasses.asdict(config_like)
+    elif hasattr(config_like, "to_dict"):
+      values = dict(config_like.to_dict())
+    elif isinstance(config_like, Mapping):
+      values = dict(config_like)
+    else:
+      raise TypeError(f"cannot read a data config from {type(config_like).__name__}")
+    values.update(overrides)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+      raise ValueError(f"unknown data config field(s) {unknown}; known: {sorted(fields)}")
+    if values.get("task") is not None and hasattr(values["task"], "to_dict"):
+      values["task"] = values["task"].to_dict()
+    return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+  """What the model and reports need to know about a source."""
+  vocab_size: int                       # real tokens; the model adds <dk> at this index
+  seq_len: int                          # N
+  difficulty_names: dict[int, str] | None  # synthetic tasks: label -> name; else None
+
+
+def _check_name(config: DataConfig) -> None:
+  if config.name not in known_sources():
+    raise ValueError(f"unknown data source or task {config.name!r}; known: {known_sources()}")
+
+
+def make_synthetic_task(config: DataConfig) -> synthetic.SyntheticTask:
+  overrides = dict(config.task or {})
+  if config.seq_len is not None:
+    overrides.setdefault("seq_len", config.seq_len)
+  return tasks.make_task(config.name, overrides)
+
+
+def _text_seq_len(config: DataConfig) -> int:
+  return DEFAULT_TEXT_SEQ_LEN if config.seq_len is None else int(config.seq_len)
+
+
+def _tokenizer(config: DataConfig):
+  return tokenizer_lib.make_tokenizer(config.tokenizer, config.spm_model_path)
+
+
+def data_info(config_like=None) -> DataInfo:
+  """Vocabulary size, row length and difficulty names of the configured source."""
+  config = DataConfig.from_any(config_like)
+  _check_name(config)
+  if config.name in tasks.TASKS:
+    task = make_synthetic_task(config)
+    return DataInfo(task.vocab_size, task.seq_len, dict(task.difficulty_names))
+  return DataInfo(_tokenizer(config).vocab_size, _text_seq_len(config), None)
+
+
+def make_source(config_like, split: str, seed: int = 0):
+  """The random-access source (``__len__``, ``__getitem__`` -> example dict) of a
+  synthetic task or text file, before sharding, shuffling and batching."""
+  config = DataConfig.from_any(config_like)
+  _check_name(config)
+  _check_split(split)
+  if config.name in tasks.TASKS:
+    task = make_synthetic_task(config)
+    if split == "train":
+      return synthetic.SyntheticSource(task, seed, "train")
+    return synthetic.SyntheticSource(task, config.eval_seed, "eval", config.eval_examples)
+  if config.name == TEXT_FILE:
+    if not config.text_path:
+      raise ValueError("data source 'text_file' needs text_path")
+    return text_lib.TextWindowSource(config.text_path, _text_seq_len(config), split,
+                                     config.eval_fraction, _tokenizer(config))
+  raise ValueError(f"data source {config.name!r} has no random-access source; "
+                   "use make_dataset")
+
+
+def _check_split(split: str) -> None:
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; known: {list(SPLITS)}")
+
+
+class _PaddedSource:
+  """``source`` extended to ``length`` items with loss-free copies of item 0 (eval filler)."""
+
+  def __init__(self, source, length: int):
+    self._source = source
+    self._length = length
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int):
+    if index < len(self._source):
+      return self._source[index]
+    return example_lib.masked_copy(self._source[0])
+
+  def __repr__(self) -> str:
+    return f"_PaddedSource({self._source!r}, length={self._length})"
+
+
+def make_dataset(config_like, split: str, batch_size: int, seed: int = 0,
+                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """Batches of ``split`` for host ``process_index`` of ``process_count``.
+
+  Args:
+    config_like: DataConfig, a mapping or ConfigDict with its fields, or None for defaults.
+    split: "train" (infinite, shuffled by ``seed``) or "eval" (finite, deterministic).
+    batch_size: global batch size B; each host gets B // process_count rows.
+    seed: run seed, in [0, 2**32): shuffling and synthetic train examples.
+
+  Returns:
+    grain.IterDataset of batch dicts (see example.py), arrays [B // process_count, N].
+  """
+  config = DataConfig.from_any(config_like)
+  _check_name(config)
+  _check_split(split)
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, "
+                     f"{process_count}")
+  if batch_size < process_count or batch_size % process_count:
+    raise ValueError(f"batch_size={batch_size} must be a positive multiple of "
+                     f"process_count={process_count}")
+  if not 0 <= seed < 2**32:
+    raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+  host_batch = batch_size // process_count
+  host_slice = slice(process_index, None, process_count)
+
+  if config.name == TFDS:
+    return _tfds_dataset(config, split, batch_size, seed, host_batch, host_slice)
+
+  read_options = grain.ReadOptions(num_threads=config.read_threads,
+                                   prefetch_buffer_size=config.prefetch_batches)
+  source = make_source(config, split, seed)
+  if split == "eval":
+    padded_length = math.ceil(len(source) / batch_size) * batch_size
+    dataset = grain.MapDataset.source(_PaddedSource(source, padded_length))[host_slice]
+    dataset = dataset.batch(host_batch, drop_remainder=True)
+    return dataset.to_iter_dataset(read_options)
+
+  dataset = grain.MapDataset.source(source)[host_slice]
+  if len(dataset) < host_batch:
+    raise ValueError(f"{source!r} gives host {process_index} only {len(dataset)} examples, "
+                     f"fewer than one batch of {host_batch}")
+  if config.name not in tasks.TASKS:
+    # Per-epoch reshuffle: ShuffleMapDataset re-seeds by epoch as repeat runs past its end.
+    dataset = dataset.shuffle(seed)
+  dataset = dataset.repeat().batch(host_batch, drop_remainder=True)
+  return dataset.to_iter_dataset(read_options)
+
+
+def _tfds_dataset(config: DataConfig, split: str, batch_size: int, seed: int, host_batch: int,
+                  host_slice: slice) -> grain.IterDataset:
+  seq_len = _text_seq_len(config)
+  tfds_split = config.tfds_train_split if split == "train" else config.tfds_eval_split
+  records = tfds_text.open_tfds_source(config.tfds_name, tfds_split, config.tfds_data_dir)
+  if len(records) == 0:  # pylint: disable=g-explicit-length-test
+    raise ValueError(f"TFDS dataset {config.tfds_name!r} split {tfds_split!r} is empty")
+  documents = grain.MapDataset.source(records)[host_slice]
+  if split == "train":
+    documents = documents.shuffle(seed).repeat()
+  documents = documents.map(tfds_text.TokenizeDocument(_tokenizer(config), config.tfds_text_field,
+                                                       max_tokens=seq_len + 1))
+  read_options = grain.ReadOptions(num_threads=config.read_threads,
+                                   prefetch_buffer_size=config.prefetch_batches * host_batch)
+  examples = tfds_text.pack_documents(documents.to_iter_dataset(read_options), seq_len,
+                                      num_bins=config.packing_bins, seed=seed,
+                                      shuffle_bins=split == "train")
+  if split == "train":
+    return examples.batch(host_batch, drop_remainder=True)
+  batches = examples.batch(host_batch, drop_remainder=False)
+  return batches.map(lambda batch: example_lib.pad_batch(batch, host_batch))

@@ -1,0 +1,238 @@
+"""Jitted, batched generation with adaptive pauses (DESIGN.md section 6).
+
+Every loop iteration runs exactly one model query per sequence: either a pause step for the sequence's
+current token or step 0 of its next token. So each sequence pauses on its own, and a batch costs as many
+iterations as its slowest sequence needs, not (K+1) per token.
+
+Caches (per layer, keys and values):
+  real cache `[B, C, H, Dh]`: the real tokens (C = prompt length + generated tokens); with
+    `pause_context="stream"` pauses are written here too, as ordinary tokens.
+  chain cache `[B, K, H, Dh]`: the current token's pause steps (private chains only); it is simply
+    ignored (masked) once the token is emitted, since no later query may see it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from cyb_jax import model as model_lib
+from cyb_jax import policies
+from cyb_jax.layers import Block, two_part_attention
+
+
+@flax.struct.dataclass
+class Generation:
+  """tokens: int32 `[B, M]` generated tokens; pauses: int32 `[B, M]` pauses taken before each.
+
+  step_logits: float32 `[B, M, S, V+1]` (only with `return_logits`): the logits the model produced at
+    each realised (token, step); steps never reached hold NaN.
+  num_queries: int32 scalar, model queries (loop iterations) the batch took.
+  """
+
+  tokens: jax.Array
+  pauses: jax.Array
+  step_logits: Optional[jax.Array]
+  num_queries: jax.Array
+
+
+@flax.struct.dataclass
+class _State:
+  iteration: jax.Array      # scalar
+  emitted: jax.Array        # [B] tokens emitted so far
+  step: jax.Array           # [B] current step j of the current token
+  query_position: jax.Array  # [B] rotary position of the query just run
+  cache_length: jax.Array   # [B] entries written in the real cache
+  current_token: jax.Array  # [B] the real token whose target is being predicted
+  logits: jax.Array         # [B, V+1] output of the query just run
+  hidden: jax.Array         # [B, D] final residual of the query just run (pause feedback)
+  log_survival: jax.Array   # [B] log R_j for the current token
+  real_cache: list          # per layer (k, v) [B, C, H, Dh]
+  chain_cache: list         # per layer (k, v) [B, K, H, Dh]
+  tokens: jax.Array         # [B, M]
+  pauses: jax.Array         # [B, M]
+  step_logits: jax.Array    # [B, M, S, V+1] or a dummy [B, 1, 1, 1]
+
+
+def _write_rows(cache_BCHd: jax.Array, rows_BHd: jax.Array, index_B: jax.Array,
+                enabled_B: jax.Array) -> jax.Array:
+  """cache[b, index[b]] = rows[b] where enabled[b]; other rows unchanged.
+
+  A one-row scatter per sequence, so a step costs O(row), not O(cache), inside the while loop.
+  """
+  batch_index = jnp.arange(cache_BCHd.shape[0])
+  current_BHd = cache_BCHd[batch_index, index_B]
+  new_BHd = jnp.where(enabled_B[:, None, None], rows_BHd.astype(cache_BCHd.dtype), current_BHd)
+  return cache_BCHd.at[batch_index, index_B].set(new_BHd)
+
+
+def _query(params, config: model_lib.ModelConfig, x_BD, position_B, real_cache, real_write_index_B,
+           real_write_B, real_visible_B, chain_cache, chain_slot_B, chain_write_B, chain_visible_B):
+  """Runs one query per sequence through all layers, writing its keys/values where asked.
+
+  real_visible_B: the query sees real-cache entries [0, real_visible); chain_visible_B: chain slots
+  [0, chain_visible). Returns the final residual `[B, D]` and the updated caches.
+  """
+  block = model_lib._block(config)
+  x_B1D = x_BD[:, None]
+  positions_B1 = position_B[:, None]
+  cache_len = real_cache[0][0].shape[1]
+  real_mask_B1C = (jnp.arange(cache_len)[None, :] < real_visible_B[:, None])[:, None]
+  new_real, new_chain = [], []
+  for layer, block_params in enumerate(params["blocks"]):
+    q, k, v = block.apply({"params": block_params}, x_B1D, positions_B1, method=Block.qkv)
+    real_k, real_v = real_cache[layer]
+    real_k = _write_rows(real_k, k[:, 0], real_write_index_B, real_write_B)
+    real_v = _write_rows(real_v, v[:, 0], real_write_index_B, real_write_B)
+    new_real.append((real_k, real_v))
+    if chain_cache:
+      chain_k, chain_v = chain_cache[layer]
+      chain_k = _write_rows(chain_k, k[:, 0], chain_slot_B, chain_write_B)
+      chain_v = _write_rows(chain_v, v[:, 0], chain_slot_B, chain_write_B)
+      new_chain.append((chain_k, chain_v))
+      num_slots = chain_k.shape[1]
+      chain_mask_B1K = (jnp.arange(num_slots)[None, :] < chain_visible_B[:, None])[:, None]
+      attended = two_part_attention(q, real_k, real_v, real_mask_B1C, chain_k[:, None], chain_v[:, None],
+                                    chain_mask_B1K)
+    else:
+      attended = two_part_attention(q, real_k, real_v, real_mask_B1C)
+    x_B1D = block.apply({"params": block_params}, x_B1D, attended, method=Block.finish)
+  return x_B1D[:, 0], new_real, new_chain
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_tokens", "policy", "num_pauses",
+                                             "return_logits"))
+def _generate(params, prompt_BT, rng, tau, q, temperature, *, config, num_tokens, policy, num_pauses,
+              return_logits):
+  batch, prompt_len = prompt_BT.shape
+  stream = config.pause_context == "stream"
+  vocab = config.vocab_size
+  per_token_entries = num_pauses + 1 if stream else 1
+  cache_len = prompt_len + num_tokens * per_token_entries
+  max_iterations = num_tokens * (num_pauses + 1) + 1
+
+  # Prefill: a plain causal pass over the prompt gives the real cache and the first step-0 output.
+  positions_BT = jnp.broadcast_to(jnp.arange(prompt_len), (batch, prompt_len))
+  hidden_BTD, prompt_kv = model_lib.causal_forward(params, model_lib.embed_tokens(params, prompt_BT),
+                                                   positions_BT, config)
+  pad = [(0, 0), (0, cache_len - prompt_len), (0, 0), (0, 0)]
+  real_cache = [(jnp.pad(k, pad), jnp.pad(v, pad)) for k, v in prompt_kv]
+  chain_shape = (batch, max(num_pauses, 1), config.num_heads, config.head_dim)
+  chain_cache = [] if stream else [
+      (jnp.zeros(chain_shape, k.dtype), jnp.zeros(chain_shape, k.dtype)) for k, _ in prompt_kv]
+  last_hidden_BD = hidden_BTD[:, -1]
+  logits_shape = (batch, num_tokens, num_pauses + 1, vocab + 1) if return_logits else (batch, 1, 1, 1)
+  zeros_B = jnp.zeros((batch,), jnp.int32)
+  state = _State(
+      iteration=jnp.zeros((), jnp.int32), emitted=zeros_B, step=zeros_B,
+      query_position=jnp.full((batch,), prompt_len - 1, jnp.int32),
+      cache_length=jnp.full((batch,), prompt_len, jnp.int32), current_token=prompt_BT[:, -1],
+      logits=model_lib.output_logits(params, last_hidden_BD, config), hidden=last_hidden_BD,
+      log_survival=jnp.zeros((batch,), jnp.float32), real_cache=real_cache, chain_cache=chain_cache,
+      tokens=jnp.zeros((batch, num_tokens), jnp.int32), pauses=jnp.zeros((batch, num_tokens), jnp.int32),
+      step_logits=jnp.full(logits_shape, jnp.nan, jnp.float32))
+
+  def not_finished(state: _State):
+    return jnp.any(state.emitted < num_tokens) & (state.iteration < max_iterations)
+
+  def iterate(state: _State) -> _State:
+    active_B = state.emitted < num_tokens
+    key = jax.random.fold_in(rng, state.iteration)
+    pause_key, token_key = jax.random.split(key)
+    pause_B = policies.wants_pause(policy, state.logits, state.step, num_pauses, tau=tau, q=q,
+                                   log_survival=state.log_survival, rng=pause_key) & active_B
+    answer_B = active_B & ~pause_B
+    slot_B = jnp.minimum(state.emitted, num_tokens - 1)
+    batch_index = jnp.arange(batch)
+
+    step_logits = state.step_logits
+    if return_logits:
+      recorded = step_logits[batch_index, slot_B, state.step]
+      step_logits = step_logits.at[batch_index, slot_B, state.step].set(
+          jnp.where(active_B[:, None], state.logits, recorded))
+
+    # The emitted token is drawn from a_j: the real-vocabulary part of the current step's output.
+    real_logits = state.logits[:, :vocab]
+    greedy = jnp.argmax(real_logits, axis=-1)
+    sampled = jax.random.categorical(token_key, real_logits / jnp.maximum(temperature, 1e-6))
+    new_token_B = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+    tokens = state.tokens.at[batch_index, slot_B].set(
+        jnp.where(answer_B, new_token_B, state.tokens[batch_index, slot_B]))
+    pauses = state.pauses.at[batch_index, slot_B].set(
+        jnp.where(answer_B, state.step, state.pauses[batch_index, slot_B]))
+    emitted = state.emitted + answer_B
+
+    # Next query: a pause step for pausing sequences, step 0 of the new token for answering ones.
+    next_step_B = jnp.where(pause_B, state.step + 1, 0)
+    current_token_B = jnp.where(answer_B, new_token_B, state.current_token)
+    pause_x_BD = model_lib.pause_inputs(params, current_token_B, jnp.maximum(next_step_B, 1), config,
+                                        feedback_hidden=state.hidden)
+    x_BD = jnp.where(pause_B[:, None], pause_x_BD, model_lib.embed_tokens(params, current_token_B))
+    writes_real_B = answer_B | (pause_B if stream else jnp.zeros_like(pause_B))
+    if stream:
+      # Pauses are tokens of the stream: every query takes the next position and a cache entry.
+      position_B = state.query_position + 1
+    else:
+      # A pause shares its token's position; a new token takes the next one.
+      position_B = state.query_position + answer_B
+    hidden_BD, real_cache, chain_cache = _query(
+        params, config, x_BD, position_B, state.real_cache, real_write_index_B=state.cache_length,
+        real_write_B=writes_real_B, real_visible_B=state.cache_length + writes_real_B,
+        chain_cache=state.chain_cache, chain_slot_B=state.step, chain_write_B=pause_B,
+        chain_visible_B=jnp.where(pause_B, next_step_B, 0))
+
+    log_d_B = policies.log_dk(state.logits)
+    return _State(
+        iteration=state.iteration + 1, emitted=emitted,
+        step=jnp.where(active_B, next_step_B, state.step),
+        query_position=jnp.where(active_B, position_B, state.query_position),
+        cache_length=state.cache_length + writes_real_B, current_token=current_token_B,
+        logits=jnp.where(active_B[:, None], model_lib.output_logits(params, hidden_BD, config),
+                         state.logits),
+        hidden=jnp.where(active_B[:, None], hidden_BD, state.hidden),
+        log_survival=jnp.where(pause_B, state.log_survival + log_d_B, 0.0),
+        real_cache=real_cache, chain_cache=chain_cache, tokens=tokens, pauses=pauses,
+        step_logits=step_logits)
+
+  final = jax.lax.while_loop(not_finished, iterate, state)
+  return Generation(tokens=final.tokens, pauses=final.pauses,
+                    step_logits=final.step_logits if return_logits else None,
+                    num_queries=final.iteration)
+
+
+def generate(params, prompt: jax.Array, config: model_lib.ModelConfig, *, num_tokens: int,
+             num_pauses: Optional[int] = None, policy: str = "threshold", tau: float = 0.5,
+             q: float = 0.5, temperature: float = 0.0, rng: Optional[jax.Array] = None,
+             return_logits: bool = False) -> Generation:
+  """Generates `num_tokens` tokens after each prompt, pausing as `policy` decides.
+
+  prompt: int `[B, T]`, all prompts of one length T >= 1. num_pauses: K, at most `config.max_pauses`
+  (default: `config.max_pauses`). temperature 0 emits the argmax of a_j, otherwise samples from a_j.
+  The compiled function is cached per (config, shapes, policy, K); tau, q and temperature are traced, so a
+  sweep over them does not recompile.
+  """
+  num_pauses = config.max_pauses if num_pauses is None else num_pauses
+  policies.check_policy(policy, tau=tau, q=q)
+  if prompt.ndim != 2 or prompt.shape[1] < 1:
+    raise ValueError(f"prompt must have shape [B, T] with T >= 1, got {prompt.shape}")
+  if not 0 <= num_pauses <= config.max_pauses:
+    raise ValueError(f"num_pauses must lie in [0, model.max_pauses = {config.max_pauses}], "
+                     f"got {num_pauses}")
+  if num_tokens < 1:
+    raise ValueError(f"num_tokens must be positive, got {num_tokens}")
+  per_token = num_pauses + 1 if config.pause_context == "stream" else 1
+  if prompt.shape[1] + num_tokens * per_token > config.max_len:
+    raise ValueError(f"prompt length {prompt.shape[1]} + {num_tokens} generated tokens "
+                     f"(x{per_token} cache entries each) exceeds model.max_len = {config.max_len}")
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature}")
+  if rng is None:
+    rng = jax.random.PRNGKey(0)
+  return _generate(params, jnp.asarray(prompt, jnp.int32), rng, jnp.asarray(tau, jnp.float32),
+                   jnp.asarray(q, jnp.float32), jnp.asarray(temperature, jnp.float32), config=config,
+                   num_tokens=num_tokens, policy=policy, num_pauses=num_pauses,
+                   return_logits=return_logits)

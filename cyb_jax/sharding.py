@@ -1,0 +1,58 @@
+"""Device mesh and shardings: batches split over (data, fsdp), parameters split over fsdp.
+
+Mesh axes: "data" (pure data parallelism: parameters replicated) and "fsdp" (data parallelism with
+parameters and optimiser state sharded). A batch's leading axis is split over both, so every device
+holds batch_size / device_count rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+DATA, FSDP = "data", "fsdp"
+BATCH_AXES = (DATA, FSDP)
+
+
+def make_mesh(data: int, fsdp: int) -> jax.sharding.Mesh:
+  """A (data, fsdp) mesh over all devices; data = -1 takes what fsdp leaves."""
+  devices = jax.device_count()
+  if data == -1:
+    data = devices // fsdp
+  # Auto axes: XLA propagates shardings through ops such as the embedding gather on a sharded batch.
+  return jax.make_mesh((data, fsdp), (DATA, FSDP), axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> PartitionSpec:
+  """Shards the largest axis that the fsdp size divides; small or indivisible arrays stay replicated."""
+  if fsdp_size == 1 or not shape or int(np.prod(shape)) < 1024:
+    return PartitionSpec()
+  candidates = [axis for axis, size in enumerate(shape) if size % fsdp_size == 0]
+  if not candidates:
+    return PartitionSpec()
+  axis = max(candidates, key=lambda a: shape[a])
+  return PartitionSpec(*([None] * axis + [FSDP]))
+
+
+def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:
+  """A NamedSharding for every leaf of a (shape-only) train state, by the fsdp rule."""
+  fsdp_size = mesh.shape[FSDP]
+  return jax.tree.map(lambda leaf: NamedSharding(mesh, fsdp_spec(tuple(leaf.shape), fsdp_size)),
+                      abstract_state)
+
+
+def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
+  """Assembles each host's rows into global arrays (one host: a plain device_put with the sharding)."""
+  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+          for key, value in local_batch.items()}

@@ -1,0 +1,38 @@
+"""The train state: everything that changes from one step to the next, as one pytree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step: int32 scalar, steps taken. params: model parameters. opt_state: optax state.
+  dp_cost: float32 scalar, the CYB-DP price per pause (the dual variable when a budget is set; unused by
+  other objectives but kept so every objective has one state layout)."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  dp_cost: jax.Array
+
+
+def make_optimizer(optim_config, num_steps: int) -> optax.GradientTransformation:
+  """AdamW with linear warm-up then cosine decay to 0, after global-norm clipping."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=optim_config.learning_rate, warmup_steps=optim_config.warmup_steps,
+      decay_steps=max(num_steps, optim_config.warmup_steps + 1), end_value=0.0)
+  return optax.chain(
+      optax.clip_by_global_norm(optim_config.clip_norm),
+      optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2,
+                  weight_decay=optim_config.weight_decay))
+
+
+def create(params: Any, optimizer: optax.GradientTransformation, initial_cost: float) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                    dp_cost=jnp.asarray(initial_cost, jnp.float32))

@@ -1,0 +1,316 @@
+"""The training loop: sharded jitted steps, metrics, periodic eval, checkpoints and automatic resume.
+
+`train(config, workdir)` is what `train.py` calls. In order:
+  1. validate the config (one-line errors naming the key, before any compilation);
+  2. build the mesh and the train state, restoring the latest checkpoint in `workdir` if there is one
+     (its model shape must match) or starting from `config.init_from`'s no-pause parameters;
+  3. compile the train step ahead of time;
+  4. loop: one step per batch; every `log_every` steps fetch the metrics of the whole window at once (the
+     device never waits for the host in between), stop on a non-finite loss naming the step; evaluate
+     every `eval_every`; checkpoint every `checkpoint_every` (only after the window's losses were checked,
+     so no bad state is ever saved); on SIGTERM save and return;
+  5. evaluate the final model on the eval split and print a summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cyb_jax import checkpointing
+from cyb_jax import configuration
+from cyb_jax import evaluate
+from cyb_jax import losses
+from cyb_jax import metrics_writer
+from cyb_jax import model as model_lib
+from cyb_jax import sharding
+from cyb_jax import summary as summary_lib
+from cyb_jax import train_state as train_state_lib
+from cyb_jax.data import example as example_lib
+from cyb_jax.data import pipeline as data_pipeline
+
+log = logging.getLogger("cyb_jax")
+STEP_KEYS = (example_lib.INPUTS, example_lib.TARGETS, example_lib.LOSS_MASK)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or inf; the message names the first bad step."""
+
+
+def train_step(state: train_state_lib.TrainState, batch: dict, *, model_config: model_lib.ModelConfig,
+               num_pauses: int, objective: configuration.ObjectiveSettings,
+               optimizer: optax.GradientTransformation):
+  """One optimiser step on a batch `{inputs, targets, loss_mask}` `[B, N]`. Returns (state, metrics)."""
+  mask_BN = batch[example_lib.LOSS_MASK]
+
+  def loss_fn(params):
+    stats = model_lib.rollout_stats(params, batch[example_lib.INPUTS], batch[example_lib.TARGETS],
+                                    model_config, num_pauses, mask_BN)
+    kwargs = objective.loss_kwargs()
+    if objective.name == "cyb_dp":
+      kwargs["cost"] = state.dp_cost
+    return losses.objective_loss(objective.name, stats, mask_BN, **kwargs)
+
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  dp_cost = state.dp_cost
+  if objective.name == "cyb_dp" and objective.budget is not None:
+    dp_cost = losses.dual_update(dp_cost, aux.mean_pauses, budget=objective.budget, lr=objective.dual_lr)
+  metrics = {"loss": loss, "mean_pauses": aux.mean_pauses, "nll_at_step": aux.nll_at_step,
+             "halt_distribution": aux.halt_distribution, "grad_norm": optax.global_norm(grads),
+             "dp_cost": state.dp_cost, "tokens": aux.num_tokens}
+  new_state = train_state_lib.TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                                         dp_cost=dp_cost)
+  return new_state, metrics
+
+
+class _StopFlag:
+  """Set by SIGTERM (preemption): the loop saves a checkpoint and returns."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      del signum, frame
+      self.requested = True
+    try:
+      self._previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: no handler, nothing to restore
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _log_start(settings: configuration.Settings, mesh) -> None:
+  log.info("jax %s, %d process(es), %d device(s) (%s), mesh %s", jax.__version__, jax.process_count(),
+           jax.device_count(), jax.devices()[0].platform, dict(mesh.shape))
+  log.info("model %s", settings.model)
+  log.info("objective %s %s, K = %d", settings.objective.name, settings.objective.hparams,
+           settings.num_pauses)
+
+
+def _load_init_params(init_dir: str, model_config: model_lib.ModelConfig, rng: jax.Array) -> Any:
+  """Parameters of the no-pause run in `init_dir`, extended with fresh pause parameters if needed."""
+  source = checkpointing.Checkpointer(init_dir, read_only=True)
+  step = source.latest_step()
+  if step is None:
+    raise configuration.ConfigError(f"config.init_from = {init_dir!r} holds no checkpoint")
+  meta = source.restore_meta(step)
+  saved = meta["model"]
+  if saved["vocab_size"] != model_config.vocab_size:
+    raise configuration.ConfigError(
+        f"config.init_from: vocabulary mismatch: the checkpoint in {init_dir!r} has vocab_size "
+        f"{saved['vocab_size']}, this run's data has {model_config.vocab_size}")
+  for key in ("width", "num_layers", "num_heads", "mlp_hidden"):
+    if saved[key] != getattr(model_config, key):
+      raise configuration.ConfigError(
+          f"config.init_from: model.{key} is {saved[key]} in {init_dir!r}, {getattr(model_config, key)} "
+          "in this config")
+  params = source.restore_raw_state(step)["params"]
+  source.close()
+  params = jax.tree.map(jnp.asarray, params)
+  # orbax returns lists of layers as lists or as dicts keyed "0", "1", ...: normalise to a list.
+  if isinstance(params["blocks"], dict):
+    params["blocks"] = [params["blocks"][str(i)] for i in range(len(params["blocks"]))]
+  if saved["max_pauses"] > 0:
+    params = {k: params[k] for k in ("embed", "blocks", "final_norm", "head")}
+    log.info("init_from: %s was trained with pauses; keeping only its no-pause parameters", init_dir)
+  if model_config.max_pauses == 0:
+    return params
+  return model_lib.extend_params(params, model_config, rng)
+
+
+@dataclasses.dataclass
+class _Window:
+  """Metrics of the steps since the last fetch, still on device."""
+
+  steps: list = dataclasses.field(default_factory=list)
+  metrics: list = dataclasses.field(default_factory=list)
+  started: float = dataclasses.field(default_factory=time.perf_counter)
+
+  def add(self, step: int, metrics: dict) -> None:
+    self.steps.append(step)
+    self.metrics.append(metrics)
+
+  def fetch(self) -> Optional[dict]:
+    """Host copies averaged over the window; raises NonFiniteLossError at the first bad step."""
+    if not self.steps:
+      return None
+    host = jax.device_get(self.metrics)
+    for step, metrics in zip(self.steps, host):
+      if not np.isfinite(metrics["loss"]):
+        raise NonFiniteLossError(f"non-finite loss {float(metrics['loss'])} at step {step}; "
+                                 "no checkpoint of this state was written")
+    seconds = time.perf_counter() - self.started
+    mean = {key: np.mean([m[key] for m in host], axis=0) for key in host[0]}
+    tokens = float(np.sum([m["tokens"] for m in host]))
+    mean["tokens_per_s"] = tokens / max(seconds, 1e-9)
+    mean["steps_per_s"] = len(self.steps) / max(seconds, 1e-9)
+    del mean["tokens"]
+    self.steps, self.metrics, self.started = [], [], time.perf_counter()
+    return mean
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the run in `workdir` and returns the final eval results."""
+  if config.distributed:
+    jax.distributed.initialize()
+  settings = configuration.settings_from_config(config, device_count=jax.device_count(),
+                                                process_count=jax.process_count())
+  is_main = jax.process_index() == 0
+  mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
+  _log_start(settings, mesh)
+  num_steps = int(config.train.num_steps)
+  optimizer = train_state_lib.make_optimizer(config.optim, num_steps)
+  model_config = settings.model
+  rng = jax.random.PRNGKey(int(config.seed))
+
+  def init_state(rng):
+    return train_state_lib.create(model_lib.init(model_config, rng), optimizer,
+                                  settings.objective.initial_cost)
+
+  abstract_state = jax.eval_shape(init_state, rng)
+  state_shardings = sharding.state_shardings(abstract_state, mesh)
+  checkpointer = checkpointing.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
+  meta = {"config": configuration.as_json_dict(config), "model": dataclasses.asdict(model_config),
+          "data_info": {"vocab_size": settings.data_info.vocab_size,
+                        "seq_len": settings.data_info.seq_len,
+                        "difficulty_names": settings.data_info.difficulty_names}}
+
+  latest = checkpointer.latest_step()
+  data_state = None
+  if latest is not None:
+    saved_shape = configuration.model_shape(model_lib.ModelConfig(**checkpointer.restore_meta(latest)["model"]))
+    if saved_shape != configuration.model_shape(model_config):
+      raise configuration.ConfigError(
+          f"work directory {workdir!r} holds a checkpoint (step {latest}) of a different model shape: "
+          f"{saved_shape} vs this config's {configuration.model_shape(model_config)}; use a new --workdir")
+    target = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+                          abstract_state, state_shardings)
+    state, _, data_state = checkpointer.restore(latest, target)
+    log.info("resumed from %s at step %d", checkpointer.directory, latest)
+  elif config.init_from:
+    params = _load_init_params(config.init_from, model_config, rng)
+    state = jax.jit(lambda p: train_state_lib.create(p, optimizer, settings.objective.initial_cost),
+                    out_shardings=state_shardings)(params)
+    log.info("initialised from the no-pause checkpoint in %s", config.init_from)
+  else:
+    state = jax.jit(init_state, out_shardings=state_shardings)(rng)
+
+  batch_size = int(config.train.batch_size)
+  train_data = iter(data_pipeline.make_dataset(
+      settings.data, "train", batch_size, seed=int(config.seed), process_index=jax.process_index(),
+      process_count=jax.process_count()))
+  if data_state:
+    train_data.set_state(data_state)
+  batch_sharding = sharding.batch_sharding(mesh)
+  put_batch = functools.partial(sharding.global_batch, sharding=batch_sharding)
+
+  step_fn = functools.partial(train_step, model_config=model_config, num_pauses=settings.num_pauses,
+                              objective=settings.objective, optimizer=optimizer)
+  seq_len = settings.data_info.seq_len
+  batch_spec = {key: jax.ShapeDtypeStruct((batch_size, seq_len),
+                                          jnp.bool_ if key == example_lib.LOSS_MASK else jnp.int32,
+                                          sharding=batch_sharding) for key in STEP_KEYS}
+  compiled_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+                          out_shardings=(state_shardings, sharding.replicated(mesh)),
+                          donate_argnums=0).lower(state, batch_spec).compile()
+
+  writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
+  run_eval = functools.partial(_evaluate, settings=settings, put_batch=put_batch,
+                               batch_size=batch_size)
+  start_step = int(jax.device_get(state.step))
+  window = _Window()
+  progress = _progress_bar(num_steps, start_step, enabled=is_main)
+  last_saved = latest
+
+  def save(step: int, force: bool = False) -> None:
+    nonlocal last_saved
+    if last_saved == step:
+      return
+    checkpointer.save(step, state, meta, train_data.get_state(), force=force)
+    last_saved = step
+
+  def flush(step: int) -> None:
+    mean = window.fetch()
+    if mean is None:
+      return
+    writer.write(step, "train", mean)
+    progress.set_postfix(loss=f"{mean['loss']:.4f}", pauses=f"{mean['mean_pauses']:.2f}",
+                         tok_s=f"{mean['tokens_per_s']:.0f}", refresh=False)
+
+  try:
+    with _StopFlag() as stop:
+      for step in range(start_step + 1, num_steps + 1):
+        batch = next(train_data)
+        state, metrics = compiled_step(state, put_batch({k: batch[k] for k in STEP_KEYS}))
+        window.add(step, metrics)
+        progress.update(1)
+        is_last = step == num_steps
+        if stop.requested or step % config.train.log_every == 0 or is_last or \
+            step % config.train.checkpoint_every == 0:
+          flush(step)
+        if stop.requested:
+          save(step, force=True)
+          checkpointer.wait()
+          log.warning("SIGTERM: saved step %d to %s; exiting", step, checkpointer.directory)
+          progress.close()
+          return {"stopped_at": step}
+        if step % config.train.checkpoint_every == 0 or is_last:
+          save(step)
+        if step % config.train.eval_every == 0 and not is_last:
+          results = run_eval(state.params, max_batches=int(config.train.eval_batches))
+          writer.write(step, "eval", results)
+    progress.close()
+    checkpointer.wait()
+    final = run_eval(state.params, max_batches=0)
+    final["step"] = num_steps
+    writer.write(num_steps, "eval", final)
+    if is_main:
+      summary_text = summary_lib.format_summary(final, settings)
+      print(summary_text, flush=True)
+      with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(metrics_writer.to_json_types(final), f, indent=1)
+    return final
+  finally:
+    progress.close()
+    writer.close()
+    checkpointer.close()
+
+
+def _evaluate(params, *, settings: configuration.Settings, put_batch, batch_size: int,
+              max_batches: int) -> dict:
+  """Eval metrics on the eval split under the configured policy (see evaluate.py)."""
+  config = settings.config
+  batches = data_pipeline.make_dataset(settings.data, "eval", batch_size, seed=int(config.seed),
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count())
+  return evaluate.evaluate(params, iter(batches), settings.model, settings.num_pauses,
+                           policy=config.eval.policy, tau=config.eval.tau, q=config.eval.q,
+                           difficulty_names=settings.data_info.difficulty_names,
+                           max_batches=max_batches, put_batch=put_batch)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step",
+              dynamic_ncols=True, mininterval=1.0, file=sys.stderr)

@@ -1,0 +1,576 @@
+"""Tests for cyb_jax.data: task answers re-derived independently, batch layout, text windows,
+TFDS packing on mock data, sharding, and resumable iterator state."""
+
+import collections
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cyb_jax import data
+from cyb_jax.data import tfds_text
+
+SHAKESPEARE = "/work/shared/data/tinyshakespeare.txt"
+BOS_BYTE = data.ByteTokenizer.BOS_ID
+
+
+def stream_of(example):
+  """The T = N + 1 tokens an example was cut from."""
+  return np.concatenate([example["inputs"], example["targets"][-1:]])
+
+
+def take(iterator, count):
+  return [next(iterator) for _ in range(count)]
+
+
+def assert_batches_equal(left, right):
+  assert len(left) == len(right)
+  for a, b in zip(left, right):
+    assert sorted(a) == sorted(b)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def row_keys(batches):
+  return [row.tobytes() for batch in batches for row in batch["inputs"]]
+
+
+# ----------------------------------------------------------------------------------------
+# Independent decoders of the documented layouts. Each returns the loss mask and labels it
+# expects, after asserting every answer it finds.
+
+
+def check_pointer_chasing(task, example):
+  m = task.config.num_symbols
+  tokens = stream_of(example)
+  assert tokens[0] == task.bos_id
+  successor = {}
+  for token in tokens[1:1 + m]:
+    a, b = divmod(int(token) - task.pair_base, m)
+    assert 0 <= a < m and a not in successor
+    successor[a] = b
+  assert sorted(successor.values()) == list(range(m)), "pairs must list a permutation"
+  expected_mask = np.zeros(len(tokens) - 1, dtype=bool)
+  expected_difficulty = np.full(len(tokens) - 1, -1)
+  hops_seen = []
+  position = 1 + m
+  for _ in range(task.config.num_queries):
+    hop_token, start, answer, end = tokens[position:position + 4]
+    hops = int(hop_token) - task.hop_base
+    assert 0 <= hops <= task.config.max_hops and 0 <= start < m
+    chased = int(start)
+    for _ in range(hops):
+      chased = successor[chased]
+    assert answer == chased
+    assert end == task.end_id
+    # Token t is the target of example position t - 1.
+    expected_mask[position + 1] = expected_mask[position + 2] = True
+    expected_difficulty[position + 1] = hops
+    expected_difficulty[position + 2] = task.format_label
+    hops_seen.append(hops)
+    position += 4
+  assert np.all(tokens[position:] == task.pad_id)
+  return expected_mask, expected_difficulty, hops_seen, successor
+
+
+def carry_chain_by_definition(a_digits, b_digits, i):
+  """Walk back from digit i: the chain ends at the first generating position (a+b >= 10),
+  passes only through positions with a+b == 9, and is 0 if anything else comes first."""
+  for g in range(i - 1, -1, -1):
+    pair_sum = a_digits[g] + b_digits[g]
+    if pair_sum >= 10:
+      return i - g
+    if pair_sum != 9:
+      return 0
+  return 0
+
+
+def lsb_digits_to_int(digits):
+  return int("".join(str(int(d)) for d in reversed(digits)))
+
+
+def check_addition(task, example):
+  d = task.config.num_digits
+  tokens = stream_of(example)
+  assert tokens[0] == task.bos_id
+  expected_mask = np.zeros(len(tokens) - 1, dtype=bool)
+  expected_difficulty = np.full(len(tokens) - 1, -1)
+  chains = []
+  position = 1
+  for _ in range(task.config.num_problems):
+    a = tokens[position:position + d]
+    plus = tokens[position + d]
+    b = tokens[position + d + 1:position + 2 * d + 1]
+    equals = tokens[position + 2 * d + 1]
+    total = tokens[position + 2 * d + 2:position + 3 * d + 3]
+    end = tokens[position + 3 * d + 3]
+    assert plus == task.plus_id and equals == task.equals_id and end == task.end_id
+    assert max(a.max(), b.max(), total.max()) <= 9
+    assert lsb_digits_to_int(total) == lsb_digits_to_int(a) + lsb_digits_to_int(b)
+    fmt = task.format_label
+    for offset, label in [(d, fmt), (2 * d + 1, fmt), (3 * d + 3, fmt)]:
+      expected_mask[position + offset - 1] = True
+      expected_difficulty[position + offset - 1] = label
+    for i in range(d + 1):
+      chain = carry_chain_by_definition(a, b, i)
+      expected_mask[position + 2 * d + 2 + i - 1] = True
+      expected_difficulty[position + 2 * d + 2 + i - 1] = chain
+      chains.append(chain)
+    position += 3 * d + 4
+  assert np.all(tokens[position:] == task.pad_id)
+  return expected_mask, expected_difficulty, chains
+
+
+def check_set_sum(task, example):
+  c = task.config
+  tokens = stream_of(example)
+  assert tokens[0] == task.bos_id
+  value_of = {}
+  for token in tokens[1:1 + c.num_keys]:
+    key, value = divmod(int(token) - task.item_base, c.modulus)
+    assert 0 <= key < c.num_keys and key not in value_of
+    value_of[key] = value
+  expected_mask = np.zeros(len(tokens) - 1, dtype=bool)
+  expected_difficulty = np.full(len(tokens) - 1, -1)
+  sizes = []
+  position = 1 + c.num_keys
+  for _ in range(c.num_queries):
+    keys = []
+    while tokens[position] != task.equals_id:
+      assert 0 <= tokens[position] < c.num_keys
+      keys.append(int(tokens[position]))
+      position += 1
+    assert 1 <= len(keys) <= c.max_keys and len(set(keys)) == len(keys)
+    answer, end = tokens[position + 1:position + 3]
+    assert answer - task.value_base == sum(value_of[k] for k in keys) % c.modulus
+    assert end == task.end_id
+    expected_mask[position] = expected_mask[position + 1] = True
+    expected_difficulty[position] = len(keys)
+    expected_difficulty[position + 1] = task.format_label
+    sizes.append(len(keys))
+    position += 3
+  assert np.all(tokens[position:] == task.pad_id)
+  return expected_mask, expected_difficulty, sizes
+
+
+CHECKERS = {"pointer_chasing": check_pointer_chasing, "addition": check_addition,
+            "set_sum": check_set_sum}
+
+
+# ----------------------------------------------------------------------------------------
+# Synthetic tasks
+
+
+@pytest.mark.parametrize("name", sorted(data.TASKS))
+def test_synthetic_answers_masks_and_labels(name):
+  source = data.make_source({"name": name}, "train", seed=11)
+  for index in range(40):
+    example = source[index]
+    expected_mask, expected_difficulty = CHECKERS[name](source.task, example)[:2]
+    np.testing.assert_array_equal(example["loss_mask"], expected_mask)
+    np.testing.assert_array_equal(example["difficulty"], expected_difficulty)
+    assert max(source.task.difficulty_names) == source.task.format_label
+
+
+@pytest.mark.parametrize("name", sorted(data.TASKS))
+def test_same_seed_and_index_give_same_example(name):
+  first = data.make_source({"name": name}, "train", seed=5)
+  again = data.make_source({"name": name}, "train", seed=5)
+  other_seed = data.make_source({"name": name}, "train", seed=6)
+  for index in [0, 7, 123456, 2**31 - 1]:
+    a, b = first[index], again[index]
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  assert not np.array_equal(first[3]["inputs"], first[4]["inputs"])
+  assert not np.array_equal(first[3]["inputs"], other_seed[3]["inputs"])
+
+
+@pytest.mark.parametrize("name", sorted(data.TASKS))
+def test_train_and_eval_never_share_examples(name):
+  # Same numeric seed for both splits on purpose: the split alone must separate them.
+  config = {"name": name, "eval_seed": 3, "eval_examples": 200}
+  train = data.make_source(config, "train", seed=3)
+  evaluation = data.make_source(config, "eval")
+  assert len(evaluation) == 200
+  train_rows = {train[i]["inputs"].tobytes() for i in range(300)}
+  eval_rows = {evaluation[i]["inputs"].tobytes() for i in range(200)}
+  assert len(eval_rows) == 200
+  assert not train_rows & eval_rows
+
+
+def test_pointer_chasing_hop_weights_and_single_cycle():
+  task = data.make_task("pointer_chasing",
+                        {"num_symbols": 7, "max_hops": 5, "hop_weights": [0, 0, 0, 1, 0, 0],
+                         "single_cycle": True})
+  source = data.SyntheticSource(task, seed=1, split="train")
+  for index in range(20):
+    _, _, hops, successor = check_pointer_chasing(task, source[index])
+    assert set(hops) == {3}
+    x, cycle_length = 0, 0
+    while True:
+      x, cycle_length = successor[x], cycle_length + 1
+      if x == 0:
+        break
+    assert cycle_length == 7
+
+
+def test_pointer_chasing_covers_all_hop_counts():
+  source = data.make_source({"name": "pointer_chasing"}, "train", seed=0)
+  hops = [h for i in range(20) for h in check_pointer_chasing(source.task, source[i])[2]]
+  assert set(hops) == set(range(5))
+
+
+def test_addition_carry_chains_by_hand():
+  # Digits least-significant first. 199 + 1 = 200: the carry made at digit 0 passes
+  # through the 9 at digit 1 (chain 2); 456 + 544 = 1000 has one chain through every digit.
+  cases = [
+      ([9, 9, 1], [1, 0, 0], [0, 0, 2, 0], [0, 1, 2, 0]),
+      ([6, 5, 4], [4, 4, 5], [0, 0, 0, 1], [0, 1, 2, 3]),
+      ([5, 5, 5], [5, 5, 5], [0, 1, 1, 1], [0, 1, 1, 1]),
+      ([1, 2, 3], [4, 5, 6], [5, 7, 9, 0], [0, 0, 0, 0]),
+      ([9, 0, 9], [0, 9, 0], [9, 9, 9, 0], [0, 0, 0, 0]),  # 9s with nothing to pass on
+  ]
+  for a, b, total, chain in cases:
+    got_total, got_chain = data.add_lsb_first(np.array([a]), np.array([b]))
+    assert got_total[0].tolist() == total
+    assert got_chain[0].tolist() == chain
+
+
+def test_addition_labels_span_short_and_long_chains():
+  source = data.make_source({"name": "addition", "task": {"num_digits": 4}}, "train", seed=2)
+  chains = [c for i in range(150) for c in check_addition(source.task, source[i])[2]]
+  counts = collections.Counter(chains)
+  assert counts[0] > counts[1] > counts[2] > 0
+  assert max(counts) >= 3
+
+
+def test_set_sum_query_sizes_follow_weights():
+  source = data.make_source(
+      {"name": "set_sum", "task": {"num_keys": 11, "max_keys": 5, "modulus": 7,
+                                   "query_size_weights": [0, 1, 0, 0, 1]}},
+      "train", seed=4)
+  sizes = [s for i in range(30) for s in check_set_sum(source.task, source[i])[2]]
+  assert set(sizes) == {2, 5}
+
+
+def test_task_seq_len_pads_and_rejects_too_short():
+  natural = data.data_info({"name": "pointer_chasing"}).seq_len
+  padded = data.make_source({"name": "pointer_chasing", "seq_len": natural + 13}, "train")
+  example = padded[0]
+  assert example["inputs"].shape == (natural + 13,)
+  expected_mask, expected_difficulty, _, _ = check_pointer_chasing(padded.task, example)
+  np.testing.assert_array_equal(example["loss_mask"], expected_mask)
+  np.testing.assert_array_equal(example["difficulty"], expected_difficulty)
+  assert not example["loss_mask"][natural:].any()
+  with pytest.raises(ValueError, match="seq_len"):
+    data.make_source({"name": "pointer_chasing", "seq_len": natural - 1}, "train")
+
+
+def test_unknown_names_are_reported():
+  with pytest.raises(ValueError, match=r"'chess'.*pointer_chasing"):
+    data.make_dataset({"name": "chess"}, "train", batch_size=2)
+  with pytest.raises(ValueError, match="num_sybmols"):
+    data.make_task("pointer_chasing", {"num_sybmols": 3})
+  with pytest.raises(ValueError, match="bacth"):
+    data.DataConfig.from_any({"bacth": 1})
+
+
+def test_config_dict_is_accepted():
+  ml_collections = pytest.importorskip("ml_collections")
+  config = ml_collections.ConfigDict({
+      "name": "pointer_chasing", "seq_len": 53,
+      "task": {"num_symbols": 5, "num_queries": 11, "hop_weights": [0, 1, 0, 0, 0]}})
+  info = data.data_info(config)
+  assert info.seq_len == 53 and info.vocab_size == 5 + 25 + 5 + 3
+  source = data.make_source(config, "train", seed=0)
+  assert set(check_pointer_chasing(source.task, source[0])[2]) == {1}
+
+
+# ----------------------------------------------------------------------------------------
+# Batches from the pipeline
+
+
+@pytest.mark.parametrize("name", sorted(data.TASKS))
+def test_synthetic_batches_layout(name):
+  info = data.data_info({"name": name})
+  batches = take(iter(data.make_dataset({"name": name}, "train", batch_size=7, seed=1)), 2)
+  for batch in batches:
+    assert set(batch) == {"inputs", "targets", "loss_mask", "difficulty"}
+    for key, dtype in [("inputs", np.int32), ("targets", np.int32), ("loss_mask", np.bool_),
+                       ("difficulty", np.int32)]:
+      assert batch[key].shape == (7, info.seq_len) and batch[key].dtype == dtype
+    np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+    np.testing.assert_array_equal(batch["difficulty"] == -1, ~batch["loss_mask"])
+    assert batch["loss_mask"].any(axis=1).all()
+    assert batch["inputs"].max() < info.vocab_size and batch["targets"].min() >= 0
+    assert set(np.unique(batch["difficulty"][batch["loss_mask"]])) <= set(info.difficulty_names)
+
+
+def test_train_sharding_gives_disjoint_slices():
+  config = {"name": "addition", "task": {"num_digits": 3}}
+  hosts = [take(iter(data.make_dataset(config, "train", batch_size=6, seed=9,
+                                       process_index=p, process_count=3)), 3)
+           for p in range(3)]
+  rows = [set(row_keys(batches)) for batches in hosts]
+  assert all(len(r) == 6 for r in rows)  # 3 batches of 6 // 3 rows
+  assert not (rows[0] & rows[1]) and not (rows[0] & rows[2]) and not (rows[1] & rows[2])
+
+
+def test_synthetic_eval_is_finite_padded_and_shared_across_hosts():
+  config = {"name": "set_sum", "eval_examples": 10, "eval_seed": 1}
+  source = data.make_source(config, "eval")
+  expected = {source[i]["inputs"].tobytes() for i in range(10)}
+  seen = collections.Counter()
+  counts = []
+  for host in range(2):
+    dataset = data.make_dataset(config, "eval", batch_size=4, seed=123, process_index=host,
+                                process_count=2)
+    batches = list(dataset)
+    assert_batches_equal(batches, list(dataset))  # deterministic, re-iterable
+    counts.append(len(batches))
+    for batch in batches:
+      assert batch["inputs"].shape[0] == 2
+      real = batch["loss_mask"].any(axis=1)
+      seen.update(row.tobytes() for row in batch["inputs"][real])
+      assert (batch["difficulty"][~real] == -1).all()
+  assert counts == [3, 3]  # 10 examples -> 12 rows over 2 hosts, 2 rows of filler
+  assert set(seen) == expected and set(seen.values()) == {1}
+
+
+def test_synthetic_state_restore_resumes_identical_stream():
+  config = {"name": "pointer_chasing", "read_threads": 2}
+  iterator = iter(data.make_dataset(config, "train", batch_size=3, seed=4))
+  take(iterator, 5)
+  state = json.loads(json.dumps(iterator.get_state()))
+  expected = take(iterator, 4)
+  resumed = iter(data.make_dataset(config, "train", batch_size=3, seed=4))
+  resumed.set_state(state)
+  assert_batches_equal(take(resumed, 4), expected)
+
+
+# ----------------------------------------------------------------------------------------
+# Local text files
+
+
+def write_text(tmp_path, name, content):
+  path = tmp_path / name
+  path.write_bytes(content)
+  return str(path)
+
+
+def random_text(length, seed=0):
+  rng = np.random.default_rng(seed)
+  alphabet = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz ,.\n", dtype=np.uint8)
+  return rng.choice(alphabet, size=length).tobytes()
+
+
+@pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason="local corpus not present")
+def test_shakespeare_windows_decode_to_file_substrings():
+  with open(SHAKESPEARE, "rb") as handle:
+    raw = handle.read()
+  tokenizer = data.ByteTokenizer()
+  seq_len = 101
+  cut = int(round(len(raw) * 0.9))
+  train = data.TextWindowSource(SHAKESPEARE, seq_len, "train")
+  evaluation = data.TextWindowSource(SHAKESPEARE, seq_len, "eval")
+  assert len(train) == (cut - 1) // seq_len
+  assert len(evaluation) == (len(raw) - cut - 1) // seq_len
+  for window in [0, 1, 500, len(train) - 1]:
+    example = train[window]
+    start = window * seq_len
+    assert tokenizer.decode(stream_of(example)) == raw[start:start + seq_len + 1].decode()
+    assert example["loss_mask"].all()
+  for window in [0, len(evaluation) - 1]:
+    start = cut + window * seq_len
+    assert tokenizer.decode(stream_of(evaluation[window])) == \
+        raw[start:start + seq_len + 1].decode()
+  assert data.data_info({"name": "text_file"}).vocab_size == 257
+
+
+def test_text_epoch_covers_every_window_once_per_host(tmp_path):
+  raw = random_text(2000)
+  path = write_text(tmp_path, "small.txt", raw)
+  seq_len = 16
+  cut = int(round(len(raw) * 0.9))
+  all_windows = {raw[w * seq_len:w * seq_len + seq_len + 1] for w in range((cut - 1) // seq_len)}
+  assert len(all_windows) == 112
+  config = {"name": "text_file", "text_path": path, "seq_len": seq_len}
+  epochs = []
+  for host in range(2):
+    batches = take(iter(data.make_dataset(config, "train", batch_size=8, seed=7,
+                                          process_index=host, process_count=2)), 28)
+    epochs.append([[stream_of({"inputs": b["inputs"][r], "targets": b["targets"][r]})
+                    .astype(np.uint8).tobytes() for b in batches[e * 14:(e + 1) * 14]
+                    for r in range(4)] for e in range(2)])
+  for epoch in range(2):
+    first_host, second_host = epochs[0][epoch], epochs[1][epoch]
+    assert len(set(first_host)) == 56 and len(set(second_host)) == 56
+    assert set(first_host) | set(second_host) == all_windows
+  assert epochs[0][0] != epochs[0][1], "each epoch is reshuffled"
+
+
+def test_text_shuffle_depends_on_seed_only(tmp_path):
+  path = write_text(tmp_path, "small.txt", random_text(3000, seed=1))
+  config = {"name": "text_file", "text_path": path, "seq_len": 20}
+
+  def first_batches(seed):
+    return take(iter(data.make_dataset(config, "train", batch_size=4, seed=seed)), 3)
+
+  assert_batches_equal(first_batches(1), first_batches(1))
+  assert row_keys(first_batches(1)) != row_keys(first_batches(2))
+
+
+def test_text_state_restore_across_epoch_boundary(tmp_path):
+  path = write_text(tmp_path, "small.txt", random_text(1000, seed=2))
+  config = {"name": "text_file", "text_path": path, "seq_len": 30}  # 29 windows, 7 batches
+  iterator = iter(data.make_dataset(config, "train", batch_size=4, seed=0))
+  take(iterator, 5)
+  state = json.loads(json.dumps(iterator.get_state()))
+  expected = take(iterator, 6)
+  resumed = iter(data.make_dataset(config, "train", batch_size=4, seed=0))
+  resumed.set_state(state)
+  assert_batches_equal(take(resumed, 6), expected)
+
+
+def test_text_file_errors_name_the_file(tmp_path):
+  missing = str(tmp_path / "nowhere.txt")
+  with pytest.raises(FileNotFoundError, match="nowhere.txt"):
+    data.make_dataset({"name": "text_file", "text_path": missing}, "train", batch_size=2)
+  empty = write_text(tmp_path, "empty.txt", b"")
+  with pytest.raises(ValueError, match="empty.txt"):
+    data.make_dataset({"name": "text_file", "text_path": empty}, "eval", batch_size=2)
+  short = write_text(tmp_path, "short.txt", b"x" * 100)
+  with pytest.raises(ValueError, match="short.txt"):
+    data.TextWindowSource(short, seq_len=64, split="eval")
+
+
+def test_byte_tokenizer_round_trip():
+  tokenizer = data.ByteTokenizer()
+  text = "Catch your breath — é ✓\n"
+  ids = tokenizer.encode(text)
+  assert ids.dtype == np.int32 and len(ids) == len(text.encode("utf-8"))
+  assert tokenizer.decode(ids) == text
+  assert tokenizer.decode(np.concatenate([[tokenizer.bos_id], ids])) == text
+  np.testing.assert_array_equal(tokenizer.encode(text.encode("utf-8")), ids)
+
+
+def test_sentencepiece_is_optional(tmp_path):
+  try:
+    import sentencepiece  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    with pytest.raises(ImportError, match="sentencepiece"):
+      data.make_tokenizer("sentencepiece", str(tmp_path / "m.model"))
+    return
+  spm = pytest.importorskip("sentencepiece")
+  corpus = write_text(tmp_path, "corpus.txt", random_text(20000, seed=3))
+  spm.SentencePieceTrainer.train(input=corpus, model_prefix=str(tmp_path / "m"),
+                                 vocab_size=60, model_type="bpe")
+  tokenizer = data.make_tokenizer("sentencepiece", str(tmp_path / "m.model"))
+  assert tokenizer.vocab_size == 60 and tokenizer.bos_id is not None
+  ids = tokenizer.encode("the quick brown fox")
+  assert ids.dtype == np.int32 and tokenizer.decode(ids) == "the quick brown fox"
+
+
+# ----------------------------------------------------------------------------------------
+# TFDS (mock data: no TensorFlow, nothing downloaded)
+
+
+def tfds_config(**overrides):
+  config = {"name": "tfds", "tfds_name": "lm1b", "seq_len": 23, "packing_bins": 3,
+            "read_threads": 0}
+  config.update(overrides)
+  return config
+
+
+def documents_in(batch):
+  """Splits each packed row at its BOS tokens, checks masks and segment ids against that
+  split, and returns the decoded documents. Mock texts hold no NUL byte, so the packer's
+  padding (token 0) is recognisable."""
+  tokenizer = data.ByteTokenizer()
+  documents = []
+  for inputs, targets, mask, segments in zip(batch["inputs"], batch["targets"],
+                                             batch["loss_mask"], batch["segment_ids"]):
+    row = np.concatenate([inputs, targets[-1:]])
+    num_real = int(np.count_nonzero(row))
+    assert (row[:num_real] != 0).all(), "padding must be a suffix"
+    real = np.arange(len(row)) < num_real
+    assert row[0] == BOS_BYTE
+    # Loss exactly where input and target are real tokens of the same document.
+    np.testing.assert_array_equal(mask, real[:-1] & real[1:] & (row[1:] != BOS_BYTE))
+    np.testing.assert_array_equal(segments, np.where(real[:-1], np.cumsum(row == BOS_BYTE)[:-1],
+                                                     0))
+    starts = list(np.flatnonzero(row[:num_real] == BOS_BYTE)) + [num_real]
+    for start, end in zip(starts[:-1], starts[1:]):
+      documents.append(tokenizer.decode(row[start + 1:end]))
+  return documents
+
+
+def test_tfds_text_field_bytes_or_str():
+  tokenize = tfds_text.TokenizeDocument(data.ByteTokenizer(), "text", max_tokens=3)
+  expected = [BOS_BYTE, ord("a"), ord("b")]
+  for text in ["abcd", b"abcd", np.array(b"abcd", dtype=object)]:
+    assert tokenize.map({"text": text})["tokens"].tolist() == expected
+
+
+@pytest.mark.parametrize("seq_len", [16, 29])
+def test_tfds_packed_eval_holds_every_document_once(seq_len):
+  # Mock lm1b texts have 10-19 bytes: seq_len 16 truncates the longer ones, seq_len 29 packs
+  # two short documents into one row.
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=30):
+    texts = [r["text"] for r in tfds.data_source("lm1b", split="test", download=False)]
+    batches = list(data.make_dataset(tfds_config(seq_len=seq_len), "eval", batch_size=5))
+  assert all(isinstance(t, str) and "\0" not in t for t in texts)
+  # A document is BOS + text, cut to seq_len + 1 tokens.
+  truncated = collections.Counter(t.encode()[:seq_len].decode() for t in texts)
+  found = collections.Counter()
+  documents_per_row = []
+  for batch in batches:
+    assert batch["inputs"].shape == (5, seq_len) and batch["inputs"].dtype == np.int32
+    assert batch["loss_mask"].dtype == np.bool_ and batch["segment_ids"].dtype == np.int32
+    np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+    real_rows = batch["segment_ids"].any(axis=1)
+    assert not batch["loss_mask"][~real_rows].any()
+    full = {key: value[real_rows] for key, value in batch.items()}
+    found.update(documents_in(full))
+    documents_per_row.extend(full["segment_ids"].max(axis=1).tolist())
+  assert found == truncated
+  if seq_len == 16:
+    assert any(len(t) > seq_len for t in texts)
+  else:
+    assert max(documents_per_row) >= 2
+
+
+def test_tfds_train_state_restore_and_sharding():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=40):
+    def stream(host=0, count=1):
+      return iter(data.make_dataset(tfds_config(read_threads=1), "train", batch_size=4,
+                                    seed=3, process_index=host, process_count=count))
+
+    iterator = stream()
+    take(iterator, 4)
+    state = json.loads(json.dumps(iterator.get_state()))
+    expected = take(iterator, 5)
+    resumed = stream()
+    resumed.set_state(state)
+    assert_batches_equal(take(resumed, 5), expected)
+    for batch in expected:
+      documents_in(batch)  # masks at document boundaries hold in train rows too
+
+    texts = [r["text"] for r in tfds.data_source("lm1b", split="train", download=False)]
+    per_host = []
+    for host in range(2):
+      # One pass over a host's 20 documents fits in the first few batches.
+      batches = take(stream(host, 2), 4)
+      per_host.append(set(d for b in batches for d in documents_in(b)))
+  for host in range(2):
+    own = {t.encode()[:23].decode() for t in texts[host::2]}
+    assert per_host[host] <= own and len(per_host[host]) > 5
+
+
+def test_tfds_missing_dataset_names_it(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  with pytest.raises(FileNotFoundError, match="lm1b"):
+    data.make_dataset(tfds_config(tfds_data_dir=str(tmp_path)), "train", batch_size=2)

@@ -1,0 +1,357 @@
+"""Tests for cyb_jax/generate.py: jitted, batched generation with adaptive pauses (DESIGN.md section 6).
+
+The oracle for private pause chains is `model.rollout` on the prompt plus the generated tokens: chains are
+private, so the logits of token t at step j cannot depend on how many pauses other tokens took, and must
+equal the rollout's (DESIGN.md section 3). The policies' decisions are replayed here in float64 numpy from
+the rollout's logits, and greedy tokens are the argmax of the rollout's real-vocabulary logits, so nothing
+is checked against generation's own bookkeeping. For `pause_context="stream"`, whose inference context
+differs from training, the oracle is a plain causal pass over the explicit stream of tokens and pauses.
+"""
+
+import dataclasses
+import functools
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+
+from cyb_jax import generate
+from cyb_jax import model
+
+CONFIG = model.ModelConfig(vocab_size=11, width=12, num_layers=2, num_heads=2, mlp_hidden=14, max_len=64,
+                           max_pauses=3, dk_init_prob=0.5)
+FEEDBACK_CONFIG = dataclasses.replace(CONFIG, pause_feedback=True)
+STREAM_CONFIG = dataclasses.replace(CONFIG, pause_context="stream")
+CONFIGS = {"plain": CONFIG, "feedback": FEEDBACK_CONFIG, "stream": STREAM_CONFIG}
+V = CONFIG.vocab_size
+K = CONFIG.max_pauses
+NUM_TOKENS = 6
+PROMPT_LEN = 5
+BATCH = 4
+TAU = 0.5
+Q = 0.6
+ATOL = 2e-5  # generation and rollout reduce in different orders; logits here reach about |30|
+
+# Decisions closer than this to their threshold could flip between two correct float32 computations.
+DECISION_MARGIN = 1e-3
+
+
+@functools.lru_cache(maxsize=None)
+def params_for(variant):
+  """Fresh parameters with a random `<dk>` head, so d varies strongly across tokens and steps.
+
+  A fresh `<dk>` head is input-independent (kernel 0): every token would pause alike. Seed 2 gives every
+  pause count 0..K under the threshold policy (checked in `test_pause_counts_are_mixed`).
+  """
+  config = CONFIGS[variant]
+  params = model.init(config, jax.random.PRNGKey(2))
+  params["dk_head"]["kernel"] = 2.0 * jax.random.normal(jax.random.PRNGKey(102), (config.width,))
+  if config.pause_feedback:
+    # Zero-initialised feedback would make this variant identical to the plain one.
+    params["feedback"]["kernel"] = 0.3 * jax.random.normal(jax.random.PRNGKey(302),
+                                                           (config.width, config.width))
+  return params
+
+
+PROMPTS = jax.random.randint(jax.random.PRNGKey(202), (BATCH, PROMPT_LEN), 0, V)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def rollout(params, tokens, config, num_pauses):
+  return model.rollout(params, tokens, config, num_pauses)
+
+
+@functools.lru_cache(maxsize=None)
+def generated(variant, policy, temperature=0.0, prompt_len=PROMPT_LEN):
+  """One generation per (variant, policy, temperature), shared by the tests (compiling costs ~2 s)."""
+  return generate.generate(params_for(variant), PROMPTS[:, :prompt_len], CONFIGS[variant],
+                           num_tokens=NUM_TOKENS, policy=policy, tau=TAU, q=Q, temperature=temperature,
+                           rng=jax.random.PRNGKey(5), return_logits=True)
+
+
+def rollout_of_generation(variant, prompts, tokens):
+  """Rollout logits `[B, M, S, V+1]` (float64) for the generated tokens' predictions.
+
+  Token t is predicted at position T-1+t of prompt + generated[:-1].
+  """
+  sequence = jnp.concatenate([prompts, tokens[:, :-1]], axis=1)
+  logits = rollout(params_for(variant), sequence, CONFIGS[variant], K)
+  return np.asarray(logits, np.float64)[:, prompts.shape[1] - 1:]
+
+
+def log_dk64(logits):
+  """log d in float64: `<dk>` logit minus the log-sum-exp of all V+1 logits."""
+  top = logits.max(-1, keepdims=True)
+  return logits[..., -1] - (top[..., 0] + np.log(np.exp(logits - top).sum(-1)))
+
+
+def replay_policy(policy, logits_S):
+  """Stopping step of a deterministic policy from one token's step logits `[S, V+1]` (float64).
+
+  threshold: first j < K with d_j <= tau. cumulative: first j < K where sum_{k<=j} h_k >= q, with
+  h_j = prod_{k<j} d_k (1 - d_j). Otherwise K. Also asserts no decision sits on its threshold.
+  """
+  if policy == "never":
+    return 0
+  if policy == "always":
+    return K
+  d = np.exp(log_dk64(logits_S))
+  halted, survival = 0.0, 1.0
+  for j in range(K):
+    if policy == "threshold":
+      value, bound = d[j], TAU
+      stop = d[j] <= TAU
+    else:
+      halted += survival * (1.0 - d[j])
+      survival *= d[j]
+      value, bound = halted, Q
+      stop = halted >= Q
+    assert abs(value - bound) > DECISION_MARGIN, f"decision at step {j} is a near tie: {value} vs {bound}"
+    if stop:
+      return j
+  return K
+
+
+def assert_greedy(tokens, logits_at_stop):
+  """tokens `[...]` are the argmax of the real-vocabulary logits `[..., V+1]`, with a clear winner."""
+  real = logits_at_stop[..., :V]
+  top2 = np.sort(real, axis=-1)[..., -2:]
+  assert (top2[..., 1] - top2[..., 0] > DECISION_MARGIN).all(), "near tie in the greedy argmax"
+  np.testing.assert_array_equal(tokens, real.argmax(-1))
+
+
+def check_against_rollout(variant, policy, gen, prompts, *, greedy):
+  """The checks shared by all private-chain policies; returns the rollout logits."""
+  tokens, pauses = np.asarray(gen.tokens), np.asarray(gen.pauses)
+  got = np.asarray(gen.step_logits, np.float64)
+  assert tokens.shape == pauses.shape == (prompts.shape[0], NUM_TOKENS)
+  assert got.shape == (prompts.shape[0], NUM_TOKENS, K + 1, V + 1)
+  assert ((tokens >= 0) & (tokens < V)).all() and ((pauses >= 0) & (pauses <= K)).all()
+  expected = rollout_of_generation(variant, prompts, gen.tokens)
+
+  # A token with p pauses realises steps 0..p; the later steps were never run and must hold NaN.
+  realised = np.arange(K + 1)[None, None, :] <= pauses[..., None]
+  np.testing.assert_array_equal(np.isfinite(got).all(-1), realised)
+  np.testing.assert_array_equal(np.isnan(got).all(-1), ~realised)
+  np.testing.assert_allclose(got[realised], expected[realised], rtol=1e-5, atol=ATOL)
+
+  if policy in ("threshold", "cumulative", "never", "always"):
+    replayed = np.array([[replay_policy(policy, expected[b, t]) for t in range(NUM_TOKENS)]
+                         for b in range(prompts.shape[0])])
+    np.testing.assert_array_equal(pauses, replayed)
+  if greedy:
+    at_stop = np.take_along_axis(expected, pauses[..., None, None], axis=2)[:, :, 0]
+    assert_greedy(tokens, at_stop)
+
+  # One query per loop iteration, and each iteration consumes one realised (token, step) output: the
+  # prefill produces the first token's step 0 (not a query), and the query run after the last answer
+  # (step 0 of a token never emitted) replaces it in the count. A batch runs until its slowest
+  # sequence is done.
+  assert int(gen.num_queries) == (pauses + 1).sum(-1).max()
+  return expected
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Private chains: generation against the rollout.
+
+
+@pytest.mark.parametrize("variant,policy", [
+    ("plain", "threshold"), ("plain", "cumulative"), ("plain", "never"), ("plain", "always"),
+    ("plain", "sample"),
+    ("feedback", "threshold"), ("feedback", "cumulative"), ("feedback", "always"),
+])
+def test_generation_matches_rollout(variant, policy):
+  check_against_rollout(variant, policy, generated(variant, policy), PROMPTS, greedy=True)
+
+
+def test_sampled_tokens_and_pauses_match_rollout():
+  # temperature > 0: the tokens are random, but each step's logits must still be the rollout's given them.
+  gen = generated("plain", "sample", temperature=1.0)
+  expected = check_against_rollout("plain", "sample", gen, PROMPTS, greedy=False)
+  at_stop = np.take_along_axis(expected, np.asarray(gen.pauses)[..., None, None], axis=2)[:, :, 0]
+  # 24 draws from softmaxes of O(1) logits over 11 tokens: all equal to the argmax would mean no sampling.
+  assert (np.asarray(gen.tokens) != at_stop[..., :V].argmax(-1)).any()
+
+
+@pytest.mark.parametrize("variant,policy", [("plain", "threshold"), ("plain", "cumulative"),
+                                            ("plain", "sample"), ("feedback", "threshold")])
+def test_pause_counts_are_mixed(variant, policy):
+  # Without a spread of pause counts the agreement tests above would not exercise per-token pausing.
+  pauses = np.asarray(generated(variant, policy).pauses)
+  assert 0 in pauses and K in pauses and len(np.unique(pauses)) >= 3, pauses
+  # Sequences of the batch differ in total pauses, so they finish at different iterations.
+  assert len(np.unique(pauses.sum(-1))) >= 2, pauses
+
+
+def greedy_by_rollouts(variant, prompts, num_pauses, step):
+  """Greedy decoding by repeated rollouts: append argmax of the last position's real logits at `step`."""
+  sequence = np.asarray(prompts)
+  for _ in range(NUM_TOKENS):
+    logits = np.asarray(rollout(params_for(variant), jnp.asarray(sequence), CONFIGS[variant],
+                                num_pauses))
+    real = logits[:, -1, step, :V]
+    top2 = np.sort(real, axis=-1)[:, -2:]
+    assert (top2[:, 1] - top2[:, 0] > DECISION_MARGIN).all(), "near tie in the greedy argmax"
+    sequence = np.concatenate([sequence, real.argmax(-1)[:, None]], axis=1)
+  return sequence[:, prompts.shape[1]:]
+
+
+@pytest.mark.parametrize("variant", ["plain", "feedback"])
+def test_always_equals_greedy_decoding_at_the_last_step(variant):
+  gen = generated(variant, "always")
+  np.testing.assert_array_equal(gen.pauses, K)
+  np.testing.assert_array_equal(gen.tokens, greedy_by_rollouts(variant, PROMPTS, K, K))
+
+
+def test_never_equals_plain_greedy_decoding():
+  gen = generated("plain", "never")
+  np.testing.assert_array_equal(gen.pauses, 0)
+  np.testing.assert_array_equal(gen.tokens, greedy_by_rollouts("plain", PROMPTS, 0, 0))
+
+
+def test_each_sequence_pauses_on_its_own():
+  # A batch must give each prompt what it gets alone; with mixed pause counts this means sequences that
+  # finish early wait without disturbing the others.
+  batched = generated("plain", "threshold")
+  for b in range(BATCH):
+    alone = generate.generate(params_for("plain"), PROMPTS[b:b + 1], CONFIG, num_tokens=NUM_TOKENS,
+                              policy="threshold", tau=TAU, rng=jax.random.PRNGKey(5),
+                              return_logits=True)
+    np.testing.assert_array_equal(alone.tokens[0], batched.tokens[b])
+    np.testing.assert_array_equal(alone.pauses[0], batched.pauses[b])
+    np.testing.assert_allclose(alone.step_logits[0], batched.step_logits[b], rtol=1e-5, atol=ATOL)
+    # Alone, the loop runs one query per realised step of its own tokens (see check_against_rollout).
+    assert int(alone.num_queries) == int((np.asarray(alone.pauses) + 1).sum())
+  # The batch needs as many iterations as its slowest member, not the sum and not (K+1) per token.
+  per_sequence = (np.asarray(batched.pauses) + 1).sum(-1)
+  assert int(batched.num_queries) == per_sequence.max() < NUM_TOKENS * (K + 1)
+
+
+def test_without_return_logits_same_tokens_and_pauses():
+  gen = generate.generate(params_for("plain"), PROMPTS, CONFIG, num_tokens=NUM_TOKENS, policy="threshold",
+                          tau=TAU, rng=jax.random.PRNGKey(5))
+  assert gen.step_logits is None
+  reference = generated("plain", "threshold")
+  np.testing.assert_array_equal(gen.tokens, reference.tokens)
+  np.testing.assert_array_equal(gen.pauses, reference.pauses)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stream mode: pauses are stream tokens, inserted only after a pause decision.
+
+
+def stream_oracle_logits(params, prompt, tokens, pauses):
+  """Logits `[M, S, V+1]` (NaN where not realised) from one causal pass over the explicit stream.
+
+  The stream is the prompt, then for each generated token t: the pauses it took (inputs built from the
+  real token it follows, the last real token in the stream) at their own successive positions, then the
+  token itself. Token t's step j is the output at the stream index of its real input, plus j.
+  """
+  config = STREAM_CONFIG
+  inputs = [model.embed_tokens(params, jnp.asarray(prompt))]
+  length = len(prompt)
+  step0_index = []
+  for t in range(NUM_TOKENS):
+    current = prompt[-1] if t == 0 else tokens[t - 1]
+    if t > 0:
+      inputs.append(model.embed_tokens(params, jnp.asarray([current])))
+      length += 1
+    step0_index.append(length - 1)
+    for j in range(1, pauses[t] + 1):
+      inputs.append(model.pause_inputs(params, jnp.asarray([current]), jnp.asarray(j), config))
+      length += 1
+  x_TD = jnp.concatenate(inputs, axis=0)
+  hidden, _ = model.causal_forward(params, x_TD[None], jnp.arange(length)[None], config)
+  logits = np.asarray(model.output_logits(params, hidden[0], config), np.float64)
+  out = np.full((NUM_TOKENS, K + 1, V + 1), np.nan)
+  for t in range(NUM_TOKENS):
+    out[t, :pauses[t] + 1] = logits[step0_index[t]:step0_index[t] + pauses[t] + 1]
+  return out
+
+
+def test_stream_generation_matches_explicit_stream():
+  params = params_for("stream")
+  gen = generated("stream", "threshold")
+  tokens, pauses = np.asarray(gen.tokens), np.asarray(gen.pauses)
+  assert 0 in pauses and len(np.unique(pauses)) >= 3, pauses  # else the stream would be trivial
+  for b in range(BATCH):
+    expected = stream_oracle_logits(params, np.asarray(PROMPTS[b]), tokens[b], pauses[b])
+    np.testing.assert_allclose(np.asarray(gen.step_logits[b], np.float64), expected, rtol=1e-5,
+                               atol=ATOL)
+    for t in range(NUM_TOKENS):
+      # The oracle only has realised steps: each must have paused (d > tau) and the last must not,
+      # unless it is step K.
+      d = np.exp(log_dk64(expected[t, :pauses[b, t] + 1]))
+      assert (d[:-1] > TAU + DECISION_MARGIN).all(), (b, t, d)
+      assert pauses[b, t] == K or d[-1] < TAU - DECISION_MARGIN, (b, t, d)
+      assert_greedy(tokens[b, t], expected[t, pauses[b, t]])
+  assert int(gen.num_queries) == (pauses + 1).sum(-1).max()
+
+
+def test_stream_always_with_one_token_prompt_equals_stream_rollout():
+  # Training interleaves K pauses after every real token. With `always` and a one-token prompt the
+  # inference stream is exactly that, so the stream rollout is an oracle for every step.
+  gen = generated("stream", "always", prompt_len=1)
+  np.testing.assert_array_equal(gen.pauses, K)
+  expected = rollout_of_generation("stream", PROMPTS[:, :1], gen.tokens)
+  np.testing.assert_allclose(np.asarray(gen.step_logits, np.float64), expected, rtol=1e-5, atol=ATOL)
+  assert_greedy(np.asarray(gen.tokens), expected[:, :, K])
+
+
+def test_stream_and_private_chains_differ_after_a_pause():
+  # Guards against stream mode silently running private chains: once a token has paused, later tokens
+  # see its pauses in the stream, so their step-0 logits differ from the private rollout's.
+  gen = generated("stream", "threshold")
+  pauses = np.asarray(gen.pauses)
+  private = rollout_of_generation("plain", PROMPTS, gen.tokens)  # same params, private chains
+  stream_step0 = np.asarray(gen.step_logits[:, :, 0], np.float64)
+  paused_before = np.cumsum(pauses, axis=1) - pauses > 0  # some earlier generated token paused
+  assert paused_before.any()
+  differs = np.abs(stream_step0 - private[:, :, 0]).max(-1) > 1e-3
+  np.testing.assert_array_equal(differs, paused_before)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Arguments and compilation.
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_pauses=K + 1), "max_pauses"),
+    (dict(policy="bogus"), "policy.*'bogus'"),
+    (dict(policy="threshold", tau=1.5), "tau.*1.5"),
+    (dict(policy="cumulative", q=0.0), "q .*0.0"),
+])
+def test_bad_arguments_raise(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    generate.generate(params_for("plain"), PROMPTS, CONFIG, num_tokens=NUM_TOKENS, **kwargs)
+
+
+def test_prompt_too_long_raises():
+  # Private chains take one cache entry per generated token: 58 + 6 = 64 fits, 59 + 6 does not.
+  too_long = jnp.zeros((1, CONFIG.max_len - NUM_TOKENS + 1), jnp.int32)
+  with pytest.raises(ValueError, match="max_len"):
+    generate.generate(params_for("plain"), too_long, CONFIG, num_tokens=NUM_TOKENS)
+  # A stream takes up to K+1 entries per token: 40 + 6 * 4 = 64 fits, 41 does not.
+  stream_prompt = jnp.zeros((1, CONFIG.max_len - NUM_TOKENS * (K + 1) + 1), jnp.int32)
+  with pytest.raises(ValueError, match="max_len"):
+    generate.generate(params_for("stream"), stream_prompt, STREAM_CONFIG, num_tokens=NUM_TOKENS)
+
+
+def test_tau_sweep_does_not_recompile():
+  generated("plain", "threshold")  # compiled for these shapes and settings
+  size = generate._generate._cache_size()
+  low = generate.generate(params_for("plain"), PROMPTS, CONFIG, num_tokens=NUM_TOKENS, policy="threshold",
+                          tau=0.05, rng=jax.random.PRNGKey(5), return_logits=True)
+  assert generate._generate._cache_size() == size
+  # The traced tau must actually be used: replay the rule with tau = 0.05 on the rollout of these tokens.
+  expected = rollout_of_generation("plain", PROMPTS, low.tokens)
+  d = np.exp(log_dk64(expected))
+  assert (np.abs(d[..., :K] - 0.05) > DECISION_MARGIN).all()
+  replayed = np.where((d[..., :K] <= 0.05).any(-1), (d[..., :K] <= 0.05).argmax(-1), K)
+  np.testing.assert_array_equal(low.pauses, replayed)
+  assert np.asarray(low.pauses).sum() > np.asarray(generated("plain", "threshold").pauses).sum()
+  # Control: a new static setting does compile, so the probe above can see a recompilation.
+  generate.generate(params_for("plain"), PROMPTS, CONFIG, num_tokens=NUM_TOKENS - 1, policy="threshold",
+                    tau=0.05, return_logits=True)
+  assert generate._generate._cache_size() == size + 1

@@ -1,0 +1,378 @@
+"""Tests for cyb_jax/model.py against the float64 numpy oracle in tests/reference_transformer.py.
+
+The oracle builds every pause output the slow way DESIGN.md section 3 defines it (a fresh causal run per
+(position, step), or one long stream), so agreement with the fused scan is evidence, not a tautology.
+Dimensions are prime or odd-halved (D=20, H=2, Dh=10, rotary half 5) so that a transposed axis or a
+wrong rotary pairing cannot hide behind a square or power-of-two shape. Zero-initialised parameters
+(dk kernel, feedback) and unit norm scales are randomised first, or their code paths would be untested.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+import reference_transformer as ref
+from cyb_jax import model
+
+V, D, H, F, L = 11, 20, 2, 14, 2
+B, N, K = 3, 7, 3
+TOL = dict(rtol=1e-5, atol=1e-5)  # float32 against float64 on O(1) logits
+
+BASE = model.ModelConfig(vocab_size=V, width=D, num_layers=L, num_heads=H, mlp_hidden=F, max_len=16,
+                         max_pauses=K, rope_base=100.0)  # a non-default base: the field must be used
+VARIANTS = {
+    "private": BASE,
+    "feedback": dataclasses.replace(BASE, pause_feedback=True),
+    "no_token": dataclasses.replace(BASE, pause_reads_token=False),
+    "no_token_feedback": dataclasses.replace(BASE, pause_reads_token=False, pause_feedback=True),
+    "stream": dataclasses.replace(BASE, pause_context="stream"),
+    "stream_no_token": dataclasses.replace(BASE, pause_context="stream", pause_reads_token=False),
+}
+
+
+def _perturb(params, seed):
+  """Randomises what init sets to zeros or ones, so norm scales, <dk> and feedback all matter."""
+  rs = np.random.RandomState(seed)
+
+  def scale(p):
+    return {"scale": jnp.asarray(1.0 + 0.3 * rs.randn(*p["scale"].shape), jnp.float32)}
+
+  out = dict(params)
+  out["blocks"] = [{**b, "attn_norm": scale(b["attn_norm"]), "mlp_norm": scale(b["mlp_norm"])}
+                   for b in params["blocks"]]
+  out["final_norm"] = scale(params["final_norm"])
+  if "dk_head" in params:
+    out["dk_head"] = {"kernel": jnp.asarray(0.5 * rs.randn(D), jnp.float32),
+                      "bias": jnp.asarray(rs.randn(), jnp.float32)}
+  if "feedback" in params:
+    out["feedback"] = {"kernel": jnp.asarray(rs.randn(D, D) / np.sqrt(D), jnp.float32)}
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def _params(config, seed=0):
+  # The shared weights come from the same key for every variant, so variants differ only by their option.
+  return _perturb(model.init(config, jax.random.key(seed)), seed + 100)
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_rollout(config, num_pauses):
+  return jax.jit(functools.partial(model.rollout, config=config, num_pauses=num_pauses))
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_stats(config, num_pauses):
+  return jax.jit(functools.partial(model.rollout_stats, config=config, num_pauses=num_pauses))
+
+
+def _tokens(batch=B, length=N, seed=1):
+  return np.random.RandomState(seed).randint(0, V, (batch, length)).astype(np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(name, num_pauses=K, batch=B, seed=1):
+  config = VARIANTS[name]
+  return ref.batched_rollout(_params(config), config, _tokens(batch, seed=seed), num_pauses)
+
+
+def _with_embed(params, embed):
+  return {**params, "embed": embed}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. The rollout equals the oracle.
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_rollout_matches_reference(name):
+  config = VARIANTS[name]
+  logits = _jit_rollout(config, K)(_params(config), jnp.asarray(_tokens()))
+  assert logits.shape == (B, N, K + 1, V + 1) and logits.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(logits), _reference(name), **TOL)
+
+
+def test_options_change_pause_steps_in_the_reference():
+  # Guards against vacuous agreement: each option must actually change what the oracle computes.
+  private, feedback, no_token = _reference("private"), _reference("feedback"), _reference("no_token")
+  stream = _reference("stream")
+  for other in (feedback, no_token):
+    np.testing.assert_array_equal(other[:, :, 0], private[:, :, 0])  # step 0 is a plain LM
+    assert np.abs(other[:, :, 1:] - private[:, :, 1:]).max(axis=-1).min() > 1e-3
+  # Stream: the first token's step 0 sees nothing else; later tokens see earlier pauses.
+  np.testing.assert_allclose(stream[:, 0, 0], private[:, 0, 0], rtol=1e-12, atol=1e-12)
+  assert np.abs(stream[:, 1:, 0] - private[:, 1:, 0]).max() > 1e-2
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. rollout_stats equals the three numbers per step read off the oracle's logits.
+
+
+def _reference_stats(logits_BNSV, targets_BN):
+  target = np.take_along_axis(logits_BNSV, targets_BN[:, :, None, None], axis=-1)[..., 0]
+  real = logits_BNSV[..., :V]
+  top = real.max(-1, keepdims=True)
+  lse = np.log(np.exp(real - top).sum(-1)) + top[..., 0]
+  return target, lse, logits_BNSV[..., V]
+
+
+@pytest.mark.parametrize("name", ["private", "feedback", "stream"])
+def test_rollout_stats_match_reference(name):
+  config = VARIANTS[name]
+  rs = np.random.RandomState(2)
+  targets = rs.randint(0, V, (B, N)).astype(np.int32)
+  mask = rs.rand(B, N) < 0.7
+  mask[0, 0] = mask[0, -1] = True
+  stats_fn = _jit_stats(config, K)
+  params, tokens = _params(config), jnp.asarray(_tokens())
+
+  full = stats_fn(params, tokens, jnp.asarray(targets), mask=jnp.asarray(mask))
+  expected = _reference_stats(_reference(name), targets)
+  for got, want in zip((full.target_logit, full.vocab_lse, full.dk_logit), expected):
+    assert got.shape == (B, N, K + 1)
+    np.testing.assert_allclose(np.asarray(got)[mask], want[mask], **TOL)
+    assert np.all(np.isfinite(np.asarray(got)))
+
+  # Chains only at a subset of positions (unsorted, different per row) must be exact, not approximate.
+  positions = np.stack([rs.permutation(N)[:4] for _ in range(B)]).astype(np.int32)
+  subset = stats_fn(params, tokens, jnp.asarray(targets), mask=jnp.asarray(mask),
+                    positions=jnp.asarray(positions))
+  sub_mask = np.take_along_axis(mask, positions, axis=1)
+  for got_sub, got_full, want in zip((subset.target_logit, subset.vocab_lse, subset.dk_logit),
+                                     (full.target_logit, full.vocab_lse, full.dk_logit), expected):
+    assert got_sub.shape == (B, 4, K + 1)
+    gathered = np.take_along_axis(np.asarray(got_full), positions[:, :, None], axis=1)
+    np.testing.assert_allclose(np.asarray(got_sub), gathered, rtol=1e-6, atol=1e-6)
+    want_sub = np.take_along_axis(want, positions[:, :, None], axis=1)
+    np.testing.assert_allclose(np.asarray(got_sub)[sub_mask], want_sub[sub_mask], **TOL)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. Causality through gradients.
+
+
+@pytest.mark.parametrize("name", ["feedback", "stream"])
+def test_causality_through_gradients(name):
+  # Every position holds its own token id, so embedding row r is the input of position r alone (and of
+  # r's own pauses); a gradient reaching a row r > i is a leak from the future.
+  config = VARIANTS[name]
+  params = _params(config)
+  tokens = jnp.arange(N, dtype=jnp.int32)[None]
+  # A random readout, so no symmetry of the logits can cancel a leaking gradient.
+  weights = jnp.asarray(np.random.RandomState(3).randn(K + 1, V + 1), jnp.float32)
+
+  def readout(embed, i):
+    logits = model.rollout(_with_embed(params, embed), tokens, config, K)
+    return jnp.sum(jnp.take(logits[0], i, axis=0) * weights)
+
+  grads = jax.jit(jax.vmap(jax.grad(readout), in_axes=(None, 0)))(params["embed"], jnp.arange(N))
+  row_norms = np.abs(np.asarray(grads)).sum(-1)  # [i, row]
+  for i in range(N):
+    assert np.all(row_norms[i, i + 1:] == 0.0), (i, row_norms[i])
+    assert np.all(row_norms[i, :i + 1] > 0.0), (i, row_norms[i])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. Step 0 is a plain LM, and pause steps do not depend on how many come after them.
+
+
+@pytest.mark.parametrize("name", ["private", "feedback"])
+def test_private_steps_independent_of_num_pauses(name):
+  config = VARIANTS[name]
+  params, tokens = _params(config), jnp.asarray(_tokens())
+  by_k = {k: np.asarray(_jit_rollout(config, k)(params, tokens)) for k in range(K + 1)}
+  for k in range(K):
+    np.testing.assert_allclose(by_k[k], by_k[K][:, :, :k + 1], rtol=1e-6, atol=1e-6)
+
+
+def test_stream_without_pauses_is_the_plain_lm():
+  stream = np.asarray(_jit_rollout(VARIANTS["stream"], 0)(_params(VARIANTS["stream"]),
+                                                          jnp.asarray(_tokens())))
+  np.testing.assert_allclose(stream, _reference("private", num_pauses=0), **TOL)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 5. Extending a no-pause model.
+
+
+@pytest.fixture(scope="module")
+def no_pause():
+  config = dataclasses.replace(BASE, max_pauses=0)
+  params = _perturb(model.init(config, jax.random.key(5)), 6)
+  return config, params, ref.batched_rollout(params, config, _tokens(), 0)
+
+
+def test_no_pause_model_is_a_plain_lm(no_pause):
+  config, params, expected = no_pause
+  assert set(params) == {"embed", "blocks", "final_norm", "head"}
+  logits = np.asarray(_jit_rollout(config, 0)(params, jnp.asarray(_tokens())))
+  assert np.all(logits[..., V] == -np.inf)
+  np.testing.assert_allclose(logits[..., :V], expected[..., :V], **TOL)
+  with pytest.raises(ValueError, match="max_pauses"):
+    model.rollout(params, jnp.asarray(_tokens()), config, 1)
+
+
+@pytest.mark.parametrize("feedback", [False, True])
+def test_extend_params_keeps_step0(no_pause, feedback):
+  config0, params0, expected0 = no_pause
+  config = dataclasses.replace(config0, max_pauses=K, pause_feedback=feedback)
+  extended = model.extend_params(params0, config, jax.random.key(7))
+  # The fresh feedback kernel is zero; make it matter so the extended pause path is fully checked.
+  extended = {**extended, **{k: v for k, v in _perturb(extended, 8).items()
+                             if k in ("dk_head", "feedback")}}
+  logits = np.asarray(_jit_rollout(config, K)(extended, jnp.asarray(_tokens())))
+  np.testing.assert_allclose(logits[:, :, 0, :V], expected0[:, :, 0, :V], **TOL)
+  # The extended model is a working pause model, with its new parameters used as the oracle reads them.
+  np.testing.assert_allclose(logits, ref.batched_rollout(extended, config, _tokens(), K), **TOL)
+
+
+def test_extend_params_errors(no_pause):
+  config0, params0, _ = no_pause
+  config = dataclasses.replace(config0, max_pauses=K)
+  key = jax.random.key(9)
+  wider = model.init(dataclasses.replace(config0, width=24, mlp_hidden=14), key)
+  with pytest.raises(ValueError, match=r"blocks.*attn_norm.*shape"):
+    model.extend_params(wider, config, key)
+  bigger_vocab = model.init(dataclasses.replace(config0, vocab_size=13), key)
+  with pytest.raises(ValueError, match=r"embed.*shape"):
+    model.extend_params(bigger_vocab, config, key)
+  deeper = model.init(dataclasses.replace(config0, num_layers=3), key)
+  with pytest.raises(ValueError, match="num_layers"):
+    model.extend_params(deeper, config, key)
+  with pytest.raises(ValueError, match="dk_head"):
+    model.extend_params(_params(BASE), config, key)
+  with pytest.raises(ValueError, match="max_pauses"):
+    model.extend_params(params0, config0, key)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 6. bfloat16 and rematerialisation.
+
+
+def test_bfloat16_close_to_reference():
+  config = dataclasses.replace(VARIANTS["feedback"], dtype="bfloat16")
+  logits = np.asarray(_jit_rollout(config, K)(_params(VARIANTS["feedback"]), jnp.asarray(_tokens())))
+  assert logits.dtype == np.float32 and np.all(np.isfinite(logits))
+  expected = _reference("feedback")
+  # bfloat16 keeps ~3 significant digits; two layers and three pause steps of it stay well inside this.
+  np.testing.assert_allclose(logits, expected, rtol=0.05, atol=0.1)
+  assert np.abs(logits - expected).max() > 1e-5  # bfloat16 really was used
+
+
+def _stats_loss(config, params, tokens, targets, mask):
+  stats = model.rollout_stats(params, tokens, targets, config, K, mask)
+  w = jnp.asarray([1.0, 0.7, -0.4, 0.3], jnp.float32)[None, None]
+  per_token = jnp.sum(w * (stats.target_logit - stats.vocab_lse + 0.5 * stats.dk_logit), axis=-1)
+  return jnp.sum(jnp.where(mask, per_token, 0.0))
+
+
+@pytest.mark.parametrize("name", ["feedback", "stream"])
+def test_remat_same_values_and_gradients(name):
+  plain_config = VARIANTS[name]
+  remat_config = dataclasses.replace(plain_config, remat=True)
+  params, tokens = _params(plain_config), jnp.asarray(_tokens())
+  rs = np.random.RandomState(4)
+  targets = jnp.asarray(rs.randint(0, V, (B, N)).astype(np.int32))
+  mask = jnp.asarray(rs.rand(B, N) < 0.8)
+
+  logits = np.asarray(_jit_rollout(remat_config, K)(params, tokens))
+  np.testing.assert_allclose(logits, _reference(name), **TOL)
+
+  def value_and_grad(config):
+    return jax.jit(jax.value_and_grad(functools.partial(_stats_loss, config)))(params, tokens, targets,
+                                                                                mask)
+
+  (loss_plain, grads_plain), (loss_remat, grads_remat) = value_and_grad(plain_config), value_and_grad(
+      remat_config)
+  np.testing.assert_allclose(loss_remat, loss_plain, rtol=1e-6)
+  for g_plain, g_remat in zip(jax.tree.leaves(grads_plain), jax.tree.leaves(grads_remat)):
+    np.testing.assert_allclose(g_remat, g_plain, rtol=1e-5, atol=1e-6)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads_plain))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 7. Validation.
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(width=21), "width"),                        # not divisible by 2 heads
+    (dict(width=18), "even"),                         # head dim 9 is odd
+    (dict(pause_context="interleaved"), "pause_context"),
+    (dict(pause_context="stream", pause_feedback=True), "pause_feedback"),
+    (dict(max_pauses=-1), "max_pauses"),
+    (dict(dk_init_prob=0.0), "dk_init_prob"),
+    (dict(dk_init_prob=1.0), "dk_init_prob"),
+    (dict(dk_init_prob=1.5), "dk_init_prob"),
+    (dict(dtype="float16"), "dtype"),
+    (dict(vocab_size=0), "vocab_size"),
+    (dict(num_heads=0), "num_heads"),
+])
+def test_config_validation(changes, field):
+  with pytest.raises(ValueError, match=field):
+    dataclasses.replace(BASE, **changes)
+
+
+def test_rollout_argument_errors():
+  params, tokens = _params(BASE), jnp.asarray(_tokens())
+  targets = jnp.zeros_like(tokens)
+  with pytest.raises(ValueError, match="max_pauses"):
+    model.rollout(params, tokens, BASE, K + 1)
+  with pytest.raises(ValueError, match="max_pauses"):
+    model.rollout_stats(params, tokens, targets, BASE, K + 1)
+  with pytest.raises(ValueError, match="num_pauses"):
+    model.rollout(params, tokens, BASE, -1)
+  too_long = jnp.zeros((1, BASE.max_len + 1), jnp.int32)
+  with pytest.raises(ValueError, match="max_len"):
+    model.rollout(params, too_long, BASE, 1)
+  with pytest.raises(ValueError, match="max_len"):
+    model.rollout_stats(params, too_long, jnp.zeros_like(too_long), BASE, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 8. The initial <dk> probability.
+
+
+@pytest.mark.parametrize("prob", [0.1, 0.5])
+def test_initial_dk_probability(prob):
+  config = dataclasses.replace(BASE, dk_init_prob=prob)
+  params = model.init(config, jax.random.key(11))  # unperturbed: this is about init
+  tokens = jnp.asarray(_tokens(batch=8, seed=12))
+  logits = np.asarray(_jit_rollout(config, K)(params, tokens), np.float64)
+  top = logits.max(-1, keepdims=True)
+  probs = np.exp(logits - top) / np.exp(logits - top).sum(-1, keepdims=True)
+  dk_per_step = probs[..., V].mean(axis=(0, 1))
+  assert np.all(dk_per_step > prob / 2) and np.all(dk_per_step < prob * 2), dk_per_step
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 9. jit and a batch sharded over 8 devices.
+
+
+def test_sharded_batch_matches_unsharded():
+  assert jax.device_count() == 8
+  config = VARIANTS["feedback"]
+  params = _params(config)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+  batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+  rs = np.random.RandomState(13)
+  tokens = rs.randint(0, V, (8, N)).astype(np.int32)
+  targets = rs.randint(0, V, (8, N)).astype(np.int32)
+  positions = np.stack([rs.permutation(N)[:3] for _ in range(8)]).astype(np.int32)
+  host = [jnp.asarray(a) for a in (tokens, targets, positions)]
+  sharded = [jax.device_put(a, batch_sharding) for a in (tokens, targets, positions)]
+
+  rollout_fn = _jit_rollout(config, K)
+  logits_sharded = rollout_fn(params, sharded[0])
+  assert len(logits_sharded.sharding.device_set) == 8
+  np.testing.assert_allclose(logits_sharded, rollout_fn(params, host[0]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(logits_sharded, ref.batched_rollout(params, config, tokens, K), **TOL)
+
+  stats_fn = _jit_stats(config, K)
+  stats_sharded = stats_fn(params, sharded[0], sharded[1], positions=sharded[2])
+  stats_host = stats_fn(params, host[0], host[1], positions=host[2])
+  for got, want in zip(jax.tree.leaves(stats_sharded), jax.tree.leaves(stats_host)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
