@@ -103,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1
   config.mesh.fsdp = 1
+  config.mesh.num_devices = -1          # use the first n devices (-1 = all), e.g. to compare 1 vs 8
   config.distributed = False            # call jax.distributed.initialize() (multi-host TPU/GPU)
 
   # Start from a no-pause (max_pauses = 0) checkpoint's work directory: its parameters are extended

@@ -138,6 +138,11 @@ def model_config(config: ml_collections.ConfigDict, info: data_pipeline.DataInfo
 def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int,
                          process_count: int = 1) -> Settings:
   """Validates `config` and turns it into typed `Settings`; raises ConfigError naming the bad key."""
+  num_devices = int(_get(config, "mesh.num_devices"))
+  _require(num_devices == -1 or 1 <= num_devices <= device_count, "mesh.num_devices",
+           f"must be -1 or in [1, {device_count}] (the devices there are), got {num_devices}")
+  if num_devices != -1:
+    device_count = num_devices
   num_pauses = _get(config, "num_pauses")
   _require(isinstance(num_pauses, int) and num_pauses >= 0, "num_pauses",
            f"must be a non-negative integer, got {num_pauses!r}")

@@ -233,7 +233,7 @@ def cyb_ap(stats: StepStats, *, gamma: float = 0.9, omega: float = 0.1) -> jax.A
   # handles (its gradient is not needed: omega is a constant).
   log_keep = jnp.log1p(-omega)
   log_forced_survival = _exclusive_cumsum(h.log_continue + log_keep)
-  log_forced_stop = h.log_stop
+  log_forced_stop = jnp.logaddexp(jnp.log(omega), log_keep + h.log_stop)
   # At the last step log_stop = 0, so log_forced_stop = log(omega + 1 - omega) = 0: h^w_K = R^w_K.
   log_forced_halt = log_forced_survival + log_forced_stop
   steps = jnp.arange(num_steps, dtype=jnp.float32)
@@ -339,7 +339,7 @@ def objective_loss(objective: str, stats: StepStats, mask: jax.Array, **hparams:
     raise ValueError(f"mask shape {mask.shape} does not match the stats' token shape "
                      f"{stats.target_logit.shape[:-1]}")
   mask = mask.astype(bool)
-  clean = jax.tree.map(lambda x: jnp.where(mask[..., None], jnp.asarray(x, jnp.float32), 0.0), stats)
+  clean = _as_float32(stats)
   weight = mask.astype(jnp.float32)
   num_tokens = jnp.sum(weight)
   denominator = jnp.maximum(num_tokens, 1.0)

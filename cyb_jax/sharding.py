@@ -17,13 +17,15 @@ DATA, FSDP = "data", "fsdp"
 BATCH_AXES = (DATA, FSDP)
 
 
-def make_mesh(data: int, fsdp: int) -> jax.sharding.Mesh:
-  """A (data, fsdp) mesh over all devices; data = -1 takes what fsdp leaves."""
-  devices = jax.device_count()
+def make_mesh(data: int, fsdp: int, num_devices: int = -1) -> jax.sharding.Mesh:
+  """A (data, fsdp) mesh over the first `num_devices` devices (-1 = all); data = -1 takes what fsdp
+  leaves."""
+  devices = jax.devices() if num_devices == -1 else jax.devices()[:num_devices]
   if data == -1:
-    data = devices // fsdp
+    data = len(devices) // fsdp
   # Auto axes: XLA propagates shardings through ops such as the embedding gather on a sharded batch.
-  return jax.make_mesh((data, fsdp), (DATA, FSDP), axis_types=(AxisType.Auto, AxisType.Auto))
+  return jax.make_mesh((data, fsdp), (DATA, FSDP), axis_types=(AxisType.Auto, AxisType.Auto),
+                       devices=devices)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -177,7 +177,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   settings = configuration.settings_from_config(config, device_count=jax.device_count(),
                                                 process_count=jax.process_count())
   is_main = jax.process_index() == 0
-  mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
+  mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.num_devices))
   _log_start(settings, mesh)
   num_steps = int(config.train.num_steps)
   optimizer = train_state_lib.make_optimizer(config.optim, num_steps)

@@ -120,7 +120,7 @@ def _reference_stats(logits_BNSV, targets_BN):
   return target, lse, logits_BNSV[..., V]
 
 
-@pytest.mark.parametrize("name", ["private", "feedback", "stream"])
+@pytest.mark.parametrize("name", ["feedback", "stream"])
 def test_rollout_stats_match_reference(name):
   config = VARIANTS[name]
   rs = np.random.RandomState(2)
@@ -180,9 +180,9 @@ def test_causality_through_gradients(name):
 # 4. Step 0 is a plain LM, and pause steps do not depend on how many come after them.
 
 
-@pytest.mark.parametrize("name", ["private", "feedback"])
-def test_private_steps_independent_of_num_pauses(name):
-  config = VARIANTS[name]
+def test_private_steps_independent_of_num_pauses():
+  # With feedback, so the carried hidden state is covered too; without it the property is a special case.
+  config = VARIANTS["feedback"]
   params, tokens = _params(config), jnp.asarray(_tokens())
   by_k = {k: np.asarray(_jit_rollout(config, k)(params, tokens)) for k in range(K + 1)}
   for k in range(K):
@@ -234,13 +234,19 @@ def test_extend_params_errors(no_pause):
   config0, params0, _ = no_pause
   config = dataclasses.replace(config0, max_pauses=K)
   key = jax.random.key(9)
-  wider = model.init(dataclasses.replace(config0, width=24, mlp_hidden=14), key)
+
+  def zeros_like_init(**changes):
+    # Only shapes matter here; abstract evaluation avoids running init for three more configs.
+    shapes = jax.eval_shape(functools.partial(model.init, dataclasses.replace(config0, **changes)), key)
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+  wider = zeros_like_init(width=24)
   with pytest.raises(ValueError, match=r"blocks.*attn_norm.*shape"):
     model.extend_params(wider, config, key)
-  bigger_vocab = model.init(dataclasses.replace(config0, vocab_size=13), key)
+  bigger_vocab = zeros_like_init(vocab_size=13)
   with pytest.raises(ValueError, match=r"embed.*shape"):
     model.extend_params(bigger_vocab, config, key)
-  deeper = model.init(dataclasses.replace(config0, num_layers=3), key)
+  deeper = zeros_like_init(num_layers=3)
   with pytest.raises(ValueError, match="num_layers"):
     model.extend_params(deeper, config, key)
   with pytest.raises(ValueError, match="dk_head"):
@@ -270,8 +276,10 @@ def _stats_loss(config, params, tokens, targets, mask):
   return jnp.sum(jnp.where(mask, per_token, 0.0))
 
 
-@pytest.mark.parametrize("name", ["feedback", "stream"])
-def test_remat_same_values_and_gradients(name):
+def test_remat_same_values_and_gradients():
+  # The private rollout goes through both rematerialised layer functions (step 0's causal pass and the
+  # pause steps), so one variant covers them.
+  name = "feedback"
   plain_config = VARIANTS[name]
   remat_config = dataclasses.replace(plain_config, remat=True)
   params, tokens = _params(plain_config), jnp.asarray(_tokens())
@@ -338,10 +346,11 @@ def test_rollout_argument_errors():
 
 @pytest.mark.parametrize("prob", [0.1, 0.5])
 def test_initial_dk_probability(prob):
-  config = dataclasses.replace(BASE, dk_init_prob=prob)
-  params = model.init(config, jax.random.key(11))  # unperturbed: this is about init
-  tokens = jnp.asarray(_tokens(batch=8, seed=12))
-  logits = np.asarray(_jit_rollout(config, K)(params, tokens), np.float64)
+  # Unperturbed params: this is about init. dk_init_prob only enters init, so the forward pass compiled
+  # for BASE is reused, over a few batches of random tokens.
+  params = model.init(dataclasses.replace(BASE, dk_init_prob=prob), jax.random.key(11))
+  logits = np.concatenate([np.asarray(_jit_rollout(BASE, K)(params, jnp.asarray(_tokens(seed=seed))))
+                           for seed in (12, 13, 14)]).astype(np.float64)
   top = logits.max(-1, keepdims=True)
   probs = np.exp(logits - top) / np.exp(logits - top).sum(-1, keepdims=True)
   dk_per_step = probs[..., V].mean(axis=(0, 1))
@@ -369,10 +378,11 @@ def test_sharded_batch_matches_unsharded():
   logits_sharded = rollout_fn(params, sharded[0])
   assert len(logits_sharded.sharding.device_set) == 8
   np.testing.assert_allclose(logits_sharded, rollout_fn(params, host[0]), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(logits_sharded, ref.batched_rollout(params, config, tokens, K), **TOL)
+  reference = ref.batched_rollout(params, config, tokens, K)
+  np.testing.assert_allclose(logits_sharded, reference, **TOL)
 
-  stats_fn = _jit_stats(config, K)
-  stats_sharded = stats_fn(params, sharded[0], sharded[1], positions=sharded[2])
-  stats_host = stats_fn(params, host[0], host[1], positions=host[2])
-  for got, want in zip(jax.tree.leaves(stats_sharded), jax.tree.leaves(stats_host)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # The training path (stats at a subset of positions), sharded, against the oracle directly.
+  stats = _jit_stats(config, K)(params, sharded[0], sharded[1], positions=sharded[2])
+  expected = _reference_stats(reference, targets)
+  for got, want in zip((stats.target_logit, stats.vocab_lse, stats.dk_logit), expected):
+    np.testing.assert_allclose(got, np.take_along_axis(want, positions[:, :, None], axis=1), **TOL)
