@@ -1,14 +1,15 @@
 """Evaluation metrics of DESIGN.md section 7, streamed over batches.
 
-`token_metrics` (jitted per model) turns one batch into per-token arrays; `EvalAccumulator` folds them
-into running sums on the host, so an eval set of any size needs memory for one batch plus the step-0
-`<dk>` scores kept for the AUROC (one float per token).
+One jitted rollout per batch gives every token's quality at every step (`step_metrics`); the inference
+policies are then replayed on those numbers (`stop_steps`), so any number of policies and a whole sweep
+of thresholds cost one forward pass. `EvalAccumulator` folds the per-token arrays into running sums on the
+host: an eval set of any size needs memory for one batch plus one float per token for the `<dk>` AUROC.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,15 +20,18 @@ from cyb_jax import model as model_lib
 from cyb_jax import policies
 from cyb_jax.data import example as example_lib
 
+# Thresholds for the quality-versus-compute curve (the threshold policy pauses while d_j > tau).
+DEFAULT_TAU_SWEEP = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
-@functools.partial(jax.jit, static_argnames=("config", "num_pauses", "policy"))
-def token_metrics(params, inputs_BN, targets_BN, mask_BN, *, config: model_lib.ModelConfig,
-                  num_pauses: int, policy: str, tau: float = 0.5, q: float = 0.5) -> dict:
-  """Per-token quality at every step and under `policy`.
 
-  Returns arrays `[B, N]`: stop (steps paused by the policy), nll_policy, correct_policy, nll_marginal,
-  log_dk0 (log d_0, the step-0 `<dk>` log-probability); and `[B, N, S]`: nll_at_step, correct_at_step,
-  halt (the halting distribution h_j).
+@functools.partial(jax.jit, static_argnames=("config", "num_pauses"))
+def step_metrics(params, inputs_BN, targets_BN, mask_BN, *, config: model_lib.ModelConfig,
+                 num_pauses: int) -> dict:
+  """Every token's quality at every step, arrays `[B, N, S]` unless noted.
+
+  nll_at_step: -log a_j; correct_at_step: argmax of the real-vocabulary logits equals the target;
+  log_d: log d_j, the `<dk>` log-probability under the full V+1 softmax (-inf at the last step);
+  halt: the halting distribution h_j; nll_marginal `[B, N]`: -log sum_j h_j a_j.
   """
   vocab = config.vocab_size
 
@@ -40,20 +44,25 @@ def token_metrics(params, inputs_BN, targets_BN, mask_BN, *, config: model_lib.M
 
   stats, correct_BNS = model_lib.rollout_readout(params, inputs_BN, config, num_pauses, None, readout)
   halting = losses.halting(stats)
-  # The policies read log d from the full V+1 softmax, which is what the rollout's dk logit gives.
-  log_d_BNS = stats.dk_logit - jnp.logaddexp(stats.vocab_lse, stats.dk_logit)
-  stop_BN = policies.stop_steps_from_log_dk(policy, log_d_BNS, tau=tau, q=q)
-  pick = lambda x: jnp.take_along_axis(x, stop_BN[..., None], axis=-1)[..., 0]
   return {
-      "stop": stop_BN,
-      "nll_policy": -pick(halting.log_answer),
-      "correct_policy": pick(correct_BNS),
-      "nll_marginal": losses.cyb_ap(stats, gamma=1.0, omega=0.0),
-      "log_dk0": log_d_BNS[..., 0],
       "nll_at_step": -halting.log_answer,
       "correct_at_step": correct_BNS,
+      "log_d": halting.log_continue,
       "halt": jnp.exp(halting.log_halt),
+      "nll_marginal": losses.cyb_ap(stats, gamma=1.0, omega=0.0),
   }
+
+
+def stop_steps(log_d_BNS: np.ndarray, policy: str, *, tau: float = 0.5, q: float = 0.5,
+               rng: Optional[jax.Array] = None) -> np.ndarray:
+  """Where `policy` stops each token, int `[B, N]`, replaying its decisions on log d_j `[B, N, S]`."""
+  return np.asarray(policies.stop_steps_from_log_dk(policy, jnp.asarray(log_d_BNS), tau=tau, q=q,
+                                                    rng=rng))
+
+
+def pick(values_BNS: np.ndarray, stop_BN: np.ndarray) -> np.ndarray:
+  """values[b, n, stop[b, n]]."""
+  return np.take_along_axis(values_BNS, stop_BN[..., None], axis=-1)[..., 0]
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -64,62 +73,113 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
   if num_pos == 0 or num_neg == 0:
     return float("nan")
   # Mann-Whitney U from average ranks.
-  unique, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-  upper_rank = np.cumsum(counts)
-  average_rank = upper_rank - (counts - 1) / 2.0
-  ranks = average_rank[inverse]
-  u_stat = ranks[positives].sum() - num_pos * (num_pos + 1) / 2.0
+  _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+  average_rank = np.cumsum(counts) - (counts - 1) / 2.0
+  u_stat = average_rank[inverse][positives].sum() - num_pos * (num_pos + 1) / 2.0
   return float(u_stat / (num_pos * num_neg))
 
 
-class EvalAccumulator:
-  """Running sums of `token_metrics` over unmasked tokens, overall and per difficulty label."""
+class PolicyAccumulator:
+  """Running sums for one policy: quality where it stops, pauses, and the same by difficulty/token id."""
 
-  def __init__(self, num_steps: int, difficulty_names: Optional[dict] = None):
+  def __init__(self, num_steps: int, vocab_size: Optional[int] = None):
     self.num_steps = num_steps
-    self.difficulty_names = dict(difficulty_names or {})
     self.tokens = 0
-    self.sums = {"nll_policy": 0.0, "correct_policy": 0.0, "pauses": 0.0, "nll_marginal": 0.0}
+    self.nll = 0.0
+    self.correct = 0
+    self.pauses = 0
+    self.histogram = np.zeros(num_steps, np.int64)
+    self.by_difficulty: dict[int, np.ndarray] = {}  # label -> [tokens, paused, pauses, correct]
+    self.by_token = None if vocab_size is None else np.zeros((vocab_size, 2), np.int64)  # tokens, pauses
+
+  def add(self, stop: np.ndarray, nll: np.ndarray, correct: np.ndarray,
+          difficulty: Optional[np.ndarray] = None, targets: Optional[np.ndarray] = None) -> None:
+    """All arguments are 1-D over the batch's unmasked tokens."""
+    self.tokens += stop.size
+    self.nll += float(nll.astype(np.float64).sum())
+    self.correct += int(correct.sum())
+    self.pauses += int(stop.sum())
+    self.histogram += np.bincount(stop, minlength=self.num_steps)[:self.num_steps]
+    if difficulty is not None:
+      for label in np.unique(difficulty):
+        rows = difficulty == label
+        entry = self.by_difficulty.setdefault(int(label), np.zeros(4, np.int64))
+        entry += [rows.sum(), (stop[rows] > 0).sum(), stop[rows].sum(), correct[rows].sum()]
+    if self.by_token is not None and targets is not None:
+      np.add.at(self.by_token[:, 0], targets, 1)
+      np.add.at(self.by_token[:, 1], targets, stop)
+
+  def result(self) -> dict:
+    n = max(self.tokens, 1)
+    return {"nll_policy": self.nll / n, "accuracy": self.correct / n, "mean_pauses": self.pauses / n,
+            "pause_histogram": self.histogram.tolist()}
+
+
+class EvalAccumulator:
+  """Running sums of `step_metrics` over unmasked tokens, under a main policy, other policies and a
+  threshold sweep; overall, by difficulty label and by target token id."""
+
+  def __init__(self, num_steps: int, *, policy: str = "threshold", tau: float = 0.5, q: float = 0.5,
+               difficulty_names: Optional[dict] = None, other_policies: Sequence[str] = (),
+               tau_sweep: Sequence[float] = (), vocab_size: Optional[int] = None, seed: int = 0):
+    policies.check_policy(policy, tau=tau, q=q)
+    self.num_steps = num_steps
+    self.policy, self.tau, self.q = policy, tau, q
+    self.difficulty_names = {int(k): v for k, v in (difficulty_names or {}).items()}
+    self.rng = jax.random.PRNGKey(seed)
+    self.main = PolicyAccumulator(num_steps, vocab_size)
+    self.others = {name: PolicyAccumulator(num_steps) for name in other_policies if name != policy}
+    self.sweep = {float(t): PolicyAccumulator(num_steps) for t in tau_sweep}
+    self.tokens = 0
+    self.nll_marginal = 0.0
     self.nll_at_step = np.zeros(num_steps)
     self.correct_at_step = np.zeros(num_steps)
     self.halt = np.zeros(num_steps)
-    self.pause_histogram = np.zeros(num_steps, np.int64)
-    self.by_difficulty: dict[int, dict] = {}
+    self.correct_at_step_by_difficulty: dict[int, np.ndarray] = {}
     self._dk_scores: list[np.ndarray] = []
     self._step0_wrong: list[np.ndarray] = []
+    self._batches = 0
 
-  def add(self, metrics: dict, mask_BN: np.ndarray, difficulty_BN: Optional[np.ndarray] = None) -> None:
+  def _stop(self, log_d, policy, tau, q):
+    rng = jax.random.fold_in(self.rng, self._batches)
+    return stop_steps(log_d, policy, tau=tau, q=q, rng=rng)
+
+  def add(self, metrics: dict, mask_BN: np.ndarray, difficulty_BN: Optional[np.ndarray] = None,
+          targets_BN: Optional[np.ndarray] = None) -> None:
     metrics = jax.device_get(metrics)
     mask = np.asarray(mask_BN, bool)
-    count = int(mask.sum())
-    if count == 0:
+    self._batches += 1
+    if not mask.any():
       return
-    self.tokens += count
-    stop = np.asarray(metrics["stop"])[mask]
-    self.sums["nll_policy"] += float(np.asarray(metrics["nll_policy"], np.float64)[mask].sum())
-    self.sums["correct_policy"] += float(np.asarray(metrics["correct_policy"])[mask].sum())
-    self.sums["pauses"] += float(stop.sum())
-    self.sums["nll_marginal"] += float(np.asarray(metrics["nll_marginal"], np.float64)[mask].sum())
-    self.nll_at_step += np.asarray(metrics["nll_at_step"], np.float64)[mask].sum(0)
-    correct_at_step = np.asarray(metrics["correct_at_step"])[mask]
-    self.correct_at_step += correct_at_step.sum(0)
+    nll_at_step = np.asarray(metrics["nll_at_step"], np.float64)
+    correct_at_step = np.asarray(metrics["correct_at_step"], bool)
+    log_d = np.asarray(metrics["log_d"], np.float32)
+    difficulty = None if difficulty_BN is None else np.asarray(difficulty_BN)[mask]
+    targets = None if targets_BN is None else np.asarray(targets_BN)[mask]
+
+    self.tokens += int(mask.sum())
+    self.nll_marginal += float(np.asarray(metrics["nll_marginal"], np.float64)[mask].sum())
+    self.nll_at_step += nll_at_step[mask].sum(0)
+    self.correct_at_step += correct_at_step[mask].sum(0)
     self.halt += np.asarray(metrics["halt"], np.float64)[mask].sum(0)
-    self.pause_histogram += np.bincount(stop, minlength=self.num_steps)[:self.num_steps]
-    self._dk_scores.append(np.asarray(metrics["log_dk0"], np.float32)[mask])
-    self._step0_wrong.append(~correct_at_step[:, 0])
-    if difficulty_BN is not None:
-      labels = np.asarray(difficulty_BN)[mask]
-      correct_policy = np.asarray(metrics["correct_policy"])[mask]
-      for label in np.unique(labels):
-        rows = labels == label
-        entry = self.by_difficulty.setdefault(int(label), {
-            "tokens": 0, "pauses": 0.0, "paused": 0, "correct_policy": 0,
-            "correct_at_step": np.zeros(self.num_steps)})
-        entry["tokens"] += int(rows.sum())
-        entry["pauses"] += float(stop[rows].sum())
-        entry["paused"] += int((stop[rows] > 0).sum())
-        entry["correct_policy"] += int(correct_policy[rows].sum())
-        entry["correct_at_step"] += correct_at_step[rows].sum(0)
+    self._dk_scores.append(log_d[..., 0][mask])
+    self._step0_wrong.append(~correct_at_step[..., 0][mask])
+    if difficulty is not None:
+      for label in np.unique(difficulty):
+        rows = difficulty == label
+        entry = self.correct_at_step_by_difficulty.setdefault(int(label), np.zeros(self.num_steps))
+        entry += correct_at_step[mask][rows].sum(0)
+
+    def add_policy(accumulator, policy, tau, q, with_labels):
+      stop = self._stop(log_d, policy, tau, q)
+      accumulator.add(stop[mask], pick(nll_at_step, stop)[mask], pick(correct_at_step, stop)[mask],
+                      difficulty if with_labels else None, targets if with_labels else None)
+
+    add_policy(self.main, self.policy, self.tau, self.q, True)
+    for name, accumulator in self.others.items():
+      add_policy(accumulator, name, self.tau, self.q, False)
+    for tau, accumulator in self.sweep.items():
+      add_policy(accumulator, "threshold", tau, self.q, False)
 
   def _label_name(self, label: int) -> str:
     return str(self.difficulty_names.get(label, label))
@@ -127,61 +187,75 @@ class EvalAccumulator:
   def result(self) -> dict:
     """The metrics as plain Python numbers and lists (JSON-ready)."""
     n = max(self.tokens, 1)
-    out = {
-        "num_tokens": self.tokens,
-        "nll_policy": self.sums["nll_policy"] / n,
-        "accuracy": self.sums["correct_policy"] / n,
-        "mean_pauses": self.sums["pauses"] / n,
-        "nll_marginal": self.sums["nll_marginal"] / n,
-        "nll_at_step": (self.nll_at_step / n).tolist(),
-        "accuracy_at_step": (self.correct_at_step / n).tolist(),
-        "halt_distribution": (self.halt / n).tolist(),
-        "pause_histogram": self.pause_histogram.tolist(),
-        "dk_auroc": auroc(np.concatenate(self._dk_scores) if self._dk_scores else np.zeros(0),
-                          np.concatenate(self._step0_wrong) if self._step0_wrong else np.zeros(0)),
-    }
-    if self.by_difficulty:
-      labels = sorted(self.by_difficulty)
-      names = [self._label_name(label) for label in labels]
-      entries = [self.by_difficulty[label] for label in labels]
-      out["difficulty_tokens"] = {nm: e["tokens"] for nm, e in zip(names, entries)}
-      out["pause_rate_by_difficulty"] = {nm: e["paused"] / e["tokens"] for nm, e in zip(names, entries)}
-      out["mean_pauses_by_difficulty"] = {nm: e["pauses"] / e["tokens"] for nm, e in zip(names, entries)}
-      out["accuracy_by_difficulty"] = {nm: e["correct_policy"] / e["tokens"]
-                                       for nm, e in zip(names, entries)}
-      out["accuracy_at_step_by_difficulty"] = {nm: (e["correct_at_step"] / e["tokens"]).tolist()
-                                               for nm, e in zip(names, entries)}
+    scores = np.concatenate(self._dk_scores) if self._dk_scores else np.zeros(0)
+    wrong = np.concatenate(self._step0_wrong) if self._step0_wrong else np.zeros(0, bool)
+    out = {"num_tokens": self.tokens, "policy": self.policy, **self.main.result(),
+           "nll_marginal": self.nll_marginal / n,
+           "nll_at_step": (self.nll_at_step / n).tolist(),
+           "accuracy_at_step": (self.correct_at_step / n).tolist(),
+           "halt_distribution": (self.halt / n).tolist(),
+           "dk_auroc": auroc(scores, wrong)}
+    if self.policy == "threshold":
+      out["tau"] = self.tau
+    if self.policy == "cumulative":
+      out["q"] = self.q
+    if self.others:
+      out["policies"] = {name: acc.result() for name, acc in self.others.items()}
+    if self.sweep:
+      out["tau_sweep"] = [{"tau": tau, **acc.result()} for tau, acc in sorted(self.sweep.items())]
+    if self.main.by_difficulty:
+      labels = sorted(self.main.by_difficulty)
+      names = {label: self._label_name(label) for label in labels}
+      stats = self.main.by_difficulty
+      out["difficulty_tokens"] = {names[l]: int(stats[l][0]) for l in labels}
+      out["pause_rate_by_difficulty"] = {names[l]: float(stats[l][1] / stats[l][0]) for l in labels}
+      out["mean_pauses_by_difficulty"] = {names[l]: float(stats[l][2] / stats[l][0]) for l in labels}
+      out["accuracy_by_difficulty"] = {names[l]: float(stats[l][3] / stats[l][0]) for l in labels}
+      out["accuracy_at_step_by_difficulty"] = {
+          names[l]: (self.correct_at_step_by_difficulty[l] / stats[l][0]).tolist() for l in labels}
+    if self.main.by_token is not None:
+      counts, pauses = self.main.by_token[:, 0], self.main.by_token[:, 1]
+      seen = np.nonzero(counts)[0]
+      out["mean_pauses_by_token"] = {int(t): float(pauses[t] / counts[t]) for t in seen}
+      out["tokens_by_token"] = {int(t): int(counts[t]) for t in seen}
     return out
 
 
 def evaluate(params, batches: Iterable[dict], config: model_lib.ModelConfig, num_pauses: int, *,
              policy: str = "threshold", tau: float = 0.5, q: float = 0.5,
-             difficulty_names: Optional[dict] = None, max_batches: int = 0,
-             put_batch=None, progress=None) -> dict:
-  """Streams `batches` (dicts of numpy arrays, see data/example.py) and returns `EvalAccumulator.result()`.
+             difficulty_names: Optional[dict] = None, max_batches: int = 0, put_batch=None,
+             progress=None, other_policies: Sequence[str] = (), tau_sweep: Sequence[float] = (),
+             per_token: bool = False) -> dict:
+  """Streams `batches` (dicts of numpy arrays, see data/example.py) and returns the metrics.
 
   max_batches: stop after this many (0 = all). put_batch: optional function placing a host batch on
-  devices (e.g. with a sharding). progress: optional callable invoked once per batch (e.g. tqdm.update).
+  devices (e.g. with a sharding). progress: optional callable invoked once per batch.
+  other_policies, tau_sweep: more policies and thresholds to replay on the same forward passes.
+  per_token: also report pauses per target token id (text: which tokens pause most).
   """
-  accumulator = EvalAccumulator(num_pauses + 1, difficulty_names)
+  accumulator = EvalAccumulator(num_pauses + 1, policy=policy, tau=tau, q=q,
+                                difficulty_names=difficulty_names, other_policies=other_policies,
+                                tau_sweep=tau_sweep,
+                                vocab_size=config.vocab_size if per_token else None)
+  keys = (example_lib.INPUTS, example_lib.TARGETS, example_lib.LOSS_MASK)
   for index, batch in enumerate(batches):
     if max_batches and index >= max_batches:
       break
-    keys = (example_lib.INPUTS, example_lib.TARGETS, example_lib.LOSS_MASK)
-    device_batch = put_batch({k: batch[k] for k in keys}) if put_batch else {k: batch[k] for k in keys}
-    metrics = token_metrics(params, device_batch[example_lib.INPUTS], device_batch[example_lib.TARGETS],
-                            device_batch[example_lib.LOSS_MASK], config=config, num_pauses=num_pauses,
-                            policy=policy, tau=tau, q=q)
-    mask, difficulty = batch[example_lib.LOSS_MASK], batch.get(example_lib.DIFFICULTY)
+    device_batch = {k: batch[k] for k in keys}
+    if put_batch is not None:
+      device_batch = put_batch(device_batch)
+    metrics = step_metrics(params, device_batch[example_lib.INPUTS], device_batch[example_lib.TARGETS],
+                           device_batch[example_lib.LOSS_MASK], config=config, num_pauses=num_pauses)
+    host = {k: batch.get(k) for k in (example_lib.LOSS_MASK, example_lib.DIFFICULTY, example_lib.TARGETS)}
     if jax.process_count() > 1:
-      # Each host holds its own rows of the batch; gather all of them (in process order, as the global
-      # arrays are laid out) so every host reports the same numbers.
+      # Each host holds its own rows; gather all of them (in process order, as the global arrays are laid
+      # out) so every host reports the same numbers.
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       metrics = multihost_utils.process_allgather(metrics, tiled=True)
-      mask = multihost_utils.process_allgather(mask, tiled=True)
-      difficulty = None if difficulty is None else multihost_utils.process_allgather(difficulty,
-                                                                                     tiled=True)
-    accumulator.add(metrics, mask, difficulty)
+      host = {k: None if v is None else multihost_utils.process_allgather(v, tiled=True)
+              for k, v in host.items()}
+    accumulator.add(metrics, host[example_lib.LOSS_MASK], host[example_lib.DIFFICULTY],
+                    host[example_lib.TARGETS])
     if progress is not None:
       progress()
   return accumulator.result()

@@ -291,7 +291,7 @@ def dual_update(cost: jax.Array, mean_pauses: jax.Array, *, budget: float, lr: f
   """One projected dual-ascent step for CYB-DP: max(0, cost + lr (mean E[tau] - budget))."""
   _check_non_negative("budget", budget)
   _check_non_negative("lr", lr)
-  return jnp.maximum(0.0, cost + lr * (mean_pauses - budget))
+  return cost + lr * (mean_pauses - budget)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -339,7 +339,7 @@ def objective_loss(objective: str, stats: StepStats, mask: jax.Array, **hparams:
     raise ValueError(f"mask shape {mask.shape} does not match the stats' token shape "
                      f"{stats.target_logit.shape[:-1]}")
   mask = mask.astype(bool)
-  clean = _as_float32(stats)
+  clean = jax.tree.map(lambda x: jnp.where(mask[..., None], jnp.asarray(x, jnp.float32), 0.0), stats)
   weight = mask.astype(jnp.float32)
   num_tokens = jnp.sum(weight)
   denominator = jnp.maximum(num_tokens, 1.0)

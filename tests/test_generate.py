@@ -63,20 +63,20 @@ def rollout(params, tokens, config, num_pauses):
 
 
 @functools.lru_cache(maxsize=None)
-def generated(variant, policy, temperature=0.0, prompt_len=PROMPT_LEN):
-  """One generation per (variant, policy, temperature), shared by the tests (compiling costs ~2 s)."""
+def generated(variant, policy, temperature=0.0, prompt_len=PROMPT_LEN, num_pauses=K):
+  """One generation per setting, shared by the tests (each compile costs seconds)."""
   return generate.generate(params_for(variant), PROMPTS[:, :prompt_len], CONFIGS[variant],
-                           num_tokens=NUM_TOKENS, policy=policy, tau=TAU, q=Q, temperature=temperature,
-                           rng=jax.random.PRNGKey(5), return_logits=True)
+                           num_tokens=NUM_TOKENS, num_pauses=num_pauses, policy=policy, tau=TAU, q=Q,
+                           temperature=temperature, rng=jax.random.PRNGKey(5), return_logits=True)
 
 
-def rollout_of_generation(variant, prompts, tokens):
+def rollout_of_generation(variant, prompts, tokens, num_pauses=K):
   """Rollout logits `[B, M, S, V+1]` (float64) for the generated tokens' predictions.
 
   Token t is predicted at position T-1+t of prompt + generated[:-1].
   """
   sequence = jnp.concatenate([prompts, tokens[:, :-1]], axis=1)
-  logits = rollout(params_for(variant), sequence, CONFIGS[variant], K)
+  logits = rollout(params_for(variant), sequence, CONFIGS[variant], num_pauses)
   return np.asarray(logits, np.float64)[:, prompts.shape[1] - 1:]
 
 
@@ -90,15 +90,16 @@ def replay_policy(policy, logits_S):
   """Stopping step of a deterministic policy from one token's step logits `[S, V+1]` (float64).
 
   threshold: first j < K with d_j <= tau. cumulative: first j < K where sum_{k<=j} h_k >= q, with
-  h_j = prod_{k<j} d_k (1 - d_j). Otherwise K. Also asserts no decision sits on its threshold.
+  h_j = prod_{k<j} d_k (1 - d_j). Otherwise K = S-1. Also asserts no decision sits on its threshold.
   """
+  num_pauses = logits_S.shape[0] - 1
   if policy == "never":
     return 0
   if policy == "always":
-    return K
+    return num_pauses
   d = np.exp(log_dk64(logits_S))
   halted, survival = 0.0, 1.0
-  for j in range(K):
+  for j in range(num_pauses):
     if policy == "threshold":
       value, bound = d[j], TAU
       stop = d[j] <= TAU
@@ -110,7 +111,7 @@ def replay_policy(policy, logits_S):
     assert abs(value - bound) > DECISION_MARGIN, f"decision at step {j} is a near tie: {value} vs {bound}"
     if stop:
       return j
-  return K
+  return num_pauses
 
 
 def assert_greedy(tokens, logits_at_stop):
@@ -121,17 +122,17 @@ def assert_greedy(tokens, logits_at_stop):
   np.testing.assert_array_equal(tokens, real.argmax(-1))
 
 
-def check_against_rollout(variant, policy, gen, prompts, *, greedy):
+def check_against_rollout(variant, policy, gen, prompts, *, greedy, num_pauses=K):
   """The checks shared by all private-chain policies; returns the rollout logits."""
   tokens, pauses = np.asarray(gen.tokens), np.asarray(gen.pauses)
   got = np.asarray(gen.step_logits, np.float64)
   assert tokens.shape == pauses.shape == (prompts.shape[0], NUM_TOKENS)
-  assert got.shape == (prompts.shape[0], NUM_TOKENS, K + 1, V + 1)
-  assert ((tokens >= 0) & (tokens < V)).all() and ((pauses >= 0) & (pauses <= K)).all()
-  expected = rollout_of_generation(variant, prompts, gen.tokens)
+  assert got.shape == (prompts.shape[0], NUM_TOKENS, num_pauses + 1, V + 1)
+  assert ((tokens >= 0) & (tokens < V)).all() and ((pauses >= 0) & (pauses <= num_pauses)).all()
+  expected = rollout_of_generation(variant, prompts, gen.tokens, num_pauses)
 
   # A token with p pauses realises steps 0..p; the later steps were never run and must hold NaN.
-  realised = np.arange(K + 1)[None, None, :] <= pauses[..., None]
+  realised = np.arange(num_pauses + 1)[None, None, :] <= pauses[..., None]
   np.testing.assert_array_equal(np.isfinite(got).all(-1), realised)
   np.testing.assert_array_equal(np.isnan(got).all(-1), ~realised)
   np.testing.assert_allclose(got[realised], expected[realised], rtol=1e-5, atol=ATOL)
@@ -164,6 +165,14 @@ def check_against_rollout(variant, policy, gen, prompts, *, greedy):
 ])
 def test_generation_matches_rollout(variant, policy):
   check_against_rollout(variant, policy, generated(variant, policy), PROMPTS, greedy=True)
+
+
+def test_fewer_pauses_than_max_pauses():
+  # K = 2 < max_pauses = 3: the last step is step 2, which must answer however large its d.
+  gen = generated("plain", "threshold", num_pauses=2)
+  check_against_rollout("plain", "threshold", gen, PROMPTS, greedy=True, num_pauses=2)
+  pauses = np.asarray(gen.pauses)
+  assert 2 in pauses and 0 in pauses, pauses
 
 
 def test_sampled_tokens_and_pauses_match_rollout():

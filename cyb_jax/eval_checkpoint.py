@@ -1,0 +1,142 @@
+"""Evaluate a saved checkpoint on the eval split and write a report (what `eval.py` runs).
+
+The config gives the data and the eval settings; the model is read from the checkpoint's own metadata,
+and the two must agree on vocabulary and shape, or the run stops with a one-line error before any
+compilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cyb_jax import checkpointing
+from cyb_jax import configuration
+from cyb_jax import evaluate
+from cyb_jax import generate
+from cyb_jax import model as model_lib
+from cyb_jax import policies
+from cyb_jax import report
+from cyb_jax.data import example as example_lib
+from cyb_jax.data import pipeline as data_pipeline
+from cyb_jax.data import tokenizer as tokenizer_lib
+
+log = logging.getLogger("cyb_jax")
+
+
+def load_params(workdir: str, step: Optional[int] = None) -> tuple[dict, dict, int]:
+  """(params, meta, step) of checkpoint `step` (default: the latest) in `workdir`."""
+  try:
+    checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  except FileNotFoundError:
+    raise configuration.ConfigError(f"--workdir {workdir!r} holds no checkpoints directory") from None
+  available = checkpointer.all_steps()
+  if not available:
+    raise configuration.ConfigError(f"--workdir {workdir!r} holds no checkpoint")
+  if step is None:
+    step = max(available)
+  elif step not in available:
+    raise configuration.ConfigError(f"--checkpoint {step} is not in {workdir!r}; available: {sorted(available)}")
+  meta = checkpointer.restore_meta(step)
+  params = checkpointer.restore_raw_state(step)["params"]
+  checkpointer.close()
+  params = jax.tree.map(jnp.asarray, params)
+  if isinstance(params["blocks"], dict):  # orbax may hand lists back keyed "0", "1", ...
+    params["blocks"] = [params["blocks"][str(i)] for i in range(len(params["blocks"]))]
+  return params, meta, step
+
+
+def _decoder(data: data_pipeline.DataConfig):
+  """token id -> printable text: bytes for text data, the id in brackets for synthetic tasks."""
+  if data.name in (data_pipeline.TEXT_FILE, data_pipeline.TFDS):
+    tokenizer = tokenizer_lib.make_tokenizer(data.tokenizer, data.spm_model_path)
+    return lambda token: tokenizer.decode([token]) or f"<{token}>"
+  return lambda token: f" {token}"
+
+
+def generate_samples(params, model_config: model_lib.ModelConfig, num_pauses: int, data, *,
+                     num_samples: int, policy: str, tau: float, q: float, decode) -> list[str]:
+  """Continuations of the first eval examples' first halves, each pause marked."""
+  if num_samples <= 0:
+    return []
+  batch = next(iter(data_pipeline.make_dataset(data, "eval", num_samples, seed=0)))
+  seq_len = batch[example_lib.INPUTS].shape[1]
+  prompt_len = max(1, seq_len // 2)
+  num_tokens = min(48, model_config.max_len - prompt_len) if model_config.pause_context == "private" \
+      else max(1, (model_config.max_len - prompt_len) // (num_pauses + 1))
+  prompt = batch[example_lib.INPUTS][:, :prompt_len]
+  out = generate.generate(params, prompt, model_config, num_tokens=num_tokens, num_pauses=num_pauses,
+                          policy=policy, tau=tau, q=q)
+  samples = []
+  for row in range(prompt.shape[0]):
+    shown_prompt = "".join(decode(int(t)) for t in prompt[row][-64:])
+    continuation = report.render_sample(np.asarray(out.tokens[row]), np.asarray(out.pauses[row]), decode)
+    samples.append(f"...{shown_prompt}|>{continuation}")
+  return samples
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step: Optional[int] = None,
+                        policy: Optional[str] = None, tau: Optional[float] = None, q: Optional[float] = None,
+                        max_batches: int = 0, batch_size: int = 0, num_samples: int = 4,
+                        out_dir: Optional[str] = None, progress: bool = True) -> dict:
+  """Evaluates a checkpoint of `workdir` and writes `out_dir` (default `workdir/eval`). Returns the report."""
+  eval_config = config.copy_and_resolve_references()
+  with eval_config.unlocked():
+    if policy is not None:
+      eval_config.eval.policy = policy
+    if tau is not None:
+      eval_config.eval.tau = tau
+    if q is not None:
+      eval_config.eval.q = q
+    if batch_size:
+      eval_config.train.batch_size = batch_size
+    eval_config.mesh.num_devices = 1
+  settings = configuration.settings_from_config(eval_config, device_count=1)
+  params, meta, step = load_params(workdir, step)
+  saved_model = model_lib.ModelConfig(**meta["model"])
+  if configuration.model_shape(saved_model) != configuration.model_shape(settings.model):
+    raise configuration.ConfigError(
+        f"checkpoint {step} in {workdir!r} does not fit this config: checkpoint model "
+        f"{configuration.model_shape(saved_model)}, config {configuration.model_shape(settings.model)}")
+  # The checkpoint knows its own architecture options; the config only chooses data and policy.
+  model_config = dataclasses.replace(saved_model, max_len=max(saved_model.max_len, settings.model.max_len))
+  saved_pauses = int(meta["config"].get("num_pauses", settings.num_pauses))
+  num_pauses = min(saved_pauses, model_config.max_pauses)
+  chosen = eval_config.eval.policy
+  if num_pauses == 0:
+    chosen = "never"
+  others = [p for p in policies.POLICIES if p != chosen] if num_pauses > 0 else []
+  tau_sweep = evaluate.DEFAULT_TAU_SWEEP if num_pauses > 0 else ()
+
+  batches = data_pipeline.make_dataset(settings.data, "eval", int(eval_config.train.batch_size), seed=0)
+  bar = None
+  if progress:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm(desc="eval", unit="batch", total=max_batches or None)
+  is_text = settings.data_info.difficulty_names is None
+  result = evaluate.evaluate(params, iter(batches), model_config, num_pauses, policy=chosen,
+                             tau=float(eval_config.eval.tau), q=float(eval_config.eval.q),
+                             difficulty_names=settings.data_info.difficulty_names,
+                             max_batches=max_batches, progress=bar.update if bar is not None else None,
+                             other_policies=others, tau_sweep=tau_sweep, per_token=True)
+  if bar is not None:
+    bar.close()
+  decode = _decoder(settings.data)
+  samples = generate_samples(params, model_config, num_pauses, settings.data, num_samples=num_samples,
+                             policy=chosen if chosen != "sample" else "threshold",
+                             tau=float(eval_config.eval.tau), q=float(eval_config.eval.q), decode=decode)
+  header = {"workdir": os.path.abspath(workdir), "checkpoint_step": step, "num_pauses": num_pauses,
+            "objective": meta["config"].get("objective", {}).get("name"),
+            "data": settings.data.name, "text_data": is_text,
+            "model": dataclasses.asdict(model_config), "config": configuration.as_json_dict(eval_config)}
+  out_dir = out_dir or os.path.join(workdir, "eval")
+  written = report.write_report(out_dir, result, header=header, samples=samples, decode=decode)
+  log.info("wrote %s", ", ".join(sorted(written)))
+  return {**header, **result, "samples": samples, "files": written}

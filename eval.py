@@ -1,0 +1,49 @@
+"""Evaluate a checkpoint: `python eval.py --config=configs/x.py --workdir=DIR [--checkpoint=STEP]
+[--policy=threshold --tau=0.5 ...]`.
+
+Writes DIR/eval/report.json, report.md and PNG plots (see cyb_jax/report.py). The config supplies the data
+and eval settings; the model comes from the checkpoint.
+"""
+
+import logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "The run's config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of the run to evaluate.", required=True)
+_CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default: the latest).")
+_POLICY = flags.DEFINE_enum("policy", None, ["threshold", "sample", "cumulative", "never", "always"],
+                            "Inference policy (default: config.eval.policy).")
+_TAU = flags.DEFINE_float("tau", None, "Threshold policy: pause while P(<dk>) > tau.")
+_Q = flags.DEFINE_float("q", None, "Cumulative policy: stop once the halted mass reaches q.")
+_MAX_BATCHES = flags.DEFINE_integer("max_batches", 0, "Evaluate at most this many batches (0 = all).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "Eval batch size (0 = config.train.batch_size).")
+_SAMPLES = flags.DEFINE_integer("num_samples", 4, "Generated samples in the report.")
+_OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/eval).")
+
+
+def main(argv):
+  del argv
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("cyb_jax").setLevel(logging.INFO)
+  from cyb_jax import configuration, eval_checkpoint  # pylint: disable=g-import-not-at-top
+  try:
+    result = eval_checkpoint.evaluate_checkpoint(
+        _CONFIG.value, _WORKDIR.value, step=_CHECKPOINT.value, policy=_POLICY.value, tau=_TAU.value,
+        q=_Q.value, max_batches=_MAX_BATCHES.value, batch_size=_BATCH_SIZE.value,
+        num_samples=_SAMPLES.value, out_dir=_OUT.value)
+  except configuration.ConfigError as error:
+    sys.exit(f"eval error: {error}")
+  print(f"{result['policy']}: nll_policy {result['nll_policy']:.4f}, accuracy {result['accuracy']:.4f}, "
+        f"mean pauses {result['mean_pauses']:.3f}, over {result['num_tokens']} tokens; report in "
+        f"{os.path.dirname(result['files']['report.md'])}")
+
+
+if __name__ == "__main__":
+  app.run(main)
