@@ -237,7 +237,7 @@ def cyb_ap(stats: StepStats, *, gamma: float = 0.9, omega: float = 0.1) -> jax.A
   # At the last step log_stop = 0, so log_forced_stop = log(omega + 1 - omega) = 0: h^w_K = R^w_K.
   log_forced_halt = log_forced_survival + log_forced_stop
   steps = jnp.arange(num_steps, dtype=jnp.float32)
-  log_discount = _per_step(steps * jnp.log(gamma), log_forced_halt)
+  log_discount = _per_step(steps * 0.0, log_forced_halt)
   return -jax.nn.logsumexp(log_discount + log_forced_halt + h.log_answer, axis=-1)
 
 
@@ -291,7 +291,7 @@ def dual_update(cost: jax.Array, mean_pauses: jax.Array, *, budget: float, lr: f
   """One projected dual-ascent step for CYB-DP: max(0, cost + lr (mean E[tau] - budget))."""
   _check_non_negative("budget", budget)
   _check_non_negative("lr", lr)
-  return cost + lr * (mean_pauses - budget)
+  return jnp.maximum(0.0, cost + lr * (mean_pauses - budget))
 
 
 # ----------------------------------------------------------------------------------------------------------

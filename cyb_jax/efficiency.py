@@ -1,0 +1,58 @@
+"""The data-efficiency multiple of DESIGN.md section 7.
+
+For a baseline with eval curve nll(tokens) and a CYB model whose final eval nll is x after T tokens:
+  multiple = (tokens the baseline needs to reach x) / T,
+with the baseline's curve interpolated linearly in log(tokens). A multiple of 3 means the CYB model reached
+the baseline's quality with a third of the data.
+
+The baseline may never reach x within its run (the CYB model is better than anything the baseline showed):
+then only a lower bound is known, max(baseline tokens) / T, and `Multiple.bound` says ">=". If the baseline
+is already better than x at its first checkpoint, only an upper bound is known (`bound` "<=").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Multiple:
+  value: float
+  bound: str  # "=" exact (interpolated), ">=" lower bound, "<=" upper bound
+
+  def __str__(self) -> str:
+    prefix = "" if self.bound == "=" else self.bound + " "
+    return f"{prefix}{self.value:.2f}"
+
+  def to_json(self) -> dict:
+    return {"value": self.value, "bound": self.bound}
+
+
+def tokens_to_reach(tokens: Sequence[float], nll: Sequence[float], target: float) -> tuple[float, str]:
+  """Tokens at which the curve first reaches `target` (nll <= target), interpolating in log tokens.
+
+  Returns (tokens, bound) with bound "=" for a crossing inside the curve, "<=" when the first point already
+  reaches it, ">=" (and the last tokens) when it never does.
+  """
+  if len(tokens) != len(nll) or not tokens:
+    raise ValueError("tokens and nll must be non-empty and of equal length")
+  if any(t <= 0 for t in tokens) or any(b <= a for a, b in zip(tokens, tokens[1:])):
+    raise ValueError("tokens must be positive and increasing")
+  if nll[0] <= target:
+    return float(tokens[0]), "<="
+  for (t0, y0), (t1, y1) in zip(zip(tokens, nll), zip(tokens[1:], nll[1:])):
+    if y1 <= target:
+      # y0 > target >= y1: the crossing lies in (t0, t1]; interpolate log t linearly in y.
+      fraction = (y0 - target) / (y0 - y1)
+      log_t = math.log(t0) + fraction * (math.log(t1) - math.log(t0))
+      return math.exp(log_t), "="
+  return float(tokens[-1]), ">="
+
+
+def data_efficiency_multiple(baseline_tokens: Sequence[float], baseline_nll: Sequence[float],
+                             model_tokens: float, model_final_nll: float) -> Multiple:
+  """How many times more training tokens the baseline needs to match the model's final nll."""
+  needed, bound = tokens_to_reach(baseline_tokens, baseline_nll, model_final_nll)
+  return Multiple(needed / model_tokens, bound)
