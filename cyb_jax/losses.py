@@ -237,7 +237,7 @@ def cyb_ap(stats: StepStats, *, gamma: float = 0.9, omega: float = 0.1) -> jax.A
   # At the last step log_stop = 0, so log_forced_stop = log(omega + 1 - omega) = 0: h^w_K = R^w_K.
   log_forced_halt = log_forced_survival + log_forced_stop
   steps = jnp.arange(num_steps, dtype=jnp.float32)
-  log_discount = _per_step(steps * 0.0, log_forced_halt)
+  log_discount = _per_step(steps * jnp.log(gamma), log_forced_halt)
   return -jax.nn.logsumexp(log_discount + log_forced_halt + h.log_answer, axis=-1)
 
 

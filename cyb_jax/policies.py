@@ -7,6 +7,8 @@ batch of independent decisions, so each sequence in a batch pauses on its own.
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 
@@ -18,9 +20,9 @@ def check_policy(policy: str, *, tau: float = 0.5, q: float = 0.5) -> None:
   """Raises ValueError for an unknown policy or a parameter outside its range."""
   if policy not in POLICIES:
     raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-  if policy == "threshold" and isinstance(tau, (int, float)) and not 0.0 <= tau <= 1.0:
+  if policy == "threshold" and isinstance(tau, numbers.Real) and not 0.0 <= tau <= 1.0:
     raise ValueError(f"tau must lie in [0, 1], got {tau!r}")
-  if policy == "cumulative" and isinstance(q, (int, float)) and not 0.0 < q <= 1.0:
+  if policy == "cumulative" and isinstance(q, numbers.Real) and not 0.0 < q <= 1.0:
     raise ValueError(f"q must lie in (0, 1], got {q!r}")
 
 

@@ -198,8 +198,8 @@ def greedy_by_rollouts(variant, prompts, num_pauses, step):
   """Greedy decoding by repeated rollouts: append argmax of the last real position's logits at `step`.
 
   The growing sequence sits at the front of a fixed-length buffer (filler 0 after it) so the rollout
-  compiles once; the model is causal (tested in test_model.py), so the filler cannot change the logits
-  read at the last real position.
+  compiles once; the model is causal (DESIGN.md section 3), so the filler cannot change the logits
+  read at the last real position. (The comparison with generation already relies on this.)
   """
   batch, prompt_len = prompts.shape
   buffer = np.zeros((batch, prompt_len + NUM_TOKENS - 1), np.int32)

@@ -4,7 +4,7 @@ The reference below never calls the code under test. It takes the softmax over a
 step, reads d_j (the `<dk>` probability) and a_j (the target probability renormalised over the real
 tokens) off it, and enumerates every way a token's rollout can end, as a tree of events: at each step
 before the last, the world may force an answer (hazard omega), else the model answers or pauses; the last
-step always answers. Every expected value is a sum over those paths in plain Python floats.
+step always answers. Every expected value is a sum over those paths in plain Python floats (float64).
 """
 
 import functools
@@ -310,16 +310,15 @@ def _optimise_dk(objective, answer_probs, num_iters, schedule, **hp):
   return np.asarray(halts)
 
 
-# Each row has a different best step; for AP (gamma 0.9) gamma^j a_j is [.2, .63, .567],
-# [.6, .45, .729], [.8, .765, .729]; for DP (cost 0.3) -log a_j + 0.3 j is [1.61, .66, .96],
+# Each row has a different best step. For AP (gamma 0.9) on ANSWER_PROBS gamma^j a_j is [.2, .63, .567],
+# [.6, .45, .729], [.8, .765, .729]; for DP (cost 0.3) on DP_ANSWER_PROBS -log a_j + 0.3 j is [1.61, .66, .96],
 # [1.20, .99, .65], [.51, .66, .82].
 ANSWER_PROBS = [[0.2, 0.7, 0.7], [0.6, 0.5, 0.9], [0.8, 0.85, 0.9]]
-AP_ANSWER_PROBS = ANSWER_PROBS
 DP_ANSWER_PROBS = [[0.2, 0.7, 0.7], [0.3, 0.5, 0.95], [0.6, 0.7, 0.8]]
 
 
 def test_ap_optimum_halts_at_best_discounted_answer():
-  a = np.asarray(AP_ANSWER_PROBS)
+  a = np.asarray(ANSWER_PROBS)
   best = np.argmax(0.9 ** np.arange(S) * a, axis=-1)
   np.testing.assert_array_equal(best, [1, 2, 0])
   h = _optimise_dk("cyb_ap", a, 500, 0.1, gamma=0.9, omega=0.0)
