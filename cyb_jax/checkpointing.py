@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 ITEMS = ("state", "meta", "data")
@@ -52,6 +54,13 @@ class Checkpointer:
   def restore_raw_state(self, step: int) -> Any:
     """The saved state as nested dicts of arrays, without a target (for `init_from`)."""
     return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+
+  def restore_params(self, step: int) -> Any:
+    """The saved model parameters as jax arrays, without a target (for `init_from` and eval)."""
+    params = jax.tree.map(jnp.asarray, self.restore_raw_state(step)["params"])
+    if isinstance(params["blocks"], dict):  # orbax may hand a list back keyed "0", "1", ...
+      params["blocks"] = [params["blocks"][str(i)] for i in range(len(params["blocks"]))]
+    return params
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

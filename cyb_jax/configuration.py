@@ -83,7 +83,8 @@ def objective_settings(config: ml_collections.ConfigDict, num_pauses: int) -> Ob
            f"= {budget} exceeds num_pauses = {num_pauses}: the budget can never be met")
   _require(dual_lr >= 0.0, "objective.dual_lr", f"must be >= 0, got {dual_lr}")
   _require(anytime_weight >= 0.0, "objective.anytime_weight", f"must be >= 0, got {anytime_weight}")
-  _require(0.0 < prior_p <= 1.0, "objective.prior_p", f"must lie in (0, 1], got {prior_p}")
+  # p = 1 would put zero prior mass on every pause step, and KL(h || prior) would be infinite.
+  _require(0.0 < prior_p < 1.0, "objective.prior_p", f"must lie in (0, 1), got {prior_p}")
   if name in ("pause_ce", "cyb_ap", "cyb_va", "cyb_dp"):
     _require(num_pauses >= 1 or name != "pause_ce", "num_pauses", "must be >= 1 for objective pause_ce")
   hparams = {}

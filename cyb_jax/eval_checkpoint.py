@@ -12,8 +12,6 @@ import logging
 import os
 from typing import Optional
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -45,11 +43,8 @@ def load_params(workdir: str, step: Optional[int] = None) -> tuple[dict, dict, i
   elif step not in available:
     raise configuration.ConfigError(f"--checkpoint {step} is not in {workdir!r}; available: {sorted(available)}")
   meta = checkpointer.restore_meta(step)
-  params = checkpointer.restore_raw_state(step)["params"]
+  params = checkpointer.restore_params(step)
   checkpointer.close()
-  params = jax.tree.map(jnp.asarray, params)
-  if isinstance(params["blocks"], dict):  # orbax may hand lists back keyed "0", "1", ...
-    params["blocks"] = [params["blocks"][str(i)] for i in range(len(params["blocks"]))]
   return params, meta, step
 
 

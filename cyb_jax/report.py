@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Optional, Sequence
+from typing import Sequence
 
 import matplotlib
 

@@ -125,12 +125,8 @@ def _load_init_params(init_dir: str, model_config: model_lib.ModelConfig, rng: j
       raise configuration.ConfigError(
           f"config.init_from: model.{key} is {saved[key]} in {init_dir!r}, {getattr(model_config, key)} "
           "in this config")
-  params = source.restore_raw_state(step)["params"]
+  params = source.restore_params(step)
   source.close()
-  params = jax.tree.map(jnp.asarray, params)
-  # orbax returns lists of layers as lists or as dicts keyed "0", "1", ...: normalise to a list.
-  if isinstance(params["blocks"], dict):
-    params["blocks"] = [params["blocks"][str(i)] for i in range(len(params["blocks"]))]
   if saved["max_pauses"] > 0:
     params = {k: params[k] for k in ("embed", "blocks", "final_norm", "head")}
     log.info("init_from: %s was trained with pauses; keeping only its no-pause parameters", init_dir)
