@@ -18,7 +18,9 @@ from ml_collections import config_flags
 def _exit_on_unknown_key(error: Exception, argv: list) -> None:
   """ml_collections reports an unknown --config.<key> as a bare AttributeError/KeyError (a long
   traceback); exit with one line naming the flag instead. Re-raises errors it cannot attribute."""
-  message = str(error).strip('"').splitlines()[0]
+  while error.args and isinstance(error.args[0], BaseException):  # AttributeError(KeyError(...))
+    error = error.args[0]
+  message = "; ".join(str(error.args[0] if error.args else error).splitlines())
   match = re.match(r"'([^']*)'", message)
   key = match.group(1) if match else message
   overrides = [arg.split("=", 1)[0] for arg in argv[1:] if arg.startswith("--config.")]
@@ -46,9 +48,10 @@ def _parse_flags(argv):
 
 def main(argv):
   del argv
+  config = _CONFIG.value
   try:
-    config = _CONFIG.value
-  except OSError as error:  # a --config file that could not be loaded (multi-line message)
+    config.to_dict()  # a --config file that failed to load raises (a multi-line OSError) on first use
+  except OSError as error:
     sys.exit("config error: " + " ".join(line.strip() for line in str(error).splitlines()))
   # Libraries (orbax, tensorboardX) log a lot at INFO through absl; keep their warnings, and our INFO.
   absl_logging.set_verbosity(absl_logging.WARNING)

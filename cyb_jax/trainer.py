@@ -71,7 +71,7 @@ def train_step(state: train_state_lib.TrainState, batch: dict, *, model_config: 
   if objective.name == "cyb_dp" and objective.budget is not None:
     dp_cost = losses.dual_update(dp_cost, aux.mean_pauses, budget=objective.budget, lr=objective.dual_lr)
   metrics = {"loss": loss, "mean_pauses": aux.mean_pauses, "nll_at_step": aux.nll_at_step,
-             "halt_distribution": aux.halt_distribution, "grad_norm": optax.global_norm(grads),
+             "halt_distribution": aux.halt_distribution, "grad_norm": optax.tree.norm(grads),
              "dp_cost": state.dp_cost, "tokens": aux.num_tokens}
   new_state = train_state_lib.TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                                          dp_cost=dp_cost)

@@ -1,0 +1,149 @@
+"""eval.py on a tiny trained checkpoint: the files it writes, and its numbers against an independent
+numpy computation from the model's logits on the same batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cyb_jax import checkpointing
+from cyb_jax import configuration
+from cyb_jax import eval_checkpoint
+from cyb_jax import model as model_lib
+from cyb_jax import trainer
+from cyb_jax.data import pipeline as data_pipeline
+from tests import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPORT_KEYS = ("nll_policy", "nll_marginal", "accuracy", "mean_pauses", "nll_at_step", "accuracy_at_step",
+               "dk_auroc", "pause_histogram", "pause_rate_by_difficulty", "config", "checkpoint_step",
+               "num_tokens")
+PLOTS = ("halting_histogram.png", "pause_rate_by_difficulty.png", "quality_vs_compute.png", "nll_at_step.png")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("tiny_run"))
+  config = tiny_config.get_config()
+  config.train.eval_every = 100  # no periodic eval: only the checkpoint matters here
+  trainer.train(config, workdir)
+  return config, workdir
+
+
+def _first_eval_batch(config):
+  settings = configuration.settings_from_config(config, device_count=1)
+  return next(iter(data_pipeline.make_dataset(settings.data, "eval", int(config.train.batch_size)))), settings
+
+
+def _reference(config, workdir, tau):
+  """Every reported number, from the model's logits, in float64 numpy, with plain loops."""
+  batch, settings = _first_eval_batch(config)
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  params = checkpointer.restore_params(checkpointer.latest_step())
+  checkpointer.close()
+  num_pauses = config.num_pauses
+  logits = np.asarray(model_lib.rollout(params, batch["inputs"], settings.model, num_pauses), np.float64)
+  vocab = settings.model.vocab_size
+  mask, targets, difficulty = batch["loss_mask"], batch["targets"], batch["difficulty"]
+  rows = []
+  for b, n in zip(*np.nonzero(mask)):
+    z = logits[b, n]                                  # [S, V+1]
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    d = p[:, vocab].copy()
+    d[-1] = 0.0                                       # the last step cannot pause
+    a = p[:, targets[b, n]] / p[:, :vocab].sum(-1)    # P(target | answer at j)
+    correct = np.argmax(z[:, :vocab], -1) == targets[b, n]
+    stop = next(j for j in range(num_pauses + 1) if j == num_pauses or not d[j] > tau)
+    survive = np.concatenate([[1.0], np.cumprod(d[:-1])])
+    halt = survive * (1 - d)
+    rows.append(dict(stop=stop, a=a, correct=correct, d0=p[0, vocab], halt=halt,
+                     label=settings.data_info.difficulty_names[int(difficulty[b, n])]))
+  ref = {
+      "num_tokens": len(rows),
+      "nll_at_step": np.mean([-np.log(r["a"]) for r in rows], 0),
+      "accuracy_at_step": np.mean([r["correct"] for r in rows], 0),
+      "nll_policy": np.mean([-np.log(r["a"][r["stop"]]) for r in rows]),
+      "accuracy": np.mean([r["correct"][r["stop"]] for r in rows]),
+      "mean_pauses": np.mean([r["stop"] for r in rows]),
+      "nll_marginal": np.mean([-np.log(np.sum(r["halt"] * r["a"])) for r in rows]),
+      "pause_histogram": [sum(r["stop"] == j for r in rows) for j in range(num_pauses + 1)],
+  }
+  # AUROC of d_0 for "step-0 answer wrong", by counting ordered pairs (ties count half).
+  wrong = [r["d0"] for r in rows if not r["correct"][0]]
+  right = [r["d0"] for r in rows if r["correct"][0]]
+  pairs = [(w > c) + 0.5 * (w == c) for w in wrong for c in right]
+  ref["dk_auroc"] = float(np.mean(pairs)) if pairs else float("nan")
+  labels = sorted({r["label"] for r in rows})
+  ref["pause_rate_by_difficulty"] = {l: np.mean([r["stop"] > 0 for r in rows if r["label"] == l]) for l in labels}
+  return ref, rows
+
+
+def test_eval_writes_reports_that_match_an_independent_computation(trained, tmp_path):
+  config, workdir = trained
+  # A threshold at the median step-0 <dk> probability makes about half of the tokens pause, so the
+  # policy's choices are exercised both ways.
+  _, rows = _reference(config, workdir, tau=0.5)
+  # Halfway between two neighbouring values, so no token sits on the threshold (float32 vs float64).
+  d0 = np.unique([r["d0"] for r in rows])
+  middle = len(d0) // 2
+  tau = float((d0[middle - 1] + d0[middle]) / 2)
+  ref, rows = _reference(config, workdir, tau=tau)
+  assert 0 < ref["mean_pauses"] < config.num_pauses
+
+  out = str(tmp_path / "eval")
+  result = eval_checkpoint.evaluate_checkpoint(config, workdir, policy="threshold", tau=tau, max_batches=1,
+                                               num_samples=2, out_dir=out, progress=False)
+  for name in ("report.json", "report.md") + PLOTS:
+    assert os.path.getsize(os.path.join(out, name)) > 0, name
+  with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
+    report = json.load(f)
+  for key in REPORT_KEYS:
+    assert key in report, key
+  assert report["checkpoint_step"] == config.train.num_steps
+
+  assert report["num_tokens"] == ref["num_tokens"]
+  np.testing.assert_allclose(report["nll_at_step"], ref["nll_at_step"], rtol=1e-5)
+  np.testing.assert_allclose(report["accuracy_at_step"], ref["accuracy_at_step"], rtol=1e-12)
+  for key in ("nll_policy", "accuracy", "mean_pauses", "nll_marginal", "dk_auroc"):
+    np.testing.assert_allclose(report[key], ref[key], rtol=1e-5, err_msg=key)
+  assert report["pause_histogram"] == ref["pause_histogram"]
+  assert report["pause_rate_by_difficulty"].keys() == ref["pause_rate_by_difficulty"].keys()
+  for label, rate in ref["pause_rate_by_difficulty"].items():
+    assert report["pause_rate_by_difficulty"][label] == pytest.approx(rate)
+
+  # The never/always policies are the step-0 and step-K columns of the same numbers.
+  assert report["policies"]["never"]["nll_policy"] == pytest.approx(ref["nll_at_step"][0], rel=1e-5)
+  assert report["policies"]["always"]["accuracy"] == pytest.approx(ref["accuracy_at_step"][-1])
+  # The sweep's threshold 0.99 pauses at most as often as 0.02 (d > tau is harder to meet).
+  sweep = {row["tau"]: row["mean_pauses"] for row in report["tau_sweep"]}
+  assert sweep[0.99] <= sweep[0.02]
+
+  with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+    markdown = f.read()
+  assert "## By difficulty" in markdown and "## Generated samples" in markdown
+  assert len(report["samples"]) == 2
+
+
+def test_eval_cli_errors_name_the_problem(trained, tmp_path):
+  config, workdir = trained
+  empty = str(tmp_path / "empty")
+  os.makedirs(empty)
+  with pytest.raises(configuration.ConfigError, match="holds no checkpoints"):
+    eval_checkpoint.evaluate_checkpoint(config, empty, progress=False)
+  with pytest.raises(configuration.ConfigError, match=r"--checkpoint 999 is not in"):
+    eval_checkpoint.evaluate_checkpoint(config, workdir, step=999, progress=False)
+  wider = tiny_config.get_config()
+  wider.model.width = 32
+  with pytest.raises(configuration.ConfigError, match="does not fit this config"):
+    eval_checkpoint.evaluate_checkpoint(wider, workdir, progress=False)
+
+  # Through the command line: one line on stderr, non-zero exit.
+  proc = subprocess.run([sys.executable, "eval.py", "--config=tests/tiny_config.py", f"--workdir={empty}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith("eval error:")
+  assert "holds no checkpoints" in proc.stderr
