@@ -5,17 +5,15 @@ Writes DIR/eval/report.json, report.md and PNG plots (see cyb_jax/report.py). Th
 and eval settings; the model comes from the checkpoint.
 """
 
-import logging
 import os
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "The run's config file.")
+from cyb_jax import cli
+
+_CONFIG = cli.define_config_flag("The run's config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of the run to evaluate.", required=True)
 _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default: the latest).")
 _POLICY = flags.DEFINE_enum("policy", None, ["threshold", "sample", "cumulative", "never", "always"],
@@ -30,12 +28,12 @@ _OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/eval
 
 def main(argv):
   del argv
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("cyb_jax").setLevel(logging.INFO)
+  config = cli.loaded_config(_CONFIG)
+  cli.quiet_libraries()
   from cyb_jax import configuration, eval_checkpoint  # pylint: disable=g-import-not-at-top
   try:
     result = eval_checkpoint.evaluate_checkpoint(
-        _CONFIG.value, _WORKDIR.value, step=_CHECKPOINT.value, policy=_POLICY.value, tau=_TAU.value,
+        config, _WORKDIR.value, step=_CHECKPOINT.value, policy=_POLICY.value, tau=_TAU.value,
         q=_Q.value, max_batches=_MAX_BATCHES.value, batch_size=_BATCH_SIZE.value,
         num_samples=_SAMPLES.value, out_dir=_OUT.value)
   except configuration.ConfigError as error:
@@ -46,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -70,9 +70,12 @@ def train_step(state: train_state_lib.TrainState, batch: dict, *, model_config: 
   dp_cost = state.dp_cost
   if objective.name == "cyb_dp" and objective.budget is not None:
     dp_cost = losses.dual_update(dp_cost, aux.mean_pauses, budget=objective.budget, lr=objective.dual_lr)
+  # `loss` is that of the parameters before this update: an update that blows them up shows in the loss
+  # only one step later, after this state may have been checkpointed. So the new parameters are checked too.
+  params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
   metrics = {"loss": loss, "mean_pauses": aux.mean_pauses, "nll_at_step": aux.nll_at_step,
              "halt_distribution": aux.halt_distribution, "grad_norm": optax.tree.norm(grads),
-             "dp_cost": state.dp_cost, "tokens": aux.num_tokens}
+             "dp_cost": state.dp_cost, "tokens": aux.num_tokens, "params_finite": params_finite}
   new_state = train_state_lib.TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                                          dp_cost=dp_cost)
   return new_state, metrics
@@ -110,7 +113,10 @@ def _log_start(settings: configuration.Settings, mesh) -> None:
 
 def _load_init_params(init_dir: str, model_config: model_lib.ModelConfig, rng: jax.Array) -> Any:
   """Parameters of the no-pause run in `init_dir`, extended with fresh pause parameters if needed."""
-  source = checkpointing.Checkpointer(init_dir, read_only=True)
+  try:
+    source = checkpointing.Checkpointer(init_dir, read_only=True)
+  except FileNotFoundError:  # no checkpoints/ directory at all
+    raise configuration.ConfigError(f"config.init_from = {init_dir!r} holds no checkpoint") from None
   step = source.latest_step()
   if step is None:
     raise configuration.ConfigError(f"config.init_from = {init_dir!r} holds no checkpoint")
@@ -156,8 +162,11 @@ class _Window:
       if not np.isfinite(metrics["loss"]):
         raise NonFiniteLossError(f"non-finite loss {float(metrics['loss'])} at step {step}; "
                                  "no checkpoint of this state was written")
+      if not metrics["params_finite"]:
+        raise NonFiniteLossError(f"non-finite parameters after the update at step {step} (its loss was "
+                                 f"{float(metrics['loss']):.4g}); no checkpoint of this state was written")
     seconds = time.perf_counter() - self.started
-    mean = {key: np.mean([m[key] for m in host], axis=0) for key in host[0]}
+    mean = {key: np.mean([m[key] for m in host], axis=0) for key in host[0] if key != "params_finite"}
     tokens = float(np.sum([m["tokens"] for m in host]))
     mean["tokens_per_s"] = tokens / max(seconds, 1e-9)
     mean["steps_per_s"] = len(self.steps) / max(seconds, 1e-9)

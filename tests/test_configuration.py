@@ -1,0 +1,154 @@
+"""Tests of cyb_jax/configuration.py and train.py's flag handling: every bad input is a one-line error that
+names the key (or the file), raised before anything is compiled."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from cyb_jax import configuration
+from cyb_jax import trainer
+import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_DEVICES = 8  # conftest.py's fake CPU devices
+
+
+def tiny(overrides: dict):
+  """tests/tiny_config.py's config with dotted-key overrides."""
+  config = tiny_config.get_config()
+  for path, value in overrides.items():
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+class _JaxWithoutJit:
+  """Stands in for the `jax` module inside trainer.py: everything works except `jax.jit`."""
+
+  def __getattr__(self, name):
+    return getattr(jax, name)
+
+  @staticmethod
+  def jit(*args, **kwargs):
+    raise AssertionError("trainer.train reached jax.jit (compilation) before reporting the error")
+
+
+def train_error(config, workdir, monkeypatch) -> str:
+  """The ConfigError message of trainer.train(config), which must come before any jax.jit."""
+  monkeypatch.setattr(trainer, "jax", _JaxWithoutJit())
+  with pytest.raises(configuration.ConfigError) as error:
+    trainer.train(config, str(workdir))
+  message = str(error.value)
+  assert "\n" not in message
+  assert not os.path.exists(workdir)  # nothing written either
+  return message
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    ({"objective.name": "cyb_xx"},
+     r"^config\.objective\.name must be one of \('ce', 'pause_ce', 'cyb_ap', 'cyb_va', 'cyb_dp'\), "
+     r"got 'cyb_xx'$"),
+    ({"data.name": "pointer_hunting"},
+     r"^config\.data\.name must be one of \[.*'pointer_chasing'.*\], got 'pointer_hunting'$"),
+    ({"num_pauses": -1}, r"^config\.num_pauses must be a non-negative integer, got -1$"),
+    ({"num_pauses": 3}, r"^config\.num_pauses = 3 exceeds config\.model\.max_pauses = 2$"),
+    ({"objective.budget": -0.5}, r"^config\.objective\.budget must be >= 0 \(or None\), got -0\.5$"),
+    ({"objective.cost": -0.1}, r"^config\.objective\.cost must be >= 0, got -0\.1$"),
+    ({"train.batch_size": 12},
+     rf"^config\.train\.batch_size = 12 is not divisible by the device count {NUM_DEVICES}$"),
+    ({"mesh.num_devices": 16},
+     rf"^config\.mesh\.num_devices must be -1 or in \[1, {NUM_DEVICES}\] .*got 16$"),
+], ids=["objective", "task", "negative_num_pauses", "num_pauses_above_max", "negative_budget",
+        "negative_cost", "batch_vs_devices", "too_many_devices"])
+def test_bad_config_is_a_one_line_error_before_compiling(overrides, pattern, tmp_path, monkeypatch):
+  message = train_error(tiny(overrides), tmp_path / "run", monkeypatch)
+  assert re.search(pattern, message), message
+
+
+def test_batch_divisibility_counts_the_devices_in_use():
+  # 12 rows do not split over 8 devices (above) but do over the first 4.
+  settings = configuration.settings_from_config(tiny({"train.batch_size": 12, "mesh.num_devices": 4}),
+                                                device_count=NUM_DEVICES)
+  assert settings.model.max_pauses == 2 and settings.num_pauses == 2
+
+
+def test_missing_or_empty_text_file_is_named(tmp_path, monkeypatch):
+  missing = tmp_path / "nowhere" / "corpus.txt"
+  config = tiny({"data.name": "text_file", "data.text_path": str(missing), "data.task": {}})
+  message = train_error(config, tmp_path / "run", monkeypatch)
+  assert message == f"config.data.text_path: no such file {str(missing)!r}"
+
+  empty = tmp_path / "empty.txt"
+  empty.write_bytes(b"")
+  config = tiny({"data.name": "text_file", "data.text_path": str(empty), "data.task": {}})
+  message = train_error(config, tmp_path / "run", monkeypatch)
+  assert message == f"config.data.text_path: file {str(empty)!r} is empty"
+
+
+@pytest.mark.parametrize("name", ["default", "ce", "cyb_ap", "cyb_dp", "cyb_va", "pause_ce", "lm1b"])
+def test_shipped_configs_validate(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  settings = configuration.settings_from_config(config, device_count=NUM_DEVICES)
+  assert settings.objective.name == config.objective.name
+  assert settings.num_pauses == config.num_pauses <= settings.model.max_pauses
+  # The config goes into every checkpoint as JSON.
+  assert json.loads(json.dumps(configuration.as_json_dict(config))) == config.to_dict()
+
+
+def test_finetune_config_names_its_missing_init_from(tmp_path, monkeypatch):
+  config = importlib.import_module("configs.finetune").get_config()
+  monkeypatch.chdir(tmp_path)  # no runs/pretrain here
+  with pytest.raises(configuration.ConfigError,
+                     match=r"^config\.init_from = 'runs/pretrain' is not a directory$"):
+    configuration.settings_from_config(config, device_count=NUM_DEVICES)
+
+
+def test_train_py_flag_errors_are_one_line_and_fast(tmp_path):
+  """Subprocesses (run side by side): unknown key, wrong type, a missing --config file, and a ConfigError
+  from the trainer, which must come before jax compiles anything (JAX_LOG_COMPILES would log it)."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES}",
+             JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1")
+  cases = {
+      "unknown_key": ["--config=tests/tiny_config.py", "--config.nonexistent=1"],
+      "unknown_nested_key": ["--config.trian.num_steps=3"],
+      "wrong_type": ["--config=tests/tiny_config.py", "--config.train.num_steps=abc"],
+      "missing_config_file": ["--config=configs/no_such_config.py"],
+      "config_error": ["--config=tests/tiny_config.py", "--config.train.batch_size=12"],
+  }
+  processes = {
+      name: subprocess.Popen([sys.executable, "train.py", *args, f"--workdir={tmp_path / name}"],
+                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for name, args in cases.items()}
+  results = {name: (p.communicate(timeout=300), p.returncode) for name, p in processes.items()}
+
+  def error_lines(name):
+    (stdout, stderr), returncode = results[name]
+    assert returncode != 0, (name, stdout, stderr)
+    assert "Traceback" not in stderr and not os.path.exists(tmp_path / name), (name, stderr)
+    return [line for line in stderr.splitlines() if "error" in line.lower()]
+
+  assert error_lines("unknown_key") == [
+      "FATAL Flags parsing error: --config.nonexistent: unknown config key 'nonexistent'"]
+  [line] = error_lines("unknown_nested_key")
+  assert line.startswith("FATAL Flags parsing error: --config.trian.num_steps: unknown config key 'trian'")
+  assert 'Did you mean "train"' in line
+  assert error_lines("wrong_type") == [
+      "FATAL Flags parsing error: flag --config.train.num_steps=abc: invalid literal for int() with base "
+      "10: 'abc'"]
+  [line] = error_lines("missing_config_file")
+  assert line.startswith("config error: ") and "configs/no_such_config.py" in line
+  assert "No such file or directory" in line
+  assert error_lines("config_error") == [
+      f"config error: config.train.batch_size = 12 is not divisible by the device count {NUM_DEVICES}"]
+  assert "Compiling" not in results["config_error"][0][1]

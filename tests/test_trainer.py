@@ -1,0 +1,462 @@
+"""End-to-end tests of cyb_jax/trainer.py (and train.py) on tiny configs (tests/tiny_config.py).
+
+Every run here is a real `trainer.train` (or `python train.py`) on 8 fake CPU devices unless noted. Runs
+with the same shapes share one compiled train step through a persistent compilation cache in a temporary
+directory (the subprocesses read it too), so a resume or a rerun costs seconds, not a compilation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+import numpy as np
+import pytest
+
+from cyb_jax import checkpointing
+from cyb_jax import configuration
+from cyb_jax import model as model_lib
+from cyb_jax import sharding
+from cyb_jax import trainer
+from cyb_jax.data import pipeline as data_pipeline
+import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS = 12          # tiny_config's train.num_steps
+NUM_DEVICES = 8         # conftest.py's fake CPU devices
+SUBPROCESS_TIMEOUT = 300
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers.
+
+
+def tiny(variant: str = "", overrides: dict | None = None):
+  """tests/tiny_config.py's config with dotted-key overrides, e.g. {"optim.learning_rate": 1.0}."""
+  config = tiny_config.get_config(variant)
+  for path, value in (overrides or {}).items():
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def records(workdir, kind: str = "train") -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    complete = f.read().split("\n")[:-1]  # a line another process is still writing has no newline yet
+  return [record for record in map(json.loads, complete) if record["kind"] == kind]
+
+
+def latest_by_step(workdir, key: str = "loss") -> dict[int, float]:
+  """`key` of each step's train record; a step logged twice (a crash after it) keeps the last."""
+  return {record["step"]: record[key] for record in records(workdir)}
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  """Steps of the complete checkpoints (orbax renames a finished save to its bare step number)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def saved_state(workdir, step: int) -> dict:
+  """The train state saved at `step`, as nested dicts of numpy arrays."""
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    state = checkpointer.restore_raw_state(step)
+  finally:
+    checkpointer.close()
+  return jax.tree.map(np.asarray, state)
+
+
+def saved_params(workdir, step: int) -> dict:
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    return checkpointer.restore_params(step)
+  finally:
+    checkpointer.close()
+
+
+def all_finite(tree) -> bool:
+  return all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(tree))
+
+
+def assert_bitwise_equal(tree_a, tree_b) -> None:
+  leaves_a, treedef_a = jax.tree_util.tree_flatten_with_path(tree_a)
+  leaves_b, treedef_b = jax.tree_util.tree_flatten_with_path(tree_b)
+  assert treedef_a == treedef_b
+  for (path, a), (_, b) in zip(leaves_a, leaves_b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert (a.dtype, a.shape) == (b.dtype, b.shape), jax.tree_util.keystr(path)
+    assert a.tobytes() == b.tobytes(), (
+        f"{jax.tree_util.keystr(path)} differs: max |a - b| = {np.max(np.abs(a - b))}")
+
+
+def model_config(config) -> model_lib.ModelConfig:
+  return configuration.settings_from_config(config, device_count=NUM_DEVICES).model
+
+
+class _JaxWithoutJit:
+  """Stands in for the `jax` module inside trainer.py: everything works except `jax.jit`."""
+
+  def __getattr__(self, name):
+    return getattr(jax, name)
+
+  @staticmethod
+  def jit(*args, **kwargs):
+    raise AssertionError("trainer.train reached jax.jit (compilation) before reporting the error")
+
+
+def forbid_compilation(monkeypatch) -> None:
+  monkeypatch.setattr(trainer, "jax", _JaxWithoutJit())
+
+
+def record_meshes(monkeypatch) -> list:
+  meshes = []
+  make_mesh = sharding.make_mesh
+
+  def recording(*args, **kwargs):
+    meshes.append(make_mesh(*args, **kwargs))
+    return meshes[-1]
+
+  monkeypatch.setattr(sharding, "make_mesh", recording)
+  return meshes
+
+
+def wait_for(condition, process: subprocess.Popen, what: str, stderr_path, timeout=SUBPROCESS_TIMEOUT):
+  """Polls `condition()` until true; fails with the process's stderr if it exits first."""
+  deadline = time.monotonic() + timeout
+  while not condition():
+    if process.poll() is not None:
+      with open(stderr_path, encoding="utf-8") as f:
+        pytest.fail(f"train.py exited ({process.returncode}) before {what}:\n{f.read()[-3000:]}")
+    if time.monotonic() > deadline:
+      process.kill()
+      pytest.fail(f"timed out waiting for {what}")
+    time.sleep(0.02)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fixtures: a persistent compilation cache and the runs that several tests read.
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache_dir(tmp_path_factory):
+  """A compilation cache for this module's runs (and its subprocesses); the jax settings are restored."""
+  cache_dir = str(tmp_path_factory.mktemp("jax_cache"))
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  saved = {name: jax.config.values[name] for name in names}
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  compilation_cache.reset_cache()
+  yield cache_dir
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+class Run:
+  def __init__(self, workdir: str, final: dict, printed: str, mesh_size: int):
+    self.workdir, self.final, self.printed, self.mesh_size = workdir, final, printed, mesh_size
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Run:
+  """The uninterrupted tiny CYB-DP run on 8 devices: 12 steps, checkpoints at 4, 8, 12."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  printed = io.StringIO()
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    meshes = record_meshes(monkeypatch)
+    with contextlib.redirect_stdout(printed):
+      final = trainer.train(tiny(), workdir)
+  return Run(workdir, final, printed.getvalue(), meshes[0].devices.size)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> str:
+  """A plain LM (model.max_pauses = 0, objective ce) on the same task: the init_from source."""
+  workdir = str(tmp_path_factory.mktemp("pretrained"))
+  trainer.train(tiny("nopause"), workdir)
+  return workdir
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A full run: metrics, checkpoints, eval, summary, the dual variable.
+
+
+def test_run_writes_metrics_checkpoints_and_summary(reference):
+  assert reference.mesh_size == NUM_DEVICES
+  assert checkpoint_steps(reference.workdir) == [4, 8, 12]
+  assert not any(name.endswith("tmp") for name in os.listdir(os.path.join(reference.workdir,
+                                                                          "checkpoints")))
+
+  train = records(reference.workdir)
+  assert [r["step"] for r in train] == list(range(1, NUM_STEPS + 1))  # log_every = 1
+  for r in train:
+    assert math.isfinite(r["loss"]) and r["tokens_per_s"] > 0
+    assert 0.0 <= r["mean_pauses"] <= 2.0                              # K = 2
+    assert len(r["nll_at_step"]) == 3 and all(math.isfinite(v) and v > 0 for v in r["nll_at_step"])
+    assert sum(r["halt_distribution"]) == pytest.approx(1.0, abs=1e-5)
+  # The model learns something in 12 steps: the last steps' loss is below the first steps'.
+  assert np.mean([r["loss"] for r in train[-3:]]) < np.mean([r["loss"] for r in train[:3]])
+
+  # Pointer chasing with 3 queries: each example has 3 answers + 3 ';' tokens with loss. The periodic eval
+  # (step 6) reads eval_batches = 1 batch of 8 examples, the final one all 16 eval examples.
+  evals = records(reference.workdir, "eval")
+  assert [r["step"] for r in evals] == [6, NUM_STEPS]
+  assert evals[0]["num_tokens"] == 8 * 6 and evals[1]["num_tokens"] == 16 * 6
+  assert reference.final["num_tokens"] == 16 * 6
+  for key in ("nll_policy", "accuracy", "mean_pauses", "nll_marginal"):
+    assert math.isfinite(evals[1][key])
+
+  with open(os.path.join(reference.workdir, "summary.json"), encoding="utf-8") as f:
+    summary = json.load(f)
+  assert summary["num_tokens"] == 16 * 6 and summary["step"] == NUM_STEPS
+  assert summary["nll_policy"] == pytest.approx(reference.final["nll_policy"])
+
+  # The printed summary's difficulty table: one row per label of the task, token counts adding up.
+  names = data_pipeline.data_info(tiny().data).difficulty_names.values()
+  lines = reference.printed.splitlines()
+  header = next(i for i, line in enumerate(lines) if line.startswith("difficulty"))
+  assert lines[header].split() == ["difficulty", "tokens", "paused", "pauses", "acc", "acc@0", "acc@K"]
+  row = re.compile(r"^(\S.*?) +(\d+)" + r" +(\d+\.\d+)" * 5 + "$")
+  rows = {m.group(1): int(m.group(2)) for m in map(row.match, lines[header + 1:]) if m}
+  assert set(rows) == set(names)
+  assert sum(rows.values()) == 16 * 6 and rows["format"] == 16 * 3
+
+
+def test_cyb_dp_dual_variable_follows_the_budget(reference):
+  # Projected dual ascent: cost_{t+1} = max(0, cost_t + dual_lr (mean_pauses_t - budget)), from 0.05.
+  config = tiny()
+  train = records(reference.workdir)
+  costs = [r["dp_cost"] for r in train]
+  assert costs[0] == pytest.approx(config.objective.cost)
+  for before, after in zip(train, train[1:]):
+    expected = max(0.0, before["dp_cost"] + config.objective.dual_lr *
+                   (before["mean_pauses"] - config.objective.budget))
+    assert after["dp_cost"] == pytest.approx(expected, abs=1e-6)
+  # The model pauses more than the budget, so the price of a pause rises.
+  assert all(r["mean_pauses"] > config.objective.budget for r in train)
+  assert costs[-1] > costs[0] + 0.05
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stop and resume: bitwise the same as the uninterrupted run.
+
+
+def test_resume_after_sigterm_in_process_is_bitwise_identical(reference, tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  add = trainer._Window.add  # pylint: disable=protected-access
+
+  def add_then_preempt(window, step, metrics):
+    add(window, step, metrics)
+    if step == 5:
+      signal.raise_signal(signal.SIGTERM)
+
+  monkeypatch.setattr(trainer._Window, "add", add_then_preempt)  # pylint: disable=protected-access
+  assert trainer.train(tiny(), workdir) == {"stopped_at": 5}
+  assert checkpoint_steps(workdir) == [4, 5]  # 5 is not a checkpoint_every step: the SIGTERM save
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
+  monkeypatch.undo()
+
+  final = trainer.train(tiny(), workdir)
+  assert [r["step"] for r in records(workdir)] == list(range(1, NUM_STEPS + 1))
+  assert latest_by_step(workdir) == latest_by_step(reference.workdir)
+  # The whole state: step, parameters, optimiser moments and the dual variable.
+  assert_bitwise_equal(saved_state(workdir, NUM_STEPS), saved_state(reference.workdir, NUM_STEPS))
+  assert final["nll_policy"] == reference.final["nll_policy"]
+  # Training moved the parameters, so the equality above is not the trivial one.
+  with pytest.raises(AssertionError):
+    assert_bitwise_equal(saved_params(reference.workdir, 4), saved_params(reference.workdir, NUM_STEPS))
+
+
+def test_train_py_killed_then_preempted_then_resumed_is_bitwise_identical(reference, compile_cache_dir,
+                                                                            tmp_path):
+  """`python train.py` killed with SIGKILL mid-run, rerun and stopped with SIGTERM, then finished."""
+  workdir = str(tmp_path / "run")
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES}",
+             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compile_cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  # A checkpoint every step paces the run (each save waits for the previous one), so the signals land
+  # mid-run; checkpoint_every does not change the arithmetic.
+  command = [sys.executable, "train.py", "--config=tests/tiny_config.py",
+             "--config.train.checkpoint_every=1", f"--workdir={workdir}"]
+
+  def start(name):
+    stderr_path = tmp_path / f"{name}.stderr"
+    with open(stderr_path, "w", encoding="utf-8") as stderr:
+      process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    return process, stderr_path
+
+  # 1. SIGKILL as soon as some checkpoint is complete.
+  process, stderr_path = start("killed")
+  wait_for(lambda: checkpoint_steps(workdir), process, "the first checkpoint", stderr_path)
+  os.kill(process.pid, signal.SIGKILL)
+  assert process.wait(timeout=SUBPROCESS_TIMEOUT) == -signal.SIGKILL  # it was still running
+  killed_at = checkpoint_steps(workdir)[-1]
+  assert killed_at < NUM_STEPS
+
+  # 2. Rerun: it resumes from the last complete checkpoint; SIGTERM once it has taken a step.
+  logged = len(records(workdir))
+  process, stderr_path = start("preempted")
+  wait_for(lambda: len(records(workdir)) > logged, process, "a step after the restart", stderr_path)
+  assert records(workdir)[logged]["step"] == killed_at + 1
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=SUBPROCESS_TIMEOUT) == 0
+  stopped_at = checkpoint_steps(workdir)[-1]
+  assert killed_at < stopped_at < NUM_STEPS
+  with open(stderr_path, encoding="utf-8") as f:
+    assert f"SIGTERM: saved step {stopped_at}" in f.read()
+  assert records(workdir)[-1]["step"] == stopped_at
+
+  # 3. Finish in-process; compare with the uninterrupted run.
+  logged = len(records(workdir))
+  trainer.train(tiny(), workdir)
+  assert records(workdir)[logged]["step"] == stopped_at + 1
+  assert latest_by_step(workdir) == latest_by_step(reference.workdir)
+  assert_bitwise_equal(saved_state(workdir, NUM_STEPS), saved_state(reference.workdir, NUM_STEPS))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Devices, data sources, failures, fine-tuning.
+
+
+def test_one_device_gives_the_losses_of_eight(reference, tmp_path, monkeypatch):
+  meshes = record_meshes(monkeypatch)
+  final = trainer.train(tiny(overrides={"mesh.num_devices": 1}), str(tmp_path))
+  assert meshes[0].devices.size == 1 and reference.mesh_size == NUM_DEVICES
+  one, eight = latest_by_step(str(tmp_path)), latest_by_step(reference.workdir)
+  assert sorted(one) == sorted(eight) == list(range(1, NUM_STEPS + 1))
+  np.testing.assert_allclose([one[s] for s in sorted(one)], [eight[s] for s in sorted(eight)],
+                             rtol=0, atol=1e-5)
+  np.testing.assert_allclose(final["nll_policy"], reference.final["nll_policy"], rtol=0, atol=1e-5)
+
+
+def test_tfds_source_with_mock_data(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  seq_len = 16
+  config = tiny("nopause", {"data.name": "tfds", "data.tfds_name": "lm1b", "data.seq_len": seq_len,
+                            "data.task": {}, "train.num_steps": 4, "train.checkpoint_every": 2,
+                            "train.eval_every": 2})
+  with tfds.testing.mock_data(num_examples=20):
+    final = trainer.train(config, str(tmp_path))
+    texts = [r["text"] for r in tfds.data_source("lm1b", split="test", download=False)]
+  assert [r["step"] for r in records(str(tmp_path))] == [1, 2, 3, 4]
+  assert all(math.isfinite(r["loss"]) for r in records(str(tmp_path)))
+  assert checkpoint_steps(str(tmp_path)) == [2, 4]
+  # Each test document is [BOS] + its bytes cut to seq_len + 1 tokens, evaluated once: min(bytes, N)
+  # targets with loss per document.
+  assert final["num_tokens"] == sum(min(len(t.encode()), seq_len) for t in texts)
+
+
+def test_text_file_source(tmp_path):
+  path = tmp_path / "corpus.txt"
+  words = ["pause", "think", "answer", "token", "budget", "halt", "step", "chain"]
+  text = "\n".join(" ".join(words[(i * j) % len(words)] for j in range(7)) for i in range(60))
+  path.write_text(text, encoding="utf-8")
+  seq_len = 16
+  config = tiny("nopause", {"data.name": "text_file", "data.text_path": str(path), "data.seq_len": seq_len,
+                            "data.task": {}, "train.num_steps": 4, "train.checkpoint_every": 2,
+                            "train.eval_every": 2})
+  final = trainer.train(config, str(tmp_path / "run"))
+  assert [r["step"] for r in records(str(tmp_path / "run"))] == [1, 2, 3, 4]
+  assert checkpoint_steps(str(tmp_path / "run")) == [2, 4]
+  # Eval = the last 10% of the bytes, cut into windows of seq_len targets (the tail is dropped).
+  num_bytes = len(text.encode())
+  eval_bytes = num_bytes - int(round(num_bytes * 0.9))
+  assert final["num_tokens"] == (eval_bytes - 1) // seq_len * seq_len
+
+
+def test_non_finite_training_stops_naming_the_first_bad_step(tmp_path):
+  # A huge learning rate: step 1 has lr 0 (warm-up), then the parameters blow up.
+  blow_up = {"optim.learning_rate": 1e30}
+  first_bad = r"^non-finite (loss|parameters)\b.* at step (\d+)\b.*; no checkpoint of this state was written$"
+  with pytest.raises(trainer.NonFiniteLossError, match=first_bad) as error:
+    trainer.train(tiny("nopause", {**blow_up, "train.checkpoint_every": 2}), str(tmp_path / "a"))
+  bad = int(re.search(first_bad, str(error.value)).group(2))
+  logged = records(str(tmp_path / "a"))  # log_every = 1: every step before the bad one is logged, finite
+  assert [r["step"] for r in logged] == list(range(1, bad)) and bad >= 3
+  assert all(math.isfinite(r["loss"]) for r in logged)
+  assert checkpoint_steps(str(tmp_path / "a")) == list(range(2, bad, 2))
+  assert all(all_finite(saved_state(str(tmp_path / "a"), step)) for step in range(2, bad, 2))
+
+  # Metrics fetched only at checkpoints: the window (bad - 1, 2 (bad - 1)] holds the bad step, and its
+  # check runs before that window's checkpoint would be written.
+  with pytest.raises(trainer.NonFiniteLossError, match=rf"at step {bad}\b"):
+    trainer.train(tiny("nopause", {**blow_up, "train.log_every": 100, "train.checkpoint_every": bad - 1}),
+                  str(tmp_path / "b"))
+  assert checkpoint_steps(str(tmp_path / "b")) == [bad - 1]
+  assert all_finite(saved_state(str(tmp_path / "b"), bad - 1))
+
+
+def test_init_from_no_pause_checkpoint_keeps_step0_logits(pretrained, tmp_path, monkeypatch):
+  initial = []
+  load = trainer._load_init_params  # pylint: disable=protected-access
+
+  def load_and_keep(*args, **kwargs):
+    initial.append(load(*args, **kwargs))
+    return initial[-1]
+
+  monkeypatch.setattr(trainer, "_load_init_params", load_and_keep)
+  config = tiny(overrides={"init_from": pretrained})
+  trainer.train(config, str(tmp_path))
+  assert checkpoint_steps(str(tmp_path)) == [4, 8, 12]
+
+  plain_config, pause_config = model_config(tiny("nopause")), model_config(config)
+  plain_params, start_params = saved_params(pretrained, NUM_STEPS), initial[0]
+  assert set(start_params) > set(plain_params)  # <dk> and pause parameters added
+  tokens = next(iter(data_pipeline.make_dataset(config.data, "eval", 8)))["inputs"]
+  vocab = plain_config.vocab_size
+  step0_logits = jax.jit(lambda params, config: model_lib.rollout(params, tokens, config, 0)[:, :, 0, :vocab],
+                         static_argnums=1)
+  plain = step0_logits(plain_params, plain_config)
+  np.testing.assert_allclose(step0_logits(start_params, pause_config), plain, rtol=1e-6, atol=1e-6)
+  # A fresh pause model's step-0 logits are different: the comparison above can fail.
+  fresh = step0_logits(model_lib.init(pause_config, jax.random.PRNGKey(1)), pause_config)
+  assert np.max(np.abs(fresh - plain)) > 1e-2
+
+
+def test_init_from_with_another_vocabulary_fails_before_compiling(pretrained, tmp_path, monkeypatch):
+  config = tiny(overrides={"init_from": pretrained, "data.task.num_symbols": 5})
+  theirs = data_pipeline.data_info(tiny().data).vocab_size
+  ours = data_pipeline.data_info(config.data).vocab_size
+  assert ours != theirs
+  forbid_compilation(monkeypatch)
+  with pytest.raises(configuration.ConfigError, match=(
+      rf"config\.init_from: vocabulary mismatch: .*{re.escape(repr(pretrained))} has vocab_size "
+      rf"{theirs}, this run's data has {ours}$")) as error:
+    trainer.train(config, str(tmp_path))
+  assert "\n" not in str(error.value)
+
+
+def test_init_from_a_directory_without_checkpoints_fails_before_compiling(tmp_path, monkeypatch):
+  (tmp_path / "not_a_run").mkdir()
+  forbid_compilation(monkeypatch)
+  with pytest.raises(configuration.ConfigError,
+                     match=rf"^config\.init_from = {re.escape(repr(str(tmp_path / 'not_a_run')))} holds no "
+                     r"checkpoint$"):
+    trainer.train(tiny(overrides={"init_from": str(tmp_path / "not_a_run")}), str(tmp_path / "run"))
+
+
+def test_workdir_of_another_model_shape_fails_before_compiling(pretrained, monkeypatch):
+  forbid_compilation(monkeypatch)
+  with pytest.raises(configuration.ConfigError,
+                     match=rf"work directory {re.escape(repr(pretrained))} holds a checkpoint \(step 12\) "
+                     r"of a different model shape: .*'max_pauses': 0.* vs .*'max_pauses': 2") as error:
+    trainer.train(tiny(), pretrained)
+  assert "\n" not in str(error.value)
+  assert checkpoint_steps(pretrained) == [4, 8, 12]
