@@ -11,6 +11,6 @@ def get_config():
   config = default.get_config()
   config.objective.name = "cyb_dp"
   config.objective.cost = 0.0
-  config.objective.budget = 0.5
+  config.objective.budget = 0.25  # about the share of 2-hop answers among loss tokens
   config.objective.dual_lr = 0.05
   return config
