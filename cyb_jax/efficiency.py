@@ -5,6 +5,10 @@ For a baseline with eval curve nll(tokens) and a CYB model whose final eval nll 
 with the baseline's curve interpolated linearly in log(tokens). A multiple of 3 means the CYB model reached
 the baseline's quality with a third of the data.
 
+The converse view, `baseline_final_multiple`, asks how soon the CYB model reached the *baseline's* final
+nll: (tokens the baseline used) / (tokens the CYB model needed to get there). It is finite in the common
+case where the baseline never reaches the CYB model's final quality.
+
 The baseline may never reach x within its run (the CYB model is better than anything the baseline showed):
 then only a lower bound is known, max(baseline tokens) / T, and `Multiple.bound` says ">=". If the baseline
 is already better than x at its first checkpoint, only an upper bound is known (`bound` "<=").
@@ -56,3 +60,17 @@ def data_efficiency_multiple(baseline_tokens: Sequence[float], baseline_nll: Seq
   """How many times more training tokens the baseline needs to match the model's final nll."""
   needed, bound = tokens_to_reach(baseline_tokens, baseline_nll, model_final_nll)
   return Multiple(needed / model_tokens, bound)
+
+
+_FLIP = {"=": "=", ">=": "<=", "<=": ">="}
+
+
+def baseline_final_multiple(baseline_tokens: Sequence[float], baseline_nll: Sequence[float],
+                            model_tokens: Sequence[float], model_nll: Sequence[float]) -> Multiple:
+  """(tokens the baseline used) / (tokens the model needed to reach the baseline's final nll).
+
+  Bounds flip relative to `tokens_to_reach`: a model that never got there gives an upper bound ("<="), one
+  already there at its first checkpoint a lower bound (">=").
+  """
+  needed, bound = tokens_to_reach(model_tokens, model_nll, baseline_nll[-1])
+  return Multiple(baseline_tokens[-1] / needed, _FLIP[bound])

@@ -140,17 +140,26 @@ def run_setting(name: str, quick: bool, out_dir: str) -> dict:
     curves[objective] = {"tokens": tokens, "nll_policy": nll}
     finals[objective] = last
 
-  multiples = {}
+  return summarize(name, quick, curves, finals, timings, out_dir)
+
+
+def summarize(name: str, quick: bool, curves: dict, finals: dict, timings: dict, out_dir: str) -> dict:
+  """Multiples from the eval curves; writes the JSON, plot and table."""
+  multiples, converse = {}, {}
   for baseline in BASELINES:
-    multiples[baseline] = {}
-    for cyb in CYB:
-      m = efficiency.data_efficiency_multiple(curves[baseline]["tokens"], curves[baseline]["nll_policy"],
-                                              curves[cyb]["tokens"][-1], curves[cyb]["nll_policy"][-1])
-      multiples[baseline][cyb] = m
+    base = curves[baseline]
+    multiples[baseline] = {
+        cyb: efficiency.data_efficiency_multiple(base["tokens"], base["nll_policy"], curves[cyb]["tokens"][-1],
+                                                 curves[cyb]["nll_policy"][-1]) for cyb in CYB}
+    converse[baseline] = {
+        cyb: efficiency.baseline_final_multiple(base["tokens"], base["nll_policy"], curves[cyb]["tokens"],
+                                                curves[cyb]["nll_policy"]) for cyb in CYB}
   result = {
       "setting": name, "quick": quick,
       "multiple": {b: {c: m.value for c, m in row.items()} for b, row in multiples.items()},
       "multiple_bound": {b: {c: m.bound for c, m in row.items()} for b, row in multiples.items()},
+      "baseline_final_multiple": {b: {c: m.value for c, m in row.items()} for b, row in converse.items()},
+      "baseline_final_multiple_bound": {b: {c: m.bound for c, m in row.items()} for b, row in converse.items()},
       "final_nll_policy": {o: finals[o]["nll_policy"] for o in OBJECTIVES},
       "final_accuracy": {o: finals[o]["accuracy"] for o in OBJECTIVES},
       "mean_pauses": {o: finals[o]["mean_pauses"] for o in OBJECTIVES},
@@ -160,22 +169,36 @@ def run_setting(name: str, quick: bool, out_dir: str) -> dict:
       "accuracy_by_difficulty": {o: finals[o].get("accuracy_by_difficulty") for o in OBJECTIVES},
       "seconds": timings,
   }
-  write_outputs(result, multiples, out_dir)
+  write_outputs(result, multiples, converse, out_dir)
   return result
 
 
-def write_outputs(result: dict, multiples: dict, out_dir: str) -> None:
+def resummarize(path: str, out_dir: str) -> dict:
+  """Recomputes multiples and outputs from a results JSON (its curves and finals), without training."""
+  with open(path, encoding="utf-8") as f:
+    old = json.load(f)
+  finals = {o: {"nll_policy": old["final_nll_policy"][o], "accuracy": old["final_accuracy"][o],
+                "mean_pauses": old["mean_pauses"][o],
+                "mean_pauses_by_difficulty": old["pause_rate_by_difficulty"][o],
+                "accuracy_by_difficulty": old["accuracy_by_difficulty"][o]} for o in OBJECTIVES}
+  return summarize(old["setting"], old["quick"], old["curves"], finals, old["seconds"], out_dir)
+
+
+def write_outputs(result: dict, multiples: dict, converse: dict, out_dir: str) -> None:
   os.makedirs(out_dir, exist_ok=True)
   stem = os.path.join(out_dir, f"data_efficiency_{result['setting']}" + ("_quick" if result["quick"] else ""))
   with open(stem + ".json", "w", encoding="utf-8") as f:
     json.dump(metrics_writer.to_json_types(result), f, indent=1)
 
   fig, ax = plt.subplots(figsize=(6, 4))
+  floor = 1e-4  # log axis: a perfect model's nll of 0 is drawn at the floor
   for objective, curve in result["curves"].items():
-    ax.plot(curve["tokens"], curve["nll_policy"], "o-" if objective in CYB else "s--", label=objective)
+    ax.plot(curve["tokens"], [max(v, floor) for v in curve["nll_policy"]],
+            "o-" if objective in CYB else "s--", label=objective)
   ax.set_xscale("log")
+  ax.set_yscale("log")
   ax.set_xlabel("training tokens")
-  ax.set_ylabel("eval nll_policy (nats/token)")
+  ax.set_ylabel(f"eval nll_policy (nats/token, floor {floor:g})")
   ax.set_title(f"Data efficiency: {result['setting']}")
   ax.legend(fontsize=8)
   fig.tight_layout()
@@ -193,6 +216,11 @@ def write_outputs(result: dict, multiples: dict, out_dir: str) -> None:
             "checkpoint).", "", "| baseline | " + " | ".join(CYB) + " |", "|---|" + "---|" * len(CYB)]
   for baseline, row in multiples.items():
     lines.append(f"| {baseline} | " + " | ".join(str(row[c]) for c in CYB) + " |")
+  lines += ["", "Converse: tokens the baseline used / tokens the CYB model needed to reach the baseline's final "
+            "nll_policy (<= : the CYB model never got there).", "",
+            "| baseline | " + " | ".join(CYB) + " |", "|---|" + "---|" * len(CYB)]
+  for baseline, row in converse.items():
+    lines.append(f"| {baseline} | " + " | ".join(str(row[c]) for c in CYB) + " |")
   with open(stem + ".md", "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
@@ -201,12 +229,18 @@ def write_outputs(result: dict, multiples: dict, out_dir: str) -> None:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--setting", choices=sorted(SETTINGS), required=True)
+  parser.add_argument("--resummarize", action="store_true",
+                      help="recompute the tables from results/data_efficiency_<setting>.json, no training")
   parser.add_argument("--quick", action="store_true", help="tiny smoke run")
   parser.add_argument("--out", default=os.path.join(ROOT, "results"))
   args = parser.parse_args()
   logging.basicConfig(level=logging.WARNING)
   logging.getLogger("cyb_jax").setLevel(logging.INFO)
   start = time.time()
+  if args.resummarize:
+    stem = f"data_efficiency_{args.setting}" + ("_quick" if args.quick else "")
+    resummarize(os.path.join(args.out, stem + ".json"), args.out)
+    return
   run_setting(args.setting, args.quick, args.out)
   print(f"total {time.time() - start:.0f} s")
 

@@ -47,3 +47,19 @@ def test_already_reached_gives_an_upper_bound():
 def test_bad_curves_raise(tokens, nll):
   with pytest.raises(ValueError, match="tokens"):
     efficiency.tokens_to_reach(tokens, nll, 1.0)
+
+
+def test_baseline_final_multiple_by_hand():
+  # The model goes 3.0 -> 1.0 over 100..10000 tokens and reaches the baseline's final 2.0 at 1000 tokens
+  # (halfway in log tokens); the baseline used 4000: it needed 4 times the data.
+  multiple = efficiency.baseline_final_multiple([1000, 4000], [2.5, 2.0], [100, 10000], [3.0, 1.0])
+  assert (multiple.bound, multiple.value) == ("=", pytest.approx(4.0))
+
+
+def test_baseline_final_multiple_bounds_flip():
+  # Never reached by the model: it would need more than its 400 tokens, so the multiple is at most 1.
+  never = efficiency.baseline_final_multiple([100, 400], [2.0, 1.0], [100, 400], [3.0, 2.0])
+  assert (never.bound, never.value) == ("<=", 1.0)
+  # Reached already at the model's first checkpoint (100 tokens): at least 400 / 100.
+  early = efficiency.baseline_final_multiple([100, 400], [2.0, 1.0], [100, 400], [0.5, 0.4])
+  assert (early.bound, early.value) == (">=", 4.0)
