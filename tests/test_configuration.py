@@ -10,43 +10,20 @@ import re
 import subprocess
 import sys
 
-import jax
 import pytest
 
 from cyb_jax import configuration
 from cyb_jax import trainer
-import tiny_config
+from helpers import forbid_compilation
+from helpers import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DEVICES = 8  # conftest.py's fake CPU devices
 
 
-def tiny(overrides: dict):
-  """tests/tiny_config.py's config with dotted-key overrides."""
-  config = tiny_config.get_config()
-  for path, value in overrides.items():
-    *parents, leaf = path.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
-
-
-class _JaxWithoutJit:
-  """Stands in for the `jax` module inside trainer.py: everything works except `jax.jit`."""
-
-  def __getattr__(self, name):
-    return getattr(jax, name)
-
-  @staticmethod
-  def jit(*args, **kwargs):
-    raise AssertionError("trainer.train reached jax.jit (compilation) before reporting the error")
-
-
 def train_error(config, workdir, monkeypatch) -> str:
   """The ConfigError message of trainer.train(config), which must come before any jax.jit."""
-  monkeypatch.setattr(trainer, "jax", _JaxWithoutJit())
+  forbid_compilation(monkeypatch)
   with pytest.raises(configuration.ConfigError) as error:
     trainer.train(config, str(workdir))
   message = str(error.value)
@@ -72,26 +49,26 @@ def train_error(config, workdir, monkeypatch) -> str:
 ], ids=["objective", "task", "negative_num_pauses", "num_pauses_above_max", "negative_budget",
         "negative_cost", "batch_vs_devices", "too_many_devices"])
 def test_bad_config_is_a_one_line_error_before_compiling(overrides, pattern, tmp_path, monkeypatch):
-  message = train_error(tiny(overrides), tmp_path / "run", monkeypatch)
+  message = train_error(tiny(overrides=overrides), tmp_path / "run", monkeypatch)
   assert re.search(pattern, message), message
 
 
 def test_batch_divisibility_counts_the_devices_in_use():
   # 12 rows do not split over 8 devices (above) but do over the first 4.
-  settings = configuration.settings_from_config(tiny({"train.batch_size": 12, "mesh.num_devices": 4}),
+  settings = configuration.settings_from_config(tiny(overrides={"train.batch_size": 12, "mesh.num_devices": 4}),
                                                 device_count=NUM_DEVICES)
   assert settings.model.max_pauses == 2 and settings.num_pauses == 2
 
 
 def test_missing_or_empty_text_file_is_named(tmp_path, monkeypatch):
   missing = tmp_path / "nowhere" / "corpus.txt"
-  config = tiny({"data.name": "text_file", "data.text_path": str(missing), "data.task": {}})
+  config = tiny(overrides={"data.name": "text_file", "data.text_path": str(missing), "data.task": {}})
   message = train_error(config, tmp_path / "run", monkeypatch)
   assert message == f"config.data.text_path: no such file {str(missing)!r}"
 
   empty = tmp_path / "empty.txt"
   empty.write_bytes(b"")
-  config = tiny({"data.name": "text_file", "data.text_path": str(empty), "data.task": {}})
+  config = tiny(overrides={"data.name": "text_file", "data.text_path": str(empty), "data.task": {}})
   message = train_error(config, tmp_path / "run", monkeypatch)
   assert message == f"config.data.text_path: file {str(empty)!r} is empty"
 

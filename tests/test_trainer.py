@@ -29,7 +29,8 @@ from cyb_jax import model as model_lib
 from cyb_jax import sharding
 from cyb_jax import trainer
 from cyb_jax.data import pipeline as data_pipeline
-import tiny_config
+from helpers import forbid_compilation
+from helpers import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 12          # tiny_config's train.num_steps
@@ -39,18 +40,6 @@ SUBPROCESS_TIMEOUT = 300
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers.
-
-
-def tiny(variant: str = "", overrides: dict | None = None):
-  """tests/tiny_config.py's config with dotted-key overrides, e.g. {"optim.learning_rate": 1.0}."""
-  config = tiny_config.get_config(variant)
-  for path, value in (overrides or {}).items():
-    *parents, leaf = path.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
 
 
 def records(workdir, kind: str = "train") -> list[dict]:
@@ -107,21 +96,6 @@ def assert_bitwise_equal(tree_a, tree_b) -> None:
 
 def model_config(config) -> model_lib.ModelConfig:
   return configuration.settings_from_config(config, device_count=NUM_DEVICES).model
-
-
-class _JaxWithoutJit:
-  """Stands in for the `jax` module inside trainer.py: everything works except `jax.jit`."""
-
-  def __getattr__(self, name):
-    return getattr(jax, name)
-
-  @staticmethod
-  def jit(*args, **kwargs):
-    raise AssertionError("trainer.train reached jax.jit (compilation) before reporting the error")
-
-
-def forbid_compilation(monkeypatch) -> None:
-  monkeypatch.setattr(trainer, "jax", _JaxWithoutJit())
 
 
 def record_meshes(monkeypatch) -> list:
