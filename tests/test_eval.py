@@ -96,7 +96,7 @@ def test_eval_writes_reports_that_match_an_independent_computation(trained, tmp_
 
   out = str(tmp_path / "eval")
   eval_checkpoint.evaluate_checkpoint(config, workdir, policy="threshold", tau=tau, max_batches=1,
-                                               num_samples=2, out_dir=out, progress=False)
+                                      num_samples=2, out_dir=out, progress=False)
   for name in ("report.json", "report.md") + PLOTS:
     assert os.path.getsize(os.path.join(out, name)) > 0, name
   with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
