@@ -143,8 +143,9 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, *, config, num_tokens
     active_B = state.emitted < num_tokens
     key = jax.random.fold_in(rng, state.iteration)
     pause_key, token_key = jax.random.split(key)
-    pause_B = policies.wants_pause(policy, state.logits, state.step, num_pauses, tau=tau, q=q,
-                                   log_survival=state.log_survival, rng=pause_key) & active_B
+    log_d_B = policies.log_dk(state.logits)
+    pause_B = policies.pause_decision(policy, log_d_B, state.step, num_pauses, tau=tau, q=q,
+                                      log_survival=state.log_survival, rng=pause_key) & active_B
     answer_B = active_B & ~pause_B
     slot_B = jnp.minimum(state.emitted, num_tokens - 1)
     batch_index = jnp.arange(batch)
@@ -185,7 +186,6 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, *, config, num_tokens
         chain_cache=state.chain_cache, chain_slot_B=state.step, chain_write_B=pause_B,
         chain_visible_B=jnp.where(pause_B, next_step_B, 0))
 
-    log_d_B = policies.log_dk(state.logits)
     return _State(
         iteration=state.iteration + 1, emitted=emitted,
         step=jnp.where(active_B, next_step_B, state.step),

@@ -86,8 +86,8 @@ def _block(config: ModelConfig) -> Block:
                rope_base=config.rope_base, dtype=config.compute_dtype)
 
 
-def _final_norm(config: ModelConfig) -> RMSNorm:
-  return RMSNorm()
+# The final norm has no options; one module serves init and every apply.
+_FINAL_NORM = RMSNorm()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def init(config: ModelConfig, rng: jax.Array) -> Params:
       "embed": jax.random.normal(keys[0], (vocab, width), jnp.float32),
       "blocks": [_block(config).init(keys[1 + l], dummy_x, dummy_pos)["params"]
                  for l in range(config.num_layers)],
-      "final_norm": _final_norm(config).init(keys[0], dummy_x)["params"],
+      "final_norm": _FINAL_NORM.init(keys[0], dummy_x)["params"],
       "head": jax.random.normal(keys[-1], (width, vocab), jnp.float32) * width ** -0.5,
   }
   if config.max_pauses > 0:
@@ -185,14 +185,14 @@ def pause_inputs(params: Params, tokens: jax.Array, step: jax.Array, config: Mod
   if config.pause_reads_token:
     x = x + embed_tokens(params, tokens)
   if config.pause_feedback:
-    normed = _final_norm(config).apply({"params": params["final_norm"]}, feedback_hidden)
+    normed = _FINAL_NORM.apply({"params": params["final_norm"]}, feedback_hidden)
     x = x + normed @ params["feedback"]["kernel"]
   return x
 
 
 def output_logits(params: Params, hidden: jax.Array, config: ModelConfig) -> jax.Array:
   """Logits `[..., V+1]` (float32, `<dk>` last) from final residual states `[..., D]`."""
-  normed = _final_norm(config).apply({"params": params["final_norm"]}, hidden)
+  normed = _FINAL_NORM.apply({"params": params["final_norm"]}, hidden)
   dtype = config.compute_dtype
   real = jnp.dot(normed.astype(dtype), params["head"].astype(dtype)).astype(jnp.float32)
   if config.max_pauses > 0:
