@@ -113,6 +113,7 @@ def get_config(task: str = "pointer_chasing") -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 3e-3
   config.optim.warmup_steps = 100
+  config.optim.schedule = "cosine"      # after warm-up: "cosine" decay to 0 at num_steps, or "constant"
   config.optim.weight_decay = 0.01
   config.optim.clip_norm = 1.0
   config.optim.b1 = 0.9

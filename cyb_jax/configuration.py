@@ -16,6 +16,7 @@ import numpy as np
 from cyb_jax import losses
 from cyb_jax import model as model_lib
 from cyb_jax import policies
+from cyb_jax import train_state
 from cyb_jax.data import pipeline as data_pipeline
 
 
@@ -170,6 +171,9 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
   optim = config.optim
   _require(optim.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {optim.learning_rate}")
   _require(optim.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {optim.warmup_steps}")
+  schedule = optim.get("schedule", "cosine")  # configs written before the option existed
+  _require(schedule in train_state.SCHEDULES, "optim.schedule",
+           f"must be one of {train_state.SCHEDULES}, got {schedule!r}")
   _require(optim.clip_norm > 0, "optim.clip_norm", f"must be > 0, got {optim.clip_norm}")
   _require(optim.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {optim.weight_decay}")
 

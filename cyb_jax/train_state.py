@@ -22,11 +22,27 @@ class TrainState:
   dp_cost: jax.Array
 
 
+SCHEDULES = ("cosine", "constant")
+
+
+def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0, then cosine decay to 0 at `num_steps` or (schedule "constant") a flat peak.
+
+  "constant" makes a run's first n steps identical to a shorter run's, whatever `num_steps` is: the
+  data-efficiency experiment relies on it to read a longer baseline run at any token budget.
+  """
+  peak, warmup = optim_config.learning_rate, optim_config.warmup_steps
+  if optim_config.get("schedule", "cosine") == "constant":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)], [warmup])
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=max(num_steps, warmup + 1),
+      end_value=0.0)
+
+
 def make_optimizer(optim_config, num_steps: int) -> optax.GradientTransformation:
-  """AdamW with linear warm-up then cosine decay to 0, after global-norm clipping."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=optim_config.learning_rate, warmup_steps=optim_config.warmup_steps,
-      decay_steps=max(num_steps, optim_config.warmup_steps + 1), end_value=0.0)
+  """AdamW on `learning_rate_schedule`, after global-norm clipping."""
+  schedule = learning_rate_schedule(optim_config, num_steps)
   return optax.chain(
       optax.clip_by_global_norm(optim_config.clip_norm),
       optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2,

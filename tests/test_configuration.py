@@ -46,8 +46,10 @@ def train_error(config, workdir, monkeypatch) -> str:
      rf"^config\.train\.batch_size = 12 is not divisible by the device count {NUM_DEVICES}$"),
     ({"mesh.num_devices": 16},
      rf"^config\.mesh\.num_devices must be -1 or in \[1, {NUM_DEVICES}\] .*got 16$"),
+    ({"optim.schedule": "linear"},
+     r"^config\.optim\.schedule must be one of \('cosine', 'constant'\), got 'linear'$"),
 ], ids=["objective", "task", "negative_num_pauses", "num_pauses_above_max", "negative_budget",
-        "negative_cost", "batch_vs_devices", "too_many_devices"])
+        "negative_cost", "batch_vs_devices", "too_many_devices", "schedule"])
 def test_bad_config_is_a_one_line_error_before_compiling(overrides, pattern, tmp_path, monkeypatch):
   message = train_error(tiny(overrides=overrides), tmp_path / "run", monkeypatch)
   assert re.search(pattern, message), message
