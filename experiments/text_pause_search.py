@@ -34,9 +34,9 @@ import data_efficiency  # noqa: E402  (the shakespeare setting's data and model 
 from cyb_jax import metrics_writer  # noqa: E402
 from cyb_jax import trainer  # noqa: E402
 
-# Model families: overrides on top of data_efficiency's shakespeare setting (2 layers, width 128).
+# Model families: overrides on top of data_efficiency's shakespeare setting (width 128, 4 heads).
 FAMILIES = {
-    "2 layers": {},
+    "2 layers": {"model.num_layers": 2},
     # One layer cannot compose two attention lookups (e.g. an induction head) in one step; a pause step
     # that reads step 0's output through feedback can.
     "1 layer": {"model.num_layers": 1},

@@ -1,6 +1,8 @@
 """Data-efficiency multiple (DESIGN.md section 7), against hand-computed values."""
 
 import math
+import os
+import sys
 
 import pytest
 
@@ -63,3 +65,45 @@ def test_baseline_final_multiple_bounds_flip():
   # Reached already at the model's first checkpoint (100 tokens): at least 400 / 100.
   early = efficiency.baseline_final_multiple([100, 400], [2.0, 1.0], [100, 400], [0.5, 0.4])
   assert (early.bound, early.value) == (">=", 4.0)
+
+
+def _records(steps, nll, tokens_per_step=10):
+  return [{"step": s, "tokens": s * tokens_per_step, "nll_policy": y, "accuracy": 0.5, "mean_pauses": 0.0}
+          for s, y in zip(steps, nll)]
+
+
+def test_experiment_summary_reads_baselines_beyond_the_budget_and_picks_the_best_setting(tmp_path):
+  """experiments/data_efficiency.py's summary: CYB runs end at step 2 (20 tokens); ce runs to step 6."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+  import data_efficiency  # pylint: disable=g-import-not-at-top  (a script, not part of the package)
+
+  ce = _records([1, 2, 4, 6], [3.0, 2.5, 2.0, 1.5])
+  runs = {
+      "ce": {"objective": "ce", "hparams": {}, "records": ce},
+      "pause_ce": {"objective": "pause_ce", "hparams": {}, "records": _records([1, 2, 4], [2.8, 2.0, 1.0])},
+      # Two settings of cyb_ap: the second ends better (1.75) and is the one reported.
+      "cyb_ap": {"objective": "cyb_ap", "hparams": {}, "records": _records([1, 2], [2.9, 2.2])},
+      "cyb_ap@x": {"objective": "cyb_ap", "hparams": {"objective.gamma": 0.5},
+                   "records": _records([1, 2], [2.6, 1.75])},
+      "cyb_va": {"objective": "cyb_va", "hparams": {}, "records": _records([1, 2], [2.9, 2.5])},
+      "cyb_dp": {"objective": "cyb_dp", "hparams": {}, "records": _records([1, 2], [2.9, 1.0])},
+  }
+  result = data_efficiency.summarize("toy", False, runs, {}, 2, str(tmp_path))
+
+  assert result["best_run"]["cyb_ap"] == "cyb_ap@x"
+  assert result["budget_tokens"] == 20
+  assert result["final_nll_policy"]["ce"] == 2.5  # ce read at the CYB budget, not at its end
+  assert result["baseline_end_nll_policy"]["ce"] == 1.5
+  # ce reaches 1.75 halfway (in nll) from 2.0 at 40 tokens to 1.5 at 60: exp(mean(log 40, log 60)).
+  assert result["multiple"]["ce"]["cyb_ap"] == pytest.approx(math.sqrt(40 * 60) / 20)
+  assert result["multiple"]["ce"]["cyb_va"] == pytest.approx(1.0)  # ce is at 2.5 at 20 tokens too
+  # cyb_dp's 1.0 is beyond ce's whole run (60 tokens): a lower bound of 3.
+  assert (result["multiple"]["ce"]["cyb_dp"], result["multiple_bound"]["ce"]["cyb_dp"]) == (3.0, ">=")
+  # pause_ce reaches 1.0 at 40 tokens: multiple 2, exactly at a checkpoint.
+  assert result["multiple"]["pause_ce"]["cyb_dp"] == pytest.approx(2.0)
+  # Converse against ce's value at the budget (2.5): cyb_ap@x passes it between 10 tokens (2.6) and 20
+  # (1.75), at fraction 0.1 / 0.85 of the way in log tokens.
+  needed = math.exp(math.log(10) + (0.1 / 0.85) * (math.log(20) - math.log(10)))
+  assert result["baseline_final_multiple"]["ce"]["cyb_ap"] == pytest.approx(20 / needed)
+  for suffix in (".json", ".md", ".png"):
+    assert os.path.getsize(tmp_path / f"data_efficiency_toy{suffix}") > 0
