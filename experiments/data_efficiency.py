@@ -3,6 +3,8 @@
   python experiments/data_efficiency.py --setting=synthetic        # from scratch on the synthetic task
   python experiments/data_efficiency.py --setting=shakespeare      # pretrain no-pause, then fine-tune
   python experiments/data_efficiency.py --setting=synthetic --quick  # smoke run, a few minutes
+  python experiments/data_efficiency.py --setting=synthetic --seed=1 --runs=cyb_ap,cyb_va@beta.03,cyb_dp
+                                                                    # another seed, chosen CYB settings
 
 Trains ce, pause_ce, cyb_ap, cyb_va and cyb_dp with the same model, data order and learning-rate
 schedule, evaluates each on the whole eval split at the same training-token checkpoints (nll_policy under
@@ -155,17 +157,28 @@ def eval_records(workdir: str, tokens_per_step: int) -> list[dict]:
   return [{**by_step[s], "tokens": s * tokens_per_step} for s in sorted(by_step)]
 
 
-def run_setting(name: str, quick: bool, out_dir: str) -> dict:
+def _suffix(quick: bool, seed: int) -> str:
+  return (f"_seed{seed}" if seed else "") + ("_quick" if quick else "")
+
+
+def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple[str, ...] = ()) -> dict:
+  """Trains (or reuses) every run of the setting, or only the CYB runs named in `only`, then summarizes."""
   setting = SETTINGS[name]
   steps = setting["quick_steps" if quick else "steps"]
   eval_every = setting["quick_eval_every" if quick else "eval_every"]
-  run_root = os.path.join(ROOT, "runs", "data_efficiency", name + ("_quick" if quick else ""))
+  run_root = os.path.join(ROOT, "runs", "data_efficiency", name + _suffix(quick, seed))
+  chosen = all_runs(setting.get("grid", True) or bool(only))
+  if only:
+    unknown = sorted(set(only) - {run for run, _, _ in all_runs()})
+    if unknown:
+      raise SystemExit(f"--runs: unknown run(s) {unknown}; known: {[run for run, _, _ in all_runs()]}")
+    chosen = [entry for entry in chosen if entry[1] in BASELINES or entry[0] in only]
   timings = {}
   init_from = ""
   if "pretrain_steps" in setting:
     pretrain_steps = setting["quick_pretrain_steps" if quick else "pretrain_steps"]
     config = make_config(setting, "ce", pretrain_steps, pretrain_steps, quick)
-    _apply(config, setting.get("pretrain_overrides", {}))
+    _apply(config, {"seed": seed, **setting.get("pretrain_overrides", {})})
     config.model.max_pauses = 0
     init_from = os.path.join(run_root, "pretrain")
     start = time.time()
@@ -173,9 +186,10 @@ def run_setting(name: str, quick: bool, out_dir: str) -> dict:
     timings["pretrain"] = time.time() - start
 
   runs = {}
-  for run, objective, overrides in all_runs(setting.get("grid", True)):
+  for run, objective, overrides in chosen:
     config = make_config(setting, objective, steps * BASELINE_FACTOR.get(objective, 1), eval_every, quick,
                          overrides)
+    config.seed = seed
     if init_from:
       _apply(config, setting.get("finetune_overrides", {}))
       config.init_from = init_from
@@ -188,7 +202,7 @@ def run_setting(name: str, quick: bool, out_dir: str) -> dict:
     seq_len = configuration.settings_from_config(config, device_count=1).data_info.seq_len
     runs[run] = {"objective": objective, "hparams": overrides,
                  "records": eval_records(workdir, config.train.batch_size * seq_len)}
-  return summarize(name, quick, runs, timings, steps, out_dir)
+  return summarize(name, quick, runs, timings, steps, out_dir, seed)
 
 
 def _at_step(records: list[dict], step: int) -> dict:
@@ -198,7 +212,8 @@ def _at_step(records: list[dict], step: int) -> dict:
   return matches[0]
 
 
-def summarize(name: str, quick: bool, runs: dict, timings: dict, cyb_steps: int, out_dir: str) -> dict:
+def summarize(name: str, quick: bool, runs: dict, timings: dict, cyb_steps: int, out_dir: str,
+              seed: int = 0) -> dict:
   """Multiples from the eval curves; writes the JSON, plot and table.
 
   `runs`: run name -> {"objective", "hparams", "records"}. CYB runs end at `cyb_steps`; baselines go on.
@@ -228,7 +243,7 @@ def summarize(name: str, quick: bool, runs: dict, timings: dict, cyb_steps: int,
   converse = {b: {c: per_run[best[c]][1][b] for c in CYB} for b in BASELINES}
   headline = {**{b: b for b in BASELINES}, **best}  # objective -> the run reported for it
   result = {
-      "setting": name, "quick": quick,
+      "setting": name, "quick": quick, "seed": seed,
       "budget_tokens": budget_tokens,
       "baseline_factor": BASELINE_FACTOR,
       "multiple": {b: {c: m.value for c, m in row.items()} for b, row in multiples.items()},
@@ -262,12 +277,12 @@ def resummarize(path: str, out_dir: str) -> dict:
   with open(path, encoding="utf-8") as f:
     old = json.load(f)
   steps = max(r["step"] for run in old["runs"].values() if run["objective"] in CYB for r in run["records"])
-  return summarize(old["setting"], old["quick"], old["runs"], old["seconds"], steps, out_dir)
+  return summarize(old["setting"], old["quick"], old["runs"], old["seconds"], steps, out_dir, old.get("seed", 0))
 
 
 def write_outputs(result: dict, multiples: dict, converse: dict, per_run: dict, out_dir: str) -> None:
   os.makedirs(out_dir, exist_ok=True)
-  stem = os.path.join(out_dir, f"data_efficiency_{result['setting']}" + ("_quick" if result["quick"] else ""))
+  stem = os.path.join(out_dir, f"data_efficiency_{result['setting']}" + _suffix(result["quick"], result["seed"]))
   with open(stem + ".json", "w", encoding="utf-8") as f:
     json.dump(metrics_writer.to_json_types(result), f, indent=1)
 
@@ -291,7 +306,7 @@ def write_outputs(result: dict, multiples: dict, converse: dict, per_run: dict, 
   plt.close(fig)
 
   factor = ", ".join(f"{b} {f}x" for b, f in BASELINE_FACTOR.items())
-  lines = [f"# Data efficiency: {result['setting']}", "",
+  lines = [f"# Data efficiency: {result['setting']}" + (f" (seed {result['seed']})" if result["seed"] else ""), "",
            f"Numbers at the CYB runs' budget of {result['budget_tokens']:,} training tokens; the baselines "
            f"train on ({factor}) so their curves extend past it. CYB rows: the grid setting with the best "
            "nll_policy (all settings in the last table).", "",
@@ -332,16 +347,19 @@ def main() -> None:
   parser.add_argument("--resummarize", action="store_true",
                       help="recompute the tables from results/data_efficiency_<setting>.json, no training")
   parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+  parser.add_argument("--seed", type=int, default=0, help="run seed (data order and initialisation)")
+  parser.add_argument("--runs", default="", help="comma-separated CYB runs to train, e.g. cyb_ap,cyb_va@beta.03 "
+                      "(default: the setting's grid); the baselines always run")
   parser.add_argument("--out", default=os.path.join(ROOT, "results"))
   args = parser.parse_args()
   logging.basicConfig(level=logging.WARNING)
   logging.getLogger("cyb_jax").setLevel(logging.INFO)
   start = time.time()
   if args.resummarize:
-    stem = f"data_efficiency_{args.setting}" + ("_quick" if args.quick else "")
+    stem = f"data_efficiency_{args.setting}" + _suffix(args.quick, args.seed)
     resummarize(os.path.join(args.out, stem + ".json"), args.out)
     return
-  run_setting(args.setting, args.quick, args.out)
+  run_setting(args.setting, args.quick, args.out, args.seed, tuple(filter(None, args.runs.split(","))))
   print(f"total {time.time() - start:.0f} s")
 
 
