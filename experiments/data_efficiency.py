@@ -161,6 +161,22 @@ def _suffix(quick: bool, seed: int) -> str:
   return (f"_seed{seed}" if seed else "") + ("_quick" if quick else "")
 
 
+def train_seconds(workdir: str) -> float:
+  """Seconds the run spent in its training loop, from the steps/s of its logged windows.
+
+  Read from the run's own log so a reused or resumed run reports the time it took when it trained (on a
+  shared machine these include whatever else was running then).
+  """
+  seconds, previous = 0.0, 0
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      record = json.loads(line)
+      if record["kind"] == "train":
+        seconds += max(record["step"] - previous, 0) / record["steps_per_s"]
+        previous = record["step"]
+  return seconds
+
+
 def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple[str, ...] = ()) -> dict:
   """Trains (or reuses) every run of the setting, or only the CYB runs named in `only`, then summarizes."""
   setting = SETTINGS[name]
@@ -181,9 +197,8 @@ def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple
     _apply(config, {"seed": seed, **setting.get("pretrain_overrides", {})})
     config.model.max_pauses = 0
     init_from = os.path.join(run_root, "pretrain")
-    start = time.time()
     trainer.train(config, init_from)
-    timings["pretrain"] = time.time() - start
+    timings["pretrain"] = train_seconds(init_from)
 
   runs = {}
   for run, objective, overrides in chosen:
@@ -196,9 +211,8 @@ def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple
       if objective == "ce":
         config.model.max_pauses = 0  # the no-pause baseline keeps training the pretrained LM as it is
     workdir = os.path.join(run_root, run)
-    start = time.time()
     trainer.train(config, workdir)
-    timings[run] = time.time() - start
+    timings[run] = train_seconds(workdir)
     seq_len = configuration.settings_from_config(config, device_count=1).data_info.seq_len
     runs[run] = {"objective": objective, "hparams": overrides,
                  "records": eval_records(workdir, config.train.batch_size * seq_len)}
@@ -310,7 +324,7 @@ def write_outputs(result: dict, multiples: dict, converse: dict, per_run: dict, 
            f"Numbers at the CYB runs' budget of {result['budget_tokens']:,} training tokens; the baselines "
            f"train on ({factor}) so their curves extend past it. CYB rows: the grid setting with the best "
            "nll_policy (all settings in the last table).", "",
-           "| objective | run | nll_policy | accuracy | mean pauses | baseline nll at its end | seconds |",
+           "| objective | run | nll_policy | accuracy | mean pauses | baseline nll at its end | train seconds |",
            "|---|---|---|---|---|---|---|"]
   for objective in OBJECTIVES:
     run = result["best_run"].get(objective, objective)
