@@ -69,6 +69,13 @@ SETTINGS = {
         "overrides": {"train.batch_size": 32, "data.eval_examples": 512, "train.log_every": 200},
         "steps": 6000, "eval_every": 500, "quick_steps": 40, "quick_eval_every": 20,
     },
+    # The same task with up to 3 hops and K = 2: the third hop needs the second pause. A fixed-pause model
+    # gets its only signal at the last step; CYB's anytime term also trains the intermediate step.
+    "synthetic_k2": {
+        "overrides": {"train.batch_size": 32, "data.eval_examples": 512, "train.log_every": 200,
+                      "data.task.max_hops": 3, "data.task.hop_weights": (1, 1, 2, 2), "num_pauses": 2},
+        "steps": 6000, "eval_every": 500, "quick_steps": 40, "quick_eval_every": 20,
+    },
     # Byte-level text. One layer: experiments/text_pause_search.py found that a forced pause gains 0.022
     # nats/byte over ce there and only 0.001-0.005 with two layers. The no-pause pretraining is not part
     # of the comparison (cosine schedule, a finished model); fine-tuning uses a lower learning rate so it
