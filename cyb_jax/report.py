@@ -217,8 +217,11 @@ def markdown(result: dict, *, header: dict, samples: Sequence[str], highest: lis
   if highest:
     lines += ["", "## Target tokens that pause most and least", "", "| token | mean pauses | count |",
               "|---|---|---|"]
-    middle = [("...", float("nan"), "")] if lowest else []
-    for name, pauses, count in highest + middle + lowest:
+    for name, pauses, count in highest:
+      lines.append(f"| {name!r} | {_fmt(pauses, 3)} | {count} |")
+    if lowest:
+      lines.append("| ... | | |")
+    for name, pauses, count in lowest:
       lines.append(f"| {name!r} | {_fmt(pauses, 3)} | {count} |")
   if samples:
     lines += ["", f"## Generated samples ({PAUSE_MARK} = one pause before the token that follows)", ""]
