@@ -171,7 +171,7 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
   optim = config.optim
   _require(optim.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {optim.learning_rate}")
   _require(optim.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {optim.warmup_steps}")
-  schedule = optim.get("schedule", "cosine")  # configs written before the option existed
+  schedule = train_state.schedule_name(optim)
   _require(schedule in train_state.SCHEDULES, "optim.schedule",
            f"must be one of {train_state.SCHEDULES}, got {schedule!r}")
   _require(optim.clip_norm > 0, "optim.clip_norm", f"must be > 0, got {optim.clip_norm}")

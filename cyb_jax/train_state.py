@@ -25,6 +25,11 @@ class TrainState:
 SCHEDULES = ("cosine", "constant")
 
 
+def schedule_name(optim_config) -> str:
+  """`optim.schedule`, or "cosine" for configs written before the option existed."""
+  return optim_config.get("schedule", "cosine")
+
+
 def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
   """Linear warm-up from 0, then cosine decay to 0 at `num_steps` or (schedule "constant") a flat peak.
 
@@ -32,7 +37,7 @@ def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
   data-efficiency experiment relies on it to read a longer baseline run at any token budget.
   """
   peak, warmup = optim_config.learning_rate, optim_config.warmup_steps
-  if optim_config.get("schedule", "cosine") == "constant":
+  if schedule_name(optim_config) == "constant":
     return optax.join_schedules(
         [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)], [warmup])
   return optax.warmup_cosine_decay_schedule(

@@ -52,7 +52,7 @@ POLICY = {"ce": "never", "pause_ce": "always", "cyb_ap": "threshold", "cyb_va": 
           "cyb_dp": "threshold"}
 
 
-def _apply(config, overrides: dict) -> None:
+def apply_overrides(config, overrides: dict) -> None:
   """Sets dotted keys, e.g. {"model.width": 64}."""
   for key, value in overrides.items():
     node = config
@@ -138,13 +138,13 @@ def all_runs(grid: bool = True) -> list[tuple[str, str, dict]]:
 def make_config(setting: dict, objective: str, steps: int, eval_every: int, quick: bool,
                 overrides: dict | None = None):
   config = default_config.get_config()
-  _apply(config, setting["overrides"])
-  _apply(config, {"train.num_steps": steps, "train.eval_every": eval_every,
+  apply_overrides(config, setting["overrides"])
+  apply_overrides(config, {"train.num_steps": steps, "train.eval_every": eval_every,
                   "train.checkpoint_every": eval_every, "train.eval_batches": 0,
                   "objective.name": objective, "eval.policy": POLICY[objective], **COMMON})
   if quick:
-    _apply(config, {"data.eval_examples": 64, "train.log_every": 10})
-  _apply(config, OBJECTIVE_OVERRIDES.get(objective, {}) if overrides is None else overrides)
+    apply_overrides(config, {"data.eval_examples": 64, "train.log_every": 10})
+  apply_overrides(config, OBJECTIVE_OVERRIDES.get(objective, {}) if overrides is None else overrides)
   return config
 
 
@@ -201,7 +201,7 @@ def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple
   if "pretrain_steps" in setting:
     pretrain_steps = setting["quick_pretrain_steps" if quick else "pretrain_steps"]
     config = make_config(setting, "ce", pretrain_steps, pretrain_steps, quick)
-    _apply(config, {"seed": seed, **setting.get("pretrain_overrides", {})})
+    apply_overrides(config, {"seed": seed, **setting.get("pretrain_overrides", {})})
     config.model.max_pauses = 0
     init_from = os.path.join(run_root, "pretrain")
     trainer.train(config, init_from)
@@ -213,7 +213,7 @@ def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple
                          overrides)
     config.seed = seed
     if init_from:
-      _apply(config, setting.get("finetune_overrides", {}))
+      apply_overrides(config, setting.get("finetune_overrides", {}))
       config.init_from = init_from
       if objective == "ce":
         config.model.max_pauses = 0  # the no-pause baseline keeps training the pretrained LM as it is

@@ -61,16 +61,13 @@ def _config(family: dict, overrides: dict, steps: int, eval_every: int, quick: b
   setting = data_efficiency.SETTINGS["shakespeare"]
   config = data_efficiency.make_config(setting, "ce", steps, eval_every, quick)
   # This search ran with the cosine schedule (data_efficiency now defaults to a constant one).
-  data_efficiency._apply(config, {"optim.schedule": "cosine", **family})  # pylint: disable=protected-access
-  data_efficiency._apply(config, overrides)  # pylint: disable=protected-access
+  data_efficiency.apply_overrides(config, {"optim.schedule": "cosine", **family})
+  data_efficiency.apply_overrides(config, overrides)
   return config
 
 
-def _eval_records(workdir: str) -> list:
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    records = [json.loads(line) for line in f]
-  by_step = {r["step"]: r for r in records if r["kind"] == "eval"}
-  return [by_step[s] for s in sorted(by_step)]
+def _eval_records(workdir: str, config) -> list:
+  return data_efficiency.eval_records(workdir, config.train.batch_size * config.data.seq_len)
 
 
 def run(quick: bool, out_dir: str) -> dict:
@@ -82,21 +79,20 @@ def run(quick: bool, out_dir: str) -> dict:
     pretrain_dir = os.path.join(family_dir, "pretrain")
     config = _config(family, VARIANTS["ce"], steps["pretrain"], steps["pretrain"], quick)
     trainer.train(config, pretrain_dir)
-    pretrain_nll = _eval_records(pretrain_dir)[-1]["nll_policy"]
+    pretrain_nll = _eval_records(pretrain_dir, config)[-1]["nll_policy"]
     rows = {}
     for variant in FAMILY_VARIANTS[family_name]:
       config = _config(family, {**FINETUNE, **VARIANTS[variant]}, steps["finetune"], steps["eval_every"], quick)
       config.init_from = pretrain_dir
       workdir = os.path.join(family_dir, variant.replace(" ", "_").replace("+", "_"))
-      start = time.time()
       trainer.train(config, workdir)
-      records = _eval_records(workdir)
+      records = _eval_records(workdir, config)
       rows[variant] = {
           "steps": [r["step"] for r in records],
           "nll_policy": [r["nll_policy"] for r in records],
           "final_nll_at_step": records[-1]["nll_at_step"],
           "final_accuracy": records[-1]["accuracy"],
-          "seconds": time.time() - start,
+          "seconds": data_efficiency.train_seconds(workdir),
       }
     results[family_name] = {"pretrain_nll": pretrain_nll, "variants": rows}
   write(results, quick, out_dir)
