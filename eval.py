@@ -30,7 +30,8 @@ def main(argv):
   del argv
   config = cli.loaded_config(_CONFIG)
   cli.quiet_libraries()
-  from cyb_jax import configuration, eval_checkpoint  # pylint: disable=g-import-not-at-top
+  from cyb_jax import configuration  # pylint: disable=g-import-not-at-top
+  from cyb_jax.evaluation import eval_checkpoint  # pylint: disable=g-import-not-at-top
   try:
     result = eval_checkpoint.evaluate_checkpoint(
         config, _WORKDIR.value, step=_CHECKPOINT.value, policy=_POLICY.value, tau=_TAU.value,

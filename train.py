@@ -19,7 +19,8 @@ def main(argv):
   del argv
   config = cli.loaded_config(_CONFIG)
   cli.quiet_libraries()
-  from cyb_jax import configuration, trainer  # pylint: disable=g-import-not-at-top  (jax is slow to import)
+  from cyb_jax import configuration  # pylint: disable=g-import-not-at-top  (jax is slow to import)
+  from cyb_jax.training import trainer  # pylint: disable=g-import-not-at-top
   try:
     trainer.train(config, _WORKDIR.value)
   except configuration.ConfigError as error:

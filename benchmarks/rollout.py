@@ -33,7 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from cyb_jax import generate as generate_lib  # noqa: E402
+from cyb_jax.inference import generate as generate_lib  # noqa: E402
 from cyb_jax import losses  # noqa: E402
 from cyb_jax import model as model_lib  # noqa: E402
 

@@ -69,8 +69,11 @@ def get_config(task: str = "pointer_chasing") -> ml_collections.ConfigDict:
   config.data.tfds_train_split = "train"
   config.data.tfds_eval_split = "test"
   config.data.packing_bins = 16
-  config.data.tokenizer = "byte"
+  config.data.tokenizer = "byte"          # "byte", "sentencepiece", "hf" (a model dir) or "bpe" (trained here)
+  config.data.tokenizer_path = ""         # hf: model dir ("" = config.init_from_hf); bpe: "" = WORKDIR/tokenizer.json
   config.data.spm_model_path = ""
+  config.data.bpe_vocab_size = 4096       # bpe: vocabulary trained on the text file's training split
+  config.data.add_bos = config_dict.placeholder(bool)  # sequences start with BOS; None = the tokenizer's rule
   config.data.read_threads = 1
   config.data.prefetch_batches = 4
 
@@ -90,6 +93,30 @@ def get_config(task: str = "pointer_chasing") -> ml_collections.ConfigDict:
   config.model.pause_feedback = True
   config.model.pause_reads_token = True
   config.model.rope_base = 10000.0
+  # Block options of open-weight families (cyb_jax/model/config.py); these values are cyb_jax's own
+  # block. With config.init_from_hf they all come from the checkpoint's config.json instead.
+  config.model.num_kv_heads = 0         # grouped KV heads; 0 = num_heads
+  config.model.head_dim = 0             # 0 = width // num_heads
+  config.model.qkv_bias = False
+  config.model.out_bias = False
+  config.model.mlp_bias = False
+  config.model.qk_norm = False
+  config.model.norm_eps = 1e-6
+  config.model.norm_offset = False      # RMSNorm scale 1 + w (Gemma)
+  config.model.sandwich_norms = False   # Gemma 2/3
+  config.model.embed_scale = False      # input embeddings x sqrt(width) (Gemma)
+  config.model.mlp_activation = "silu"  # or "gelu_tanh"
+  config.model.tie_embeddings = False
+  config.model.query_scale = 0.0        # 0 = head_dim ** -0.5
+  config.model.attn_softcap = 0.0       # 0 = off
+  config.model.final_softcap = 0.0      # 0 = off
+  config.model.layer_windows = ()       # sliding window per layer in positions (0 = full); () = all full
+  config.model.rope_local_base = 0.0    # RoPE base of windowed layers; 0 = rope_base
+  config.model.rope_scaling = "none"    # "none", "linear" or "llama3"
+  config.model.rope_factor = 1.0
+  config.model.rope_low_freq_factor = 1.0
+  config.model.rope_high_freq_factor = 4.0
+  config.model.rope_original_max_len = 8192
 
   # K: pause steps per token during training (and the most any policy may take); <= model.max_pauses.
   # K = 1 here: with K = 2 the fixed-pause baseline did not learn to use the second step on this task.
@@ -144,4 +171,7 @@ def get_config(task: str = "pointer_chasing") -> ml_collections.ConfigDict:
   # Start from a no-pause (max_pauses = 0) checkpoint's work directory: its parameters are extended
   # with fresh <dk> and pause parameters (the published fine-tuning setting).
   config.init_from = ""
+  # Or from a local Hugging Face checkpoint directory (Llama, Qwen2/3, Gemma 2/3; see
+  # configs/finetune_hf.py): its config.json decides the architecture, its tokenizer the vocabulary.
+  config.init_from_hf = ""
   return config

@@ -15,9 +15,11 @@ import numpy as np
 
 from cyb_jax import losses
 from cyb_jax import model as model_lib
-from cyb_jax import policies
-from cyb_jax import train_state
+from cyb_jax import pretrained
 from cyb_jax.data import pipeline as data_pipeline
+from cyb_jax.data import tokenizer as tokenizer_lib
+from cyb_jax.inference import policies
+from cyb_jax.training import train_state
 
 
 class ConfigError(ValueError):
@@ -100,7 +102,24 @@ def objective_settings(config: ml_collections.ConfigDict, num_pauses: int) -> Ob
                            initial_cost=cost, dual_lr=dual_lr)
 
 
-def data_config(config: ml_collections.ConfigDict) -> data_pipeline.DataConfig:
+# config.model fields a pretrained checkpoint does not decide: how pauses are added and how it runs.
+RUN_MODEL_FIELDS = ("max_pauses", "dtype", "remat", "dk_init_prob", "pause_context", "pause_feedback",
+                    "pause_reads_token")
+
+
+def init_from_hf(config: ml_collections.ConfigDict) -> str:
+  """`config.init_from_hf`, or "" (configs written before the option existed have no such key)."""
+  return str(config.get("init_from_hf", "") or "")
+
+
+def data_config(config: ml_collections.ConfigDict, workdir: Optional[str] = None,
+                write_files: bool = True) -> data_pipeline.DataConfig:
+  """The data settings, validated; the tokenizer resolved to the file it reads.
+
+  With `init_from_hf`, an "hf" tokenizer without a path reads the checkpoint's directory. A "bpe"
+  tokenizer without a path is the work directory's tokenizer.json, trained there first if absent (only
+  when `workdir` is given and `write_files`; eval.py reads an existing one).
+  """
   values = config.data.to_dict()
   try:
     data = data_pipeline.DataConfig.from_any(values)
@@ -114,10 +133,38 @@ def data_config(config: ml_collections.ConfigDict) -> data_pipeline.DataConfig:
       raise ConfigError(f"config.data.text_path: no such file {data.text_path!r}")
     if os.path.getsize(data.text_path) == 0:
       raise ConfigError(f"config.data.text_path: file {data.text_path!r} is empty")
+  _require(data.tokenizer in tokenizer_lib.KNOWN_TOKENIZERS, "data.tokenizer",
+           f"must be one of {tokenizer_lib.KNOWN_TOKENIZERS}, got {data.tokenizer!r}")
+  hf_dir = init_from_hf(config)
+  if data.tokenizer == "hf" and not data_pipeline.tokenizer_path(data):
+    _require(bool(hf_dir), "data.tokenizer_path", "is required for data.tokenizer='hf' (a Hugging Face "
+             "model directory), unless config.init_from_hf names one")
+    data = dataclasses.replace(data, tokenizer_path=hf_dir)
+  if data.tokenizer == "bpe":
+    _require(data.bpe_vocab_size >= tokenizer_lib.MIN_BPE_VOCAB, "data.bpe_vocab_size",
+             f"must be >= {tokenizer_lib.MIN_BPE_VOCAB} (256 bytes + 2 special tokens), got "
+             f"{data.bpe_vocab_size}")
+    if not data_pipeline.tokenizer_path(data):
+      _require(workdir is not None, "data.tokenizer_path", "is required for data.tokenizer='bpe' here "
+               "(the trainer trains it into the work directory)")
+      trained = os.path.join(workdir, data_pipeline.BPE_FILE)
+      _require(write_files or os.path.isfile(trained), "data.tokenizer",
+               f"'bpe': the run's tokenizer {trained!r} does not exist (was the run trained here?)")
+      try:
+        data = data_pipeline.prepare_tokenizer(data, workdir, write=write_files)
+      except (OSError, ValueError) as error:
+        raise ConfigError(f"config.data.tokenizer='bpe': {error}") from None
+  path = data_pipeline.tokenizer_path(data)
+  if data.tokenizer != "byte" and not os.path.exists(path):
+    raise ConfigError(f"config.data.tokenizer_path: no file or directory {path!r} for tokenizer "
+                      f"{data.tokenizer!r}")
   return data
 
 
 def model_config(config: ml_collections.ConfigDict, info: data_pipeline.DataInfo) -> model_lib.ModelConfig:
+  hf_dir = init_from_hf(config)
+  if hf_dir:
+    return _pretrained_model_config(config, hf_dir, info)
   values = config.model.to_dict()
   if values["vocab_size"] == 0:
     values["vocab_size"] = info.vocab_size
@@ -137,9 +184,32 @@ def model_config(config: ml_collections.ConfigDict, info: data_pipeline.DataInfo
     raise ConfigError(f"config.{error}") from None
 
 
+def _pretrained_model_config(config: ml_collections.ConfigDict, hf_dir: str,
+                             info: data_pipeline.DataInfo) -> model_lib.ModelConfig:
+  """The architecture of the checkpoint in `hf_dir`, with this config's pause and run options."""
+  _require(not config.init_from, "init_from", "and config.init_from_hf are both set; choose one")
+  _require(os.path.isdir(hf_dir), "init_from_hf", f"= {hf_dir!r} is not a directory")
+  run_options = {key: config.model[key] for key in RUN_MODEL_FIELDS if key in config.model}
+  try:
+    hf = pretrained.read_hf_config(hf_dir)
+    model = pretrained.model_config_from_hf(hf, **run_options)
+  except (OSError, ValueError) as error:
+    raise ConfigError(f"config.init_from_hf: {error}") from None
+  _require(info.vocab_size <= model.vocab_size, "data.tokenizer",
+           f"gives {info.vocab_size} token ids, more than the {model.vocab_size} rows of the embedding "
+           f"in {hf_dir!r}: not this checkpoint's tokenizer")
+  _require(model.max_len >= info.seq_len, "data.seq_len",
+           f"= {info.seq_len} exceeds the checkpoint's max_position_embeddings {model.max_len}")
+  return model
+
+
 def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int,
-                         process_count: int = 1) -> Settings:
-  """Validates `config` and turns it into typed `Settings`; raises ConfigError naming the bad key."""
+                         process_count: int = 1, workdir: Optional[str] = None,
+                         write_files: bool = True) -> Settings:
+  """Validates `config` and turns it into typed `Settings`; raises ConfigError naming the bad key.
+
+  `workdir`: the run's directory, where a "bpe" tokenizer is trained (with `write_files`) or read.
+  """
   num_devices = int(_get(config, "mesh.num_devices"))
   _require(num_devices == -1 or 1 <= num_devices <= device_count, "mesh.num_devices",
            f"must be -1 or in [1, {device_count}] (the devices there are), got {num_devices}")
@@ -148,10 +218,10 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
   num_pauses = _get(config, "num_pauses")
   _require(isinstance(num_pauses, int) and num_pauses >= 0, "num_pauses",
            f"must be a non-negative integer, got {num_pauses!r}")
-  data = data_config(config)
+  data = data_config(config, workdir, write_files)
   try:
     info = data_pipeline.data_info(data)
-  except (FileNotFoundError, ValueError) as error:
+  except (FileNotFoundError, ImportError, ValueError) as error:
     raise ConfigError(f"config.data: {error}") from None
   model = model_config(config, info)
   _require(num_pauses <= model.max_pauses, "num_pauses",
@@ -183,7 +253,10 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
     raise ConfigError(f"config.eval: {error}") from None
 
   mesh_data, mesh_fsdp = int(config.mesh.data), int(config.mesh.fsdp)
-  _require(mesh_fsdp >= 1, "mesh.fsdp", f"must be >= 1, got {mesh_fsdp}")
+  _require(mesh_fsdp >= 1 or mesh_fsdp == -1, "mesh.fsdp", f"must be -1 (all devices) or >= 1, got {mesh_fsdp}")
+  if mesh_fsdp == -1:
+    _require(mesh_data in (-1, 1), "mesh.data", f"must be 1 or -1 with mesh.fsdp = -1, got {mesh_data}")
+    mesh_fsdp = device_count
   _require(mesh_data == -1 or mesh_data >= 1, "mesh.data", f"must be -1 or >= 1, got {mesh_data}")
   _require(device_count % mesh_fsdp == 0, "mesh.fsdp",
            f"= {mesh_fsdp} does not divide the device count {device_count}")
@@ -192,6 +265,7 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
              f"data x fsdp = {mesh_data} x {mesh_fsdp} != device count {device_count}")
   if config.init_from:
     _require(os.path.isdir(config.init_from), "init_from", f"= {config.init_from!r} is not a directory")
+    _require(not init_from_hf(config), "init_from", "and config.init_from_hf are both set; choose one")
   _require(int(config.seed) >= 0, "seed", f"must be >= 0, got {config.seed}")
   return Settings(config=config, model=model, data=data, data_info=info, objective=objective,
                   num_pauses=num_pauses)
@@ -199,8 +273,7 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
 
 def model_shape(model: model_lib.ModelConfig) -> dict:
   """The fields that decide the parameter shapes (compared when resuming or fine-tuning)."""
-  return {key: getattr(model, key) for key in ("vocab_size", "width", "num_layers", "num_heads",
-                                               "mlp_hidden", "max_pauses", "pause_feedback")}
+  return model_lib.parameter_shapes(model)
 
 
 def as_json_dict(config: ml_collections.ConfigDict) -> dict:

@@ -19,8 +19,10 @@ BATCH_AXES = (DATA, FSDP)
 
 def make_mesh(data: int, fsdp: int, num_devices: int = -1) -> jax.sharding.Mesh:
   """A (data, fsdp) mesh over the first `num_devices` devices (-1 = all); data = -1 takes what fsdp
-  leaves."""
+  leaves; fsdp = -1 shards over every device (data 1)."""
   devices = jax.devices() if num_devices == -1 else jax.devices()[:num_devices]
+  if fsdp == -1:
+    fsdp, data = len(devices), 1
   if data == -1:
     data = len(devices) // fsdp
   # Auto axes: XLA propagates shardings through ops such as the embedding gather on a sharded batch.

@@ -41,9 +41,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from configs import default as default_config  # noqa: E402
 from cyb_jax import configuration  # noqa: E402
-from cyb_jax import efficiency  # noqa: E402
-from cyb_jax import metrics_writer  # noqa: E402
-from cyb_jax import trainer  # noqa: E402
+from cyb_jax.evaluation import efficiency  # noqa: E402
+from cyb_jax.training import metrics_writer  # noqa: E402
+from cyb_jax.training import trainer  # noqa: E402
 
 BASELINES = ("ce", "pause_ce")
 CYB = ("cyb_ap", "cyb_va", "cyb_dp")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from cyb_jax import trainer
+from cyb_jax.training import trainer
 import tiny_config
 
 

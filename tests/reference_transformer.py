@@ -5,14 +5,22 @@ z_{i,j} is the last output of an ordinary causal transformer run on `x_0 .. x_i,
 every pause at rotary position i; with feedback the sequence grows one pause at a time. The stream variant
 is one causal pass over N(K+1) inputs at positions 0 .. N(K+1)-1.
 
-`config` is anything with the ModelConfig fields `num_heads`, `rope_base`, `max_pauses`,
-`pause_reads_token` and `pause_feedback`; every size is read off the params.
+The block options of open-weight families are written out here a second time, independently of
+cyb_jax/model, from their published definitions (PRETRAINED.md, the Llama 3 and Gemma papers'
+descriptions as transformers implements them): grouped KV heads, q/k/v/o and MLP biases, q/k RMSNorm,
+the (1 + w) norm, RMSNorm epsilon, sandwich norms, the sqrt(D) input-embedding scale, tanh-GELU, tied
+embeddings, query scale, attention and final-logit soft-capping, sliding windows (by position: key
+position k is visible to query position p iff p - k < W), per-layer RoPE base, linear and llama3 RoPE
+scaling.
+
+`config` is a ModelConfig (only its fields are read, never its methods); every size is read off the params.
 
 API (all numpy float64):
   to_numpy(params)                                      -> the params pytree as float64 numpy arrays
   forward(params, config, x_TD, positions_T)            -> final residual [T, D] (before the final norm)
   logits(params, config, hidden_TD)                     -> [T, V+1], `<dk>` last (-inf if max_pauses = 0)
   reference_logits(params, config, x_TD, positions_T)   -> logits(forward(...))
+  token_input(params, config, token)                    -> [D], a real token's input embedding
   pause_input(params, config, token, step, prev_hidden) -> [D], step is 1-based
   rollout(params, config, tokens_N, num_pauses)         -> [N, K+1, V+1] for config.pause_context
 """
@@ -23,8 +31,6 @@ import math
 
 import numpy as np
 
-EPS = 1e-6
-
 
 def to_numpy(params):
   if isinstance(params, dict):
@@ -34,18 +40,47 @@ def to_numpy(params):
   return np.asarray(params, dtype=np.float64)
 
 
-def rms_norm(x, scale):
-  return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + EPS) * scale
+def rms_norm(config, x, weight):
+  scale = 1.0 + weight if config.norm_offset else weight
+  return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + config.norm_eps) * scale
 
 
-def rotate(x_THd, positions_T, base):
-  """Rotate-half rotary embedding: feature k pairs with feature k + Dh/2, angle = position * base^(-k/half)."""
-  half = x_THd.shape[-1] // 2
-  out = np.empty_like(x_THd)
+def inverse_frequencies(config, layer, head_size):
+  """Rotation speed of feature pair k (k, k + Dh/2), per position, for `layer`."""
+  window = config.layer_windows[layer] if config.layer_windows else 0
+  local = bool(window) and config.rope_local_base > 0
+  base = config.rope_local_base if local else config.rope_base
+  half = head_size // 2
+  freqs = []
+  for k in range(half):
+    f = base ** (-2.0 * k / head_size)
+    if not local and config.rope_scaling == "linear":
+      f = f / config.rope_factor
+    elif not local and config.rope_scaling == "llama3":
+      # Llama 3.1: wavelengths longer than original_len / low_freq_factor are stretched by `factor`, those
+      # shorter than original_len / high_freq_factor kept, and in between mixed by how many wavelengths
+      # fit the original context.
+      wavelength = 2 * math.pi / f
+      original = config.rope_original_max_len
+      if wavelength < original / config.rope_high_freq_factor:
+        pass
+      elif wavelength > original / config.rope_low_freq_factor:
+        f = f / config.rope_factor
+      else:
+        mix = ((original / wavelength - config.rope_low_freq_factor) /
+               (config.rope_high_freq_factor - config.rope_low_freq_factor))
+        f = (1 - mix) * f / config.rope_factor + mix * f
+    freqs.append(f)
+  return freqs
+
+
+def rotate(x_THd, positions_T, freqs):
+  """Rotate-half rotary embedding: feature k pairs with feature k + Dh/2, angle = position * freqs[k]."""
+  half = len(freqs)
+  out = np.array(x_THd, copy=True)
   for t, position in enumerate(positions_T):
-    for k in range(half):
-      angle = position * base ** (-k / half)
-      c, s = math.cos(angle), math.sin(angle)
+    for k, f in enumerate(freqs):
+      c, s = math.cos(position * f), math.sin(position * f)
       a, b = x_THd[t, :, k], x_THd[t, :, k + half]
       out[t, :, k] = a * c - b * s
       out[t, :, k + half] = b * c + a * s
@@ -56,42 +91,79 @@ def silu(x):
   return x / (1.0 + np.exp(-x))
 
 
-def attention(q_THd, k_THd, v_THd):
-  """Causal in sequence order: query t sees keys 0..t."""
-  num_tokens, num_heads, head_dim = q_THd.shape
+def gelu_tanh(x):
+  return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def cap(x, c):
+  return c * np.tanh(x / c) if c else x
+
+
+def attention(config, layer, q_THd, k_TGd, v_TGd, positions_T):
+  """Causal in sequence order; on windowed layers a key must also lie within the window, by position."""
+  num_tokens, num_heads, head_size = q_THd.shape
+  num_kv = k_TGd.shape[1]
+  window = config.layer_windows[layer] if config.layer_windows else 0
+  scale = config.query_scale if config.query_scale else 1.0 / math.sqrt(head_size)
   out = np.zeros_like(q_THd)
   for h in range(num_heads):
+    g = h // (num_heads // num_kv)  # contiguous groups of query heads share a KV head
     for t in range(num_tokens):
-      scores = np.array([q_THd[t, h] @ k_THd[s, h] for s in range(t + 1)]) / math.sqrt(head_dim)
+      visible = [s for s in range(t + 1) if not window or positions_T[t] - positions_T[s] < window]
+      scores = np.array([cap(scale * (q_THd[t, h] @ k_TGd[s, g]), config.attn_softcap) for s in visible])
       weights = np.exp(scores - scores.max())
       weights /= weights.sum()
-      out[t, h] = sum(weights[s] * v_THd[s, h] for s in range(t + 1))
+      out[t, h] = sum(w * v_TGd[s, g] for w, s in zip(weights, visible))
   return out
 
 
-def block(p, config, x_TD, positions_T):
-  normed = rms_norm(x_TD, p["attn_norm"]["scale"])
-  qkv = np.einsum("td,dchk->tchk", normed, p["qkv_proj"]["kernel"])
-  q = rotate(qkv[:, 0], positions_T, config.rope_base)
-  k = rotate(qkv[:, 1], positions_T, config.rope_base)
-  attended = attention(q, k, qkv[:, 2])
-  x_TD = x_TD + np.einsum("thk,hkd->td", attended, p["out_proj"]["kernel"])
-  normed = rms_norm(x_TD, p["mlp_norm"]["scale"])
-  gate = normed @ p["mlp"]["gate_up"]["kernel"][:, 0]
-  up = normed @ p["mlp"]["gate_up"]["kernel"][:, 1]
-  return x_TD + (silu(gate) * up) @ p["mlp"]["down"]["kernel"]
+def dense(x, p, axes):
+  """x @ kernel (+ bias), contracting x's last `axes` axes."""
+  y = np.tensordot(x, p["kernel"], axes=axes)
+  return y + p["bias"] if "bias" in p else y
+
+
+def block(p, config, layer, x_TD, positions_T):
+  normed = rms_norm(config, x_TD, p["attn_norm"]["scale"])
+  if "qkv_proj" in p:
+    qkv = dense(normed, p["qkv_proj"], 1)  # [T, 3, H, Dh]
+    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+  else:
+    q = dense(normed, p["q_proj"], 1)       # [T, H, Dh]
+    kv = dense(normed, p["kv_proj"], 1)     # [T, 2, G, Dh]
+    k, v = kv[:, 0], kv[:, 1]
+  if config.qk_norm:
+    q = rms_norm(config, q, p["q_norm"]["scale"])
+    k = rms_norm(config, k, p["k_norm"]["scale"])
+  freqs = inverse_frequencies(config, layer, q.shape[-1])
+  attended = attention(config, layer, rotate(q, positions_T, freqs), rotate(k, positions_T, freqs), v,
+                       positions_T)
+  out = dense(attended, p["out_proj"], 2)
+  if config.sandwich_norms:
+    out = rms_norm(config, out, p["post_attn_norm"]["scale"])
+  x_TD = x_TD + out
+  normed = rms_norm(config, x_TD, p["mlp_norm"]["scale"])
+  gate_up = p["mlp"]["gate_up"]
+  gate = normed @ gate_up["kernel"][:, 0] + (gate_up["bias"][0] if "bias" in gate_up else 0.0)
+  up = normed @ gate_up["kernel"][:, 1] + (gate_up["bias"][1] if "bias" in gate_up else 0.0)
+  activation = gelu_tanh if config.mlp_activation == "gelu_tanh" else silu
+  hidden = dense(activation(gate) * up, p["mlp"]["down"], 1)
+  if config.sandwich_norms:
+    hidden = rms_norm(config, hidden, p["post_mlp_norm"]["scale"])
+  return x_TD + hidden
 
 
 def forward(params, config, x_TD, positions_T):
   x = np.asarray(x_TD, np.float64)
-  for block_params in params["blocks"]:
-    x = block(block_params, config, x, positions_T)
+  for layer, block_params in enumerate(params["blocks"]):
+    x = block(block_params, config, layer, x, positions_T)
   return x
 
 
 def logits(params, config, hidden_TD):
-  normed = rms_norm(hidden_TD, params["final_norm"]["scale"])
-  real = normed @ params["head"]
+  normed = rms_norm(config, hidden_TD, params["final_norm"]["scale"])
+  head = params["embed"].T if config.tie_embeddings else params["head"]
+  real = cap(normed @ head, config.final_softcap)
   if config.max_pauses > 0:
     dk = normed @ params["dk_head"]["kernel"] + params["dk_head"]["bias"]
   else:
@@ -103,12 +175,26 @@ def reference_logits(params, config, x_TD, positions_T):
   return logits(params, config, forward(params, config, x_TD, positions_T))
 
 
+def token_input(params, config, token):
+  row = params["embed"][token]
+  if config.embed_scale:
+    # The scale is rounded to the compute dtype, as transformers rounds it to the weight dtype.
+    factor = math.sqrt(config.width)
+    if config.dtype == "bfloat16":
+      import ml_dtypes  # pylint: disable=import-outside-toplevel
+      factor = float(np.asarray(factor, ml_dtypes.bfloat16))
+    else:
+      factor = float(np.float32(factor))
+    row = row * factor
+  return row
+
+
 def pause_input(params, config, token, step, prev_hidden=None):
   x = params["pause"]["embedding"] + params["pause"]["step_embedding"][step - 1]
   if config.pause_reads_token:
-    x = x + params["embed"][token]
+    x = x + token_input(params, config, token)
   if config.pause_feedback:
-    x = x + rms_norm(prev_hidden, params["final_norm"]["scale"]) @ params["feedback"]["kernel"]
+    x = x + rms_norm(config, prev_hidden, params["final_norm"]["scale"]) @ params["feedback"]["kernel"]
   return x
 
 
@@ -116,7 +202,7 @@ def private_rollout(params, config, tokens_N, num_pauses):
   """[N, K+1, V+1]: each (i, j) from its own causal run over x_0..x_i and pauses 1..j at position i."""
   out = []
   for i in range(len(tokens_N)):
-    inputs = [params["embed"][t] for t in tokens_N[:i + 1]]
+    inputs = [token_input(params, config, t) for t in tokens_N[:i + 1]]
     positions = list(range(i + 1))
     hidden = forward(params, config, np.stack(inputs), positions)
     per_step = [logits(params, config, hidden[-1])]
@@ -138,7 +224,7 @@ def stream_rollout(params, config, tokens_N, num_pauses):
   steps = num_pauses + 1
   inputs = []
   for token in tokens_N:
-    inputs.append(params["embed"][token])
+    inputs.append(token_input(params, config, token))
     inputs.extend(pause_input(params, config, token, j) for j in range(1, steps))
   hidden = forward(params, config, np.stack(inputs), list(range(len(inputs))))
   return logits(params, config, hidden).reshape(len(tokens_N), steps, -1)

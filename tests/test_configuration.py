@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from cyb_jax import configuration
-from cyb_jax import trainer
+from cyb_jax.training import trainer
 from helpers import forbid_compilation
 from helpers import tiny
 

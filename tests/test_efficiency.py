@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from cyb_jax import efficiency
+from cyb_jax.evaluation import efficiency
 
 
 def test_crossing_interpolates_in_log_tokens():

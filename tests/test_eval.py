@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from cyb_jax import checkpointing
+from cyb_jax.training import checkpointing
 from cyb_jax import configuration
-from cyb_jax import eval_checkpoint
+from cyb_jax.evaluation import eval_checkpoint
 from cyb_jax import model as model_lib
-from cyb_jax import trainer
+from cyb_jax.training import trainer
 from cyb_jax.data import pipeline as data_pipeline
 from tests import tiny_config
 

@@ -16,14 +16,27 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cyb_jax import generate
+from cyb_jax.inference import generate
 from cyb_jax import model
 
 CONFIG = model.ModelConfig(vocab_size=11, width=12, num_layers=2, num_heads=2, mlp_hidden=14, max_len=64,
                            max_pauses=3, dk_init_prob=0.5)
 FEEDBACK_CONFIG = dataclasses.replace(CONFIG, pause_feedback=True)
 STREAM_CONFIG = dataclasses.replace(CONFIG, pause_context="stream")
-CONFIGS = {"plain": CONFIG, "feedback": FEEDBACK_CONFIG, "stream": STREAM_CONFIG}
+# Block options of open-weight families (see test_model.py), so the KV cache, grouped heads and sliding
+# windows are covered by generation too: the window of 3 positions on layer 0 is far shorter than the
+# 5-token prompt plus 6 generated tokens.
+LLAMA_LIKE = dataclasses.replace(
+    CONFIG, num_heads=4, num_kv_heads=2, head_dim=4, qkv_bias=True, out_bias=True, mlp_bias=True,
+    qk_norm=True, rope_scaling="llama3", rope_factor=4.0, rope_original_max_len=8)
+GEMMA_LIKE = dataclasses.replace(
+    CONFIG, num_kv_heads=1, qk_norm=True, norm_offset=True, sandwich_norms=True, embed_scale=True,
+    mlp_activation="gelu_tanh", tie_embeddings=True, query_scale=0.4, attn_softcap=2.0,
+    final_softcap=4.0, layer_windows=(3, 0), rope_local_base=30.0)
+CONFIGS = {"plain": CONFIG, "feedback": FEEDBACK_CONFIG, "stream": STREAM_CONFIG,
+           "llama_like": LLAMA_LIKE, "gemma_like": GEMMA_LIKE,
+           "gemma_like_feedback": dataclasses.replace(GEMMA_LIKE, pause_feedback=True),
+           "gemma_like_stream": dataclasses.replace(GEMMA_LIKE, pause_context="stream")}
 V = CONFIG.vocab_size
 K = CONFIG.max_pauses
 NUM_TOKENS = 6
@@ -46,7 +59,19 @@ def params_for(variant):
   """
   config = CONFIGS[variant]
   params = model.init(config, jax.random.PRNGKey(2))
+  rs = np.random.RandomState(402)
+  # Block-option variants: norm scales and biases away from their neutral initial values, so every
+  # option's path is live. (The original variants keep the parameters their pause-count checks rely on.)
+  if variant.startswith(("llama_like", "gemma_like")):
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 0.3 * rs.randn(*x.shape).astype(np.float32)
+        if any("norm" in str(p) for p in path) or (str(path[-1]) == "['bias']" and str(path[0]) == "['blocks']")
+        else x, params)
   params["dk_head"]["kernel"] = 2.0 * jax.random.normal(jax.random.PRNGKey(102), (config.width,))
+  if variant.startswith("gemma_like"):
+    # Soft-capped real logits keep u = logsumexp small, and greedy text here repeats itself: a weaker <dk>
+    # direction and a higher bias give every pause count 0..K a chance (checked as for the others).
+    params["dk_head"] = {"kernel": 0.3 * params["dk_head"]["kernel"], "bias": params["dk_head"]["bias"] + 2.5}
   if config.pause_feedback:
     # Zero-initialised feedback would make this variant identical to the plain one.
     params["feedback"]["kernel"] = 0.3 * jax.random.normal(jax.random.PRNGKey(302),
@@ -162,6 +187,9 @@ def check_against_rollout(variant, policy, gen, prompts, *, greedy, num_pauses=K
     ("plain", "sample"),
     # Feedback changes what a pause step computes, not the policies: two policies suffice.
     ("feedback", "threshold"), ("feedback", "always"),
+    # Block options: the KV cache, grouped heads, windows and soft-caps under adaptive pausing.
+    ("llama_like", "threshold"), ("gemma_like", "threshold"), ("gemma_like", "always"),
+    ("gemma_like_feedback", "cumulative"),
 ])
 def test_generation_matches_rollout(variant, policy):
   check_against_rollout(variant, policy, generated(variant, policy), PROMPTS, greedy=True)
@@ -185,7 +213,10 @@ def test_sampled_tokens_and_pauses_match_rollout():
 
 
 @pytest.mark.parametrize("variant,policy", [("plain", "threshold"), ("plain", "cumulative"),
-                                            ("plain", "sample"), ("feedback", "threshold")])
+                                            ("plain", "sample"), ("feedback", "threshold"),
+                                            ("llama_like", "threshold"), ("gemma_like", "threshold"),
+                                            ("gemma_like_feedback", "cumulative"),
+                                            ("gemma_like_stream", "threshold")])
 def test_pause_counts_are_mixed(variant, policy):
   # Without a spread of pause counts the agreement tests above would not exercise per-token pausing.
   pauses = np.asarray(generated(variant, policy).pauses)
@@ -258,7 +289,7 @@ def stream_causal_logits(params, x_BTD, config):
   return model.output_logits(params, hidden, config)
 
 
-def stream_oracle_logits(params, prompt, tokens, pauses):
+def stream_oracle_logits(variant, params, prompt, tokens, pauses):
   """Logits `[M, S, V+1]` (NaN where not realised) from one causal pass over the explicit stream.
 
   The stream is the prompt, then for each generated token t: the pauses it took (inputs built from the
@@ -266,8 +297,8 @@ def stream_oracle_logits(params, prompt, tokens, pauses):
   token itself. Token t's step j is the output at the stream index of its real input, plus j. The stream
   is padded to the longest possible length so the pass compiles once; causality makes the padding inert.
   """
-  config = STREAM_CONFIG
-  embed = np.asarray(params["embed"])
+  config = CONFIGS[variant]
+  embed = np.asarray(model.embed_tokens(params, jnp.arange(V), config))  # the model's real-token inputs
   # Pause inputs for every (token, step), from the model's own definition of a pause input.
   all_tokens, all_steps = np.meshgrid(np.arange(V), np.arange(1, K + 1), indexing="ij")
   pause_table = np.asarray(model.pause_inputs(params, jnp.asarray(all_tokens), jnp.asarray(all_steps),
@@ -291,13 +322,14 @@ def stream_oracle_logits(params, prompt, tokens, pauses):
   return out
 
 
-def test_stream_generation_matches_explicit_stream():
-  params = params_for("stream")
-  gen = generated("stream", "threshold")
+@pytest.mark.parametrize("variant", ["stream", "gemma_like_stream"])
+def test_stream_generation_matches_explicit_stream(variant):
+  params = params_for(variant)
+  gen = generated(variant, "threshold")
   tokens, pauses = np.asarray(gen.tokens), np.asarray(gen.pauses)
   assert 0 in pauses and len(np.unique(pauses)) >= 3, pauses  # else the stream would be trivial
   for b in range(BATCH):
-    expected = stream_oracle_logits(params, np.asarray(PROMPTS[b]), tokens[b], pauses[b])
+    expected = stream_oracle_logits(variant, params, np.asarray(PROMPTS[b]), tokens[b], pauses[b])
     np.testing.assert_allclose(np.asarray(gen.step_logits[b], np.float64), expected, rtol=1e-5,
                                atol=ATOL)
     for t in range(NUM_TOKENS):

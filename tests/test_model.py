@@ -25,6 +25,22 @@ TOL = dict(rtol=1e-5, atol=1e-5)  # float32 against float64 on O(1) logits
 
 BASE = model.ModelConfig(vocab_size=V, width=D, num_layers=L, num_heads=H, mlp_hidden=F, max_len=16,
                          max_pauses=K, rope_base=100.0)  # a non-default base: the field must be used
+# Block options of open-weight families, two bundles (dimensions still prime or odd-halved).
+# Llama/Qwen-like: 4 query heads on 2 KV heads of 6 features (not D / H = 5), every bias, q/k norm, an
+# epsilon that matters, and llama3 RoPE scaling whose bands all occur (wavelengths 2 pi .. ~200 against
+# an original length of 12: high band below 3, low band above 12).
+LLAMA_LIKE = dataclasses.replace(
+    BASE, num_heads=4, num_kv_heads=2, head_dim=6, qkv_bias=True, out_bias=True, mlp_bias=True,
+    qk_norm=True, norm_eps=0.05, rope_scaling="llama3", rope_factor=4.0, rope_low_freq_factor=1.0,
+    rope_high_freq_factor=4.0, rope_original_max_len=12)
+# Gemma-like: (1 + w) norms, sandwich norms, embedding scale, tanh-GELU, tied head, a query scale,
+# soft-caps that bite at these logit sizes, a sliding window of 3 positions on layer 0 (N = 7, so it
+# cuts) with its own RoPE base, linear scaling on the full layer, and one KV head for two query heads.
+GEMMA_LIKE = dataclasses.replace(
+    BASE, num_kv_heads=1, qk_norm=True, norm_offset=True, sandwich_norms=True, embed_scale=True,
+    mlp_activation="gelu_tanh", tie_embeddings=True, query_scale=0.45, attn_softcap=1.5,
+    final_softcap=2.5, layer_windows=(3, 0), rope_local_base=30.0, rope_scaling="linear",
+    rope_factor=2.0)
 VARIANTS = {
     "private": BASE,
     "feedback": dataclasses.replace(BASE, pause_feedback=True),
@@ -32,25 +48,41 @@ VARIANTS = {
     "no_token_feedback": dataclasses.replace(BASE, pause_reads_token=False, pause_feedback=True),
     "stream": dataclasses.replace(BASE, pause_context="stream"),
     "stream_no_token": dataclasses.replace(BASE, pause_context="stream", pause_reads_token=False),
+    "llama_like": LLAMA_LIKE,
+    "llama_like_feedback": dataclasses.replace(LLAMA_LIKE, pause_feedback=True),
+    "llama_like_stream": dataclasses.replace(LLAMA_LIKE, pause_context="stream"),
+    "gemma_like": GEMMA_LIKE,
+    "gemma_like_feedback": dataclasses.replace(GEMMA_LIKE, pause_feedback=True),
+    "gemma_like_stream": dataclasses.replace(GEMMA_LIKE, pause_context="stream"),
 }
 
 
 def _perturb(params, seed):
-  """Randomises what init sets to zeros or ones, so norm scales, <dk> and feedback all matter."""
+  """Randomises what init sets to zeros or ones (norm scales and offsets, biases, <dk>, feedback).
+
+  Otherwise their code paths would be untested: a norm left at the identity or a zero bias cannot tell a
+  right implementation from one that ignores it.
+  """
   rs = np.random.RandomState(seed)
 
-  def scale(p):
-    return {"scale": jnp.asarray(1.0 + 0.3 * rs.randn(*p["scale"].shape), jnp.float32)}
+  def visit(path, leaf):
+    names = [getattr(entry, "key", getattr(entry, "name", "")) for entry in path]
+    shape = np.shape(leaf)
+    if any("norm" in str(name) for name in names):
+      base = 0.0 if np.all(np.asarray(leaf) == 0) else 1.0  # (1 + w) norms are initialised at w = 0
+      return jnp.asarray(base + 0.3 * rs.randn(*shape), jnp.float32)
+    if names[-1] == "bias" and names[0] == "blocks":
+      return jnp.asarray(0.3 * rs.randn(*shape), jnp.float32)
+    return leaf
 
-  out = dict(params)
-  out["blocks"] = [{**b, "attn_norm": scale(b["attn_norm"]), "mlp_norm": scale(b["mlp_norm"])}
-                   for b in params["blocks"]]
-  out["final_norm"] = scale(params["final_norm"])
+  out = jax.tree_util.tree_map_with_path(visit, params)
   if "dk_head" in params:
-    out["dk_head"] = {"kernel": jnp.asarray(0.5 * rs.randn(D), jnp.float32),
+    width = params["dk_head"]["kernel"].shape[0]
+    out["dk_head"] = {"kernel": jnp.asarray(0.5 * rs.randn(width), jnp.float32),
                       "bias": jnp.asarray(rs.randn(), jnp.float32)}
   if "feedback" in params:
-    out["feedback"] = {"kernel": jnp.asarray(rs.randn(D, D) / np.sqrt(D), jnp.float32)}
+    width = params["feedback"]["kernel"].shape[0]
+    out["feedback"] = {"kernel": jnp.asarray(rs.randn(width, width) / np.sqrt(width), jnp.float32)}
   return out
 
 
@@ -96,6 +128,68 @@ def test_rollout_matches_reference(name):
   np.testing.assert_allclose(np.asarray(logits), _reference(name), **TOL)
 
 
+# Each block option switched off (or its parameters set to their neutral value) over the same weights. If
+# the model ignored an option, its output would equal one of these; they all differ from the oracle of the
+# full option set by far more than TOL, so test_rollout_matches_reference would catch it.
+OPTION_CONTROLS = {
+    "llama_like": {
+        "rope_scaling": dict(rope_scaling="none"),
+        "rope_band_edges": dict(rope_high_freq_factor=2.0),
+        "norm_eps": dict(norm_eps=1e-6),
+        "kv_grouping": "swap_kv_heads",
+        "biases": "zero_biases",
+        "qk_norm": "unit_qk_norm",
+    },
+    "gemma_like": {
+        "norm_offset": dict(norm_offset=False),
+        "embed_scale": dict(embed_scale=False),
+        "gelu_tanh": dict(mlp_activation="silu"),
+        "query_scale": dict(query_scale=0.0),
+        "attn_softcap": dict(attn_softcap=0.0),
+        "final_softcap": dict(final_softcap=0.0),
+        "window": dict(layer_windows=(0, 0)),
+        "window_off_by_one": dict(layer_windows=(4, 0)),
+        "rope_local_base": dict(rope_local_base=0.0),
+        "rope_linear": dict(rope_scaling="none"),
+        "sandwich_norms": "unit_sandwich",
+    },
+}
+
+
+def _neutralise(params, what):
+  """Params with one option's effect removed while the config stays the same."""
+  def blocks(fn):
+    return {**params, "blocks": [fn(dict(b)) for b in params["blocks"]]}
+  if what == "swap_kv_heads":  # KV head g serves query heads g*R.., a wrong grouping reads the other
+    return blocks(lambda b: {**b, "kv_proj": {k: (jnp.flip(v, axis=-2) if v.ndim >= 2 else v)
+                                              for k, v in b["kv_proj"].items()}})
+  if what == "zero_biases":
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.zeros_like(x) if str(path[-1]) == "['bias']" and str(path[0]) == "['blocks']"
+        else x, params)
+  if what == "unit_qk_norm":
+    return blocks(lambda b: {**b, "q_norm": {"scale": jnp.ones_like(b["q_norm"]["scale"])},
+                             "k_norm": {"scale": jnp.ones_like(b["k_norm"]["scale"])}})
+  if what == "unit_sandwich":  # offset norms: w = 0 is the identity scale
+    return blocks(lambda b: {**b, "post_attn_norm": {"scale": jnp.zeros_like(b["post_attn_norm"]["scale"])},
+                             "post_mlp_norm": {"scale": jnp.zeros_like(b["post_mlp_norm"]["scale"])}})
+  raise ValueError(what)
+
+
+@pytest.mark.parametrize("name,option", [(n, o) for n, opts in OPTION_CONTROLS.items() for o in opts])
+def test_each_block_option_matters(name, option):
+  config, change = VARIANTS[name], OPTION_CONTROLS[name][option]
+  params = _params(config)
+  if isinstance(change, dict):
+    config = dataclasses.replace(config, **change)
+  else:
+    params = _neutralise(params, change)
+  logits = np.asarray(_jit_rollout(config, K)(params, jnp.asarray(_tokens())))
+  difference = np.abs(logits - _reference(name))
+  # Every step changes, step 0 (the pretrained model's own output) included.
+  assert difference[:, :, 0].max() > 1e-2 and difference[:, :, 1:].max() > 1e-2, difference.max()
+
+
 def test_options_change_pause_steps_in_the_reference():
   # Guards against vacuous agreement: each option must actually change what the oracle computes.
   private, feedback, no_token = _reference("private"), _reference("feedback"), _reference("no_token")
@@ -120,7 +214,7 @@ def _reference_stats(logits_BNSV, targets_BN):
   return target, lse, logits_BNSV[..., V]
 
 
-@pytest.mark.parametrize("name", ["feedback", "stream"])
+@pytest.mark.parametrize("name", ["feedback", "stream", "llama_like_feedback", "gemma_like_stream"])
 def test_rollout_stats_match_reference(name):
   config = VARIANTS[name]
   rs = np.random.RandomState(2)
@@ -155,12 +249,17 @@ def test_rollout_stats_match_reference(name):
 # 3. Causality through gradients.
 
 
-@pytest.mark.parametrize("name", ["feedback", "stream"])
+@pytest.mark.parametrize("name", ["feedback", "stream", "gemma_like_feedback", "llama_like_stream"])
 def test_causality_through_gradients(name):
   # Every position holds its own token id, so embedding row r is the input of position r alone (and of
   # r's own pauses); a gradient reaching a row r > i is a leak from the future.
   config = VARIANTS[name]
   params = _params(config)
+  if config.tie_embeddings:
+    # A tied head reads every embedding row by design; untie it (same values) so the embedding's gradient
+    # measures only what flows through the inputs.
+    config = dataclasses.replace(config, tie_embeddings=False)
+    params = {**params, "head": jnp.array(params["embed"].T)}
   tokens = jnp.arange(N, dtype=jnp.int32)[None]
   # A random readout, so no symmetry of the logits can cancel a leaking gradient.
   weights = jnp.asarray(np.random.RandomState(3).randn(K + 1, V + 1), jnp.float32)
@@ -180,9 +279,10 @@ def test_causality_through_gradients(name):
 # 4. Step 0 is a plain LM, and pause steps do not depend on how many come after them.
 
 
-def test_private_steps_independent_of_num_pauses():
+@pytest.mark.parametrize("name", ["feedback", "gemma_like_feedback"])
+def test_private_steps_independent_of_num_pauses(name):
   # With feedback, so the carried hidden state is covered too; without it the property is a special case.
-  config = VARIANTS["feedback"]
+  config = VARIANTS[name]
   params, tokens = _params(config), jnp.asarray(_tokens())
   by_k = {k: np.asarray(_jit_rollout(config, k)(params, tokens)) for k in range(K + 1)}
   for k in range(K):
@@ -199,16 +299,17 @@ def test_stream_without_pauses_is_the_plain_lm():
 # 5. Extending a no-pause model.
 
 
-@pytest.fixture(scope="module")
-def no_pause():
-  config = dataclasses.replace(BASE, max_pauses=0)
+@pytest.fixture(scope="module", params=["private", "gemma_like"])
+def no_pause(request):
+  # gemma_like: a tied head (no `head` parameter) and an embedding scale, which the pause inputs use.
+  config = dataclasses.replace(VARIANTS[request.param], max_pauses=0)
   params = _perturb(model.init(config, jax.random.key(5)), 6)
   return config, params, ref.batched_rollout(params, config, _tokens(), 0)
 
 
 def test_no_pause_model_is_a_plain_lm(no_pause):
   config, params, expected = no_pause
-  assert set(params) == {"embed", "blocks", "final_norm", "head"}
+  assert set(params) == {"embed", "blocks", "final_norm"} | ({"head"} if not config.tie_embeddings else set())
   logits = np.asarray(_jit_rollout(config, 0)(params, jnp.asarray(_tokens())))
   assert np.all(logits[..., V] == -np.inf)
   np.testing.assert_allclose(logits[..., :V], expected[..., :V], **TOL)
@@ -230,6 +331,46 @@ def test_extend_params_keeps_step0(no_pause, feedback):
   np.testing.assert_allclose(logits, ref.batched_rollout(extended, config, _tokens(), K), **TOL)
 
 
+def test_extend_params_sets_the_initial_dk_probability_of_a_trained_model(no_pause):
+  # A trained head's real-vocabulary log-normaliser u is far from the log V a fresh head has; the <dk> bias
+  # must be set against the model's own u (measured on data), or the initial <dk> probability is wrong.
+  config0, params0, _ = no_pause
+  sharp = dict(params0)
+  if config0.tie_embeddings:
+    sharp["embed"] = params0["embed"] * 4.0
+  else:
+    sharp["head"] = params0["head"] * 12.0
+  config = dataclasses.replace(config0, max_pauses=K, dk_init_prob=0.2)
+  tokens = jnp.asarray(_tokens(batch=8, seed=21))
+  dk_bias = model.calibrate_dk_bias(sharp, tokens, config)
+
+  def mean_dk_at_step0(extended, tokens):
+    logits = np.asarray(_jit_rollout(config, K)(extended, tokens), np.float64)[:, :, 0]
+    top = logits.max(-1, keepdims=True)
+    return float(np.mean(np.exp(logits[..., V] - top[..., 0]) / np.exp(logits - top).sum(-1)))
+
+  calibrated = model.extend_params(sharp, config, jax.random.key(7), dk_bias=dk_bias)
+  np.testing.assert_allclose(mean_dk_at_step0(calibrated, tokens), 0.2, atol=1e-3)  # the tokens it saw
+  held_out = jnp.asarray(_tokens(batch=8, seed=22))
+  assert 0.1 < mean_dk_at_step0(calibrated, held_out) < 0.4
+  # What the fresh-head rule (bias against log V) gives such a model: nowhere near 0.2.
+  fresh_head_rule = mean_dk_at_step0(model.extend_params(sharp, config, jax.random.key(7)), tokens)
+  assert fresh_head_rule < 0.1, fresh_head_rule
+
+
+def test_extend_params_scales_pause_embeddings_to_the_inputs(no_pause):
+  # A pretrained model's input embeddings are small (std ~0.02); unit-variance pause embeddings would drown
+  # the token term and the residual stream, so they start at the inputs' root mean square.
+  config0, params0, _ = no_pause
+  config = dataclasses.replace(config0, max_pauses=K)
+  small = {**params0, "embed": params0["embed"] * 0.02}
+  extended = model.extend_params(small, config, jax.random.key(7))
+  table = np.asarray(small["embed"], np.float64) * (np.sqrt(np.float32(D)) if config.embed_scale else 1.0)
+  input_rms = np.sqrt(np.mean(table ** 2))
+  pause_rms = np.sqrt(np.mean(np.asarray(extended["pause"]["embedding"], np.float64) ** 2))
+  assert 0.5 * input_rms < pause_rms < 2.0 * input_rms, (pause_rms, input_rms)
+
+
 def test_extend_params_errors(no_pause):
   config0, params0, _ = no_pause
   config = dataclasses.replace(config0, max_pauses=K)
@@ -246,7 +387,8 @@ def test_extend_params_errors(no_pause):
   bigger_vocab = zeros_like_init(vocab_size=13)
   with pytest.raises(ValueError, match=r"embed.*shape"):
     model.extend_params(bigger_vocab, config, key)
-  deeper = zeros_like_init(num_layers=3)
+  deeper = zeros_like_init(num_layers=3, layer_windows=config0.layer_windows + (0,) if config0.layer_windows
+                           else ())
   with pytest.raises(ValueError, match="num_layers"):
     model.extend_params(deeper, config, key)
   with pytest.raises(ValueError, match="dk_head"):
@@ -259,11 +401,15 @@ def test_extend_params_errors(no_pause):
 # 6. bfloat16 and rematerialisation.
 
 
-def test_bfloat16_close_to_reference():
-  config = dataclasses.replace(VARIANTS["feedback"], dtype="bfloat16")
-  logits = np.asarray(_jit_rollout(config, K)(_params(VARIANTS["feedback"]), jnp.asarray(_tokens())))
+@pytest.mark.parametrize("name", ["feedback", "gemma_like_feedback"])
+def test_bfloat16_close_to_reference(name):
+  config = dataclasses.replace(VARIANTS[name], dtype="bfloat16")
+  params = _params(VARIANTS[name])
+  logits = np.asarray(_jit_rollout(config, K)(params, jnp.asarray(_tokens())))
   assert logits.dtype == np.float32 and np.all(np.isfinite(logits))
-  expected = _reference("feedback")
+  # The oracle in bfloat16 mode rounds only the embedding scale (sqrt(20) = 4.47 -> 4.46875), as
+  # transformers does in a bfloat16 model; everything else it computes in float64.
+  expected = ref.batched_rollout(params, config, _tokens(), K)
   # bfloat16 keeps ~3 significant digits; two layers and three pause steps of it stay well inside this.
   np.testing.assert_allclose(logits, expected, rtol=0.05, atol=0.1)
   assert np.abs(logits - expected).max() > 1e-5  # bfloat16 really was used
@@ -276,10 +422,10 @@ def _stats_loss(config, params, tokens, targets, mask):
   return jnp.sum(jnp.where(mask, per_token, 0.0))
 
 
-def test_remat_same_values_and_gradients():
+@pytest.mark.parametrize("name", ["feedback", "gemma_like_feedback"])
+def test_remat_same_values_and_gradients(name):
   # The private rollout goes through both rematerialised layer functions (step 0's causal pass and the
-  # pause steps), so one variant covers them.
-  name = "feedback"
+  # pause steps), so one variant covers them; the Gemma-like one adds every per-layer option.
   plain_config = VARIANTS[name]
   remat_config = dataclasses.replace(plain_config, remat=True)
   params, tokens = _params(plain_config), jnp.asarray(_tokens())
@@ -318,6 +464,19 @@ def test_remat_same_values_and_gradients():
     (dict(dtype="float16"), "dtype"),
     (dict(vocab_size=0), "vocab_size"),
     (dict(num_heads=0), "num_heads"),
+    (dict(num_kv_heads=3), "num_kv_heads"),           # does not divide 2 heads
+    (dict(head_dim=7), "head_dim"),                   # odd
+    (dict(head_dim=-2), "head_dim"),
+    (dict(mlp_activation="relu"), "mlp_activation"),
+    (dict(rope_scaling="yarn"), "rope_scaling"),
+    (dict(rope_scaling="llama3", rope_low_freq_factor=4.0, rope_high_freq_factor=1.0), "high_freq"),
+    (dict(rope_factor=0.0), "rope_factor"),
+    (dict(norm_eps=float("nan")), "norm_eps"),
+    (dict(attn_softcap=-1.0), "attn_softcap"),
+    (dict(final_softcap=float("inf")), "final_softcap"),
+    (dict(query_scale=-0.1), "query_scale"),
+    (dict(layer_windows=(3,)), "layer_windows"),      # one window for two layers
+    (dict(layer_windows=(3, -1)), "layer_windows"),
 ])
 def test_config_validation(changes, field):
   with pytest.raises(ValueError, match=field):
@@ -386,3 +545,19 @@ def test_sharded_batch_matches_unsharded():
   expected = _reference_stats(reference, targets)
   for got, want in zip((stats.target_logit, stats.vocab_lse, stats.dk_logit), expected):
     np.testing.assert_allclose(got, np.take_along_axis(want, positions[:, :, None], axis=1), **TOL)
+
+
+def test_fsdp_sharded_parameters_give_the_same_rollout():
+  # The trainer's fsdp rule shards every large parameter (grouped q/kv kernels, the tied table, the MLP)
+  # over 8 devices; the model must not care how its parameters are laid out.
+  from cyb_jax import sharding  # pylint: disable=import-outside-toplevel
+  config = dataclasses.replace(VARIANTS["gemma_like_feedback"], width=24, mlp_hidden=32, vocab_size=16)
+  params = _perturb(model.init(config, jax.random.key(31)), 32)
+  mesh = sharding.make_mesh(data=1, fsdp=8)
+  shardings = sharding.state_shardings(jax.eval_shape(lambda: params), mesh)
+  sharded = jax.device_put(params, shardings)
+  assert any(len(leaf.sharding.device_set) == 8 and not leaf.sharding.is_fully_replicated
+             for leaf in jax.tree.leaves(sharded))
+  tokens = jnp.asarray(np.random.RandomState(33).randint(0, 16, (8, N)).astype(np.int32))
+  rollout_fn = jax.jit(functools.partial(model.rollout, config=config, num_pauses=K))
+  np.testing.assert_allclose(rollout_fn(sharded, tokens), rollout_fn(params, tokens), rtol=1e-5, atol=1e-5)

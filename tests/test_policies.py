@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cyb_jax import policies
+from cyb_jax.inference import policies
 
 V = 4  # real vocabulary of the hand-built logits
 

@@ -7,7 +7,7 @@ import math
 import ml_collections
 import pytest
 
-from cyb_jax import train_state
+from cyb_jax.training import train_state
 
 
 def optim(schedule: str, warmup: int = 10, peak: float = 2e-3) -> ml_collections.ConfigDict:

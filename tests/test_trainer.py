@@ -23,11 +23,11 @@ from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
-from cyb_jax import checkpointing
+from cyb_jax.training import checkpointing
 from cyb_jax import configuration
 from cyb_jax import model as model_lib
 from cyb_jax import sharding
-from cyb_jax import trainer
+from cyb_jax.training import trainer
 from cyb_jax.data import pipeline as data_pipeline
 from helpers import forbid_compilation
 from helpers import tiny
@@ -379,13 +379,13 @@ def test_non_finite_training_stops_naming_the_first_bad_step(tmp_path):
 
 def test_init_from_no_pause_checkpoint_keeps_step0_logits(pretrained, tmp_path, monkeypatch):
   initial = []
-  load = trainer._load_init_params  # pylint: disable=protected-access
+  load = trainer._initial_params  # pylint: disable=protected-access
 
   def load_and_keep(*args, **kwargs):
     initial.append(load(*args, **kwargs))
     return initial[-1]
 
-  monkeypatch.setattr(trainer, "_load_init_params", load_and_keep)
+  monkeypatch.setattr(trainer, "_initial_params", load_and_keep)
   config = tiny(overrides={"init_from": pretrained})
   trainer.train(config, str(tmp_path))
   assert checkpoint_steps(str(tmp_path)) == [4, 8, 12]
@@ -402,6 +402,13 @@ def test_init_from_no_pause_checkpoint_keeps_step0_logits(pretrained, tmp_path, 
   # A fresh pause model's step-0 logits are different: the comparison above can fail.
   fresh = step0_logits(model_lib.init(pause_config, jax.random.PRNGKey(1)), pause_config)
   assert np.max(np.abs(fresh - plain)) > 1e-2
+  # The <dk> bias was calibrated on this eval batch: the trained model starts at dk_init_prob.
+  batch = next(iter(data_pipeline.make_dataset(config.data, "eval", 8)))
+  logits = np.asarray(jax.jit(lambda p: model_lib.rollout(p, batch["inputs"], pause_config, 0))(start_params),
+                      np.float64)[:, :, 0]
+  top = logits.max(-1, keepdims=True)
+  dk = (np.exp(logits[..., vocab] - top[..., 0]) / np.exp(logits - top).sum(-1))[batch["loss_mask"]]
+  np.testing.assert_allclose(dk.mean(), pause_config.dk_init_prob, atol=1e-3)
 
 
 def test_init_from_with_another_vocabulary_fails_before_compiling(pretrained, tmp_path, monkeypatch):

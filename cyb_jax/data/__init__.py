@@ -15,4 +15,7 @@ from cyb_jax.data.set_sum import SetSumConfig, SetSumTask
 from cyb_jax.data.synthetic import SyntheticSource, SyntheticTask
 from cyb_jax.data.tasks import TASKS, make_task
 from cyb_jax.data.text import TextWindowSource
-from cyb_jax.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, make_tokenizer
+from cyb_jax.data.tokenizer import (KNOWN_TOKENIZERS, ByteTokenizer, HFTokenizer,
+                                   SentencePieceTokenizer, SpecialTokens, Tokenizer,
+                                   load_bpe_tokenizer, load_pretrained_tokenizer, make_tokenizer,
+                                   special_token_rule, train_bpe_tokenizer)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any, Mapping
 
 import grain
@@ -67,9 +68,16 @@ class DataConfig:
   tfds_train_split: str = "train"
   tfds_eval_split: str = "test"
   packing_bins: int = 16        # first-fit bins; more bins, less padding, more latency
-  # Text tokenizer: "byte" or "sentencepiece" (needs spm_model_path and the package).
+  # Text tokenizer (see tokenizer.py): "byte"; "sentencepiece" (a .model file); "hf" (a Hugging Face
+  # model directory's tokenizer.json or tokenizer.model); "bpe" (a byte-level BPE trained on the text
+  # file's training split, saved as tokenizer.json in the work directory and reused from there).
   tokenizer: str = "byte"
-  spm_model_path: str = ""
+  tokenizer_path: str = ""      # hf: the directory; bpe: a trained tokenizer.json ("" = the work dir's)
+  spm_model_path: str = ""      # sentencepiece: the .model file (or use tokenizer_path)
+  bpe_vocab_size: int = 4096    # bpe: vocabulary size to train
+  # Whether each sequence starts with BOS: None = the tokenizer's rule (pretrained tokenizers as
+  # transformers adds it; byte and our BPE: no). Text-file windows then begin with BOS.
+  add_bos: bool | None = None
   # Background reading: threads (0 = read in the consuming thread) and batches buffered.
   read_threads: int = 2
   prefetch_batches: int = 4
@@ -121,8 +129,52 @@ def _text_seq_len(config: DataConfig) -> int:
   return DEFAULT_TEXT_SEQ_LEN if config.seq_len is None else int(config.seq_len)
 
 
+def tokenizer_path(config: DataConfig) -> str:
+  """The file or directory the configured tokenizer reads ("" for bytes)."""
+  return config.tokenizer_path or config.spm_model_path
+
+
+def configured_tokenizer(config_like) -> tokenizer_lib.Tokenizer:
+  """The configured tokenizer (for "bpe" the tokenizer.json must exist: see `prepare_tokenizer`)."""
+  config = DataConfig.from_any(config_like)
+  if config.tokenizer == "bpe" and not tokenizer_path(config):
+    raise ValueError("tokenizer='bpe' needs tokenizer_path: the tokenizer.json trained for this run "
+                     "(the trainer trains it into the work directory)")
+  return tokenizer_lib.make_tokenizer(config.tokenizer, tokenizer_path(config), add_bos=config.add_bos)
+
+
+BPE_FILE = "tokenizer.json"
+
+
+def prepare_tokenizer(config: DataConfig, workdir: str, *, write: bool = True) -> DataConfig:
+  """Resolves a "bpe" tokenizer without a path to `workdir`/tokenizer.json, training it if absent.
+
+  The BPE is trained on the text file's training split (the first 1 - eval_fraction of its characters,
+  so no eval text shapes the vocabulary) and saved beside the run, so resume and eval.py reuse exactly
+  it. With `write` False (processes other than the first), the file must already exist. Other tokenizers
+  are returned unchanged.
+  """
+  if config.tokenizer != "bpe" or tokenizer_path(config):
+    return config
+  path = os.path.join(workdir, BPE_FILE)
+  if not os.path.isfile(path):
+    if not write:
+      raise FileNotFoundError(f"{path} (the run's BPE tokenizer) is missing")
+    if config.name != TEXT_FILE:
+      raise ValueError("tokenizer='bpe' without tokenizer_path trains on a text file (data.name="
+                       "'text_file'); for other sources train one first and set data.tokenizer_path")
+    with open(config.text_path, encoding="utf-8", errors="replace") as handle:
+      text = handle.read()
+    train_text = text[:int(round(len(text) * (1.0 - config.eval_fraction)))]
+    os.makedirs(workdir, exist_ok=True)
+    temporary = path + ".tmp"
+    tokenizer_lib.train_bpe_tokenizer(train_text, config.bpe_vocab_size, temporary)
+    os.replace(temporary, path)  # atomic: a crash never leaves a half-written tokenizer
+  return dataclasses.replace(config, tokenizer_path=path)
+
+
 def _tokenizer(config: DataConfig):
-  return tokenizer_lib.make_tokenizer(config.tokenizer, config.spm_model_path)
+  return configured_tokenizer(config)
 
 
 def data_info(config_like=None) -> DataInfo:

@@ -7,7 +7,10 @@ on (only the one window that would straddle the cut is lost).
 Windows: window w holds tokens [w*N, w*N + N + 1) of its split, i.e. N inputs and their N
 next-token targets; consecutive windows share one token, so every token of the split except
 the first is a target exactly once per epoch and no target is seen twice. The tail shorter
-than a window is dropped. The same chunking serves train (the pipeline reshuffles the
+than a window is dropped. With a tokenizer whose `add_bos` is set (pretrained models that expect
+every sequence to start with BOS), window w is instead BOS + tokens [w*N, w*N + N): its inputs are
+BOS and the first N - 1 tokens, its targets the N tokens, so again every token of the split is a
+target exactly once per epoch. The same chunking serves train (the pipeline reshuffles the
 windows every epoch) and eval (in order). Non-overlapping chunks rather than random offsets
 keep "one epoch" exact, which the data-efficiency curves (tokens seen) rely on.
 """
@@ -61,11 +64,12 @@ class TextWindowSource:
     cut = int(round(len(tokens) * (1.0 - self.eval_fraction)))
     self._start = 0 if split == "train" else cut
     self._tokens = tokens[:cut] if split == "train" else tokens[cut:]
-    self._num_windows = (len(self._tokens) - 1) // self.seq_len
+    self._bos = self.tokenizer.bos_id if getattr(self.tokenizer, "add_bos", False) else None
+    self._num_windows = (len(self._tokens) - (0 if self._bos is not None else 1)) // self.seq_len
     if self._num_windows < 1:
       raise ValueError(
           f"text file {self.path}: its {split} split has {len(self._tokens)} tokens, fewer "
-          f"than one window of seq_len + 1 = {self.seq_len + 1}")
+          f"than one window of {self.seq_len + (0 if self._bos is not None else 1)}")
 
   @property
   def vocab_size(self) -> int:
@@ -83,7 +87,11 @@ class TextWindowSource:
     if not 0 <= index < self._num_windows:
       raise IndexError(f"window {index} out of range for {self!r}")
     start = index * self.seq_len
-    window_T = self._tokens[start:start + self.seq_len + 1]
+    if self._bos is not None:
+      window_T = np.concatenate([np.asarray([self._bos], np.int32),
+                                 self._tokens[start:start + self.seq_len]])
+    else:
+      window_T = self._tokens[start:start + self.seq_len + 1]
     return example_lib.example_from_stream(window_T, np.ones(len(window_T), dtype=bool))
 
   def __repr__(self) -> str:

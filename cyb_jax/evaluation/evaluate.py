@@ -17,7 +17,7 @@ import numpy as np
 
 from cyb_jax import losses
 from cyb_jax import model as model_lib
-from cyb_jax import policies
+from cyb_jax.inference import policies
 from cyb_jax.data import example as example_lib
 
 # Thresholds for the quality-versus-compute curve (the threshold policy pauses while d_j > tau).

@@ -30,15 +30,16 @@ import ml_collections
 import numpy as np
 import optax
 
-from cyb_jax import checkpointing
+from cyb_jax.training import checkpointing
 from cyb_jax import configuration
-from cyb_jax import evaluate
+from cyb_jax.evaluation import evaluate
 from cyb_jax import losses
-from cyb_jax import metrics_writer
+from cyb_jax.training import metrics_writer
 from cyb_jax import model as model_lib
+from cyb_jax import pretrained
 from cyb_jax import sharding
-from cyb_jax import summary as summary_lib
-from cyb_jax import train_state as train_state_lib
+from cyb_jax.evaluation import summary as summary_lib
+from cyb_jax.training import train_state as train_state_lib
 from cyb_jax.data import example as example_lib
 from cyb_jax.data import pipeline as data_pipeline
 
@@ -111,8 +112,56 @@ def _log_start(settings: configuration.Settings, mesh) -> None:
            settings.num_pauses)
 
 
-def _load_init_params(init_dir: str, model_config: model_lib.ModelConfig, rng: jax.Array) -> Any:
-  """Parameters of the no-pause run in `init_dir`, extended with fresh pause parameters if needed."""
+def _settings(config: ml_collections.ConfigDict, workdir: str, is_main: bool) -> configuration.Settings:
+  """Validated settings; files the run creates before training (a BPE tokenizer) are written by the
+  first process, which the others wait for."""
+  kwargs = dict(device_count=jax.device_count(), process_count=jax.process_count(), workdir=workdir)
+  if jax.process_count() == 1:
+    return configuration.settings_from_config(config, **kwargs)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  settings = configuration.settings_from_config(config, write_files=True, **kwargs) if is_main else None
+  multihost_utils.sync_global_devices("cyb_jax: run files written")
+  return settings or configuration.settings_from_config(config, write_files=False, **kwargs)
+
+
+def _initial_params(config: ml_collections.ConfigDict, settings: configuration.Settings, mesh,
+                    rng: jax.Array) -> Any:
+  """A pretrained plain LM (`init_from` or `init_from_hf`), extended with pause parameters.
+
+  Hugging Face weights are placed on their fsdp shardings as they are converted. The `<dk>` bias is
+  calibrated on the first eval batch so that the initial `<dk>` probability is `model.dk_init_prob`
+  for this trained model (a fresh head's rule would be far off).
+  """
+  model_config = settings.model
+  hf_dir = configuration.init_from_hf(config)
+  if hf_dir:
+    fsdp = mesh.shape[sharding.FSDP]
+    place = pretrained.sharded_place(
+        lambda path, shape: jax.sharding.NamedSharding(mesh, sharding.fsdp_spec(shape, fsdp)))
+    run_options = {key: getattr(model_config, key) for key in configuration.RUN_MODEL_FIELDS}
+    plain_config, params = pretrained.load_hf_checkpoint(hf_dir, place=place, **{**run_options,
+                                                                                 "max_pauses": 0})
+    assert plain_config == dataclasses.replace(model_config, max_pauses=0)
+    log.info("loaded the pretrained model in %s", hf_dir)
+  else:
+    params = _load_init_params(config.init_from, model_config)
+    log.info("loaded the no-pause checkpoint in %s", config.init_from)
+  if model_config.max_pauses == 0:
+    return params
+  batch = next(iter(data_pipeline.make_dataset(
+      settings.data, "eval", int(config.train.batch_size), seed=int(config.seed),
+      process_index=jax.process_index(), process_count=jax.process_count())))
+  batch = sharding.global_batch({k: batch[k] for k in (example_lib.INPUTS, example_lib.LOSS_MASK)},
+                                sharding.batch_sharding(mesh))
+  dk_bias = model_lib.calibrate_dk_bias(params, batch[example_lib.INPUTS], model_config,
+                                        batch[example_lib.LOSS_MASK])
+  log.info("<dk> bias %.3f for an initial <dk> probability of %g", float(dk_bias.addressable_data(0)),
+           model_config.dk_init_prob)
+  return model_lib.extend_params(params, model_config, rng, dk_bias=dk_bias)
+
+
+def _load_init_params(init_dir: str, model_config: model_lib.ModelConfig) -> Any:
+  """The no-pause parameters of the run in `init_dir`."""
   try:
     source = checkpointing.Checkpointer(init_dir, read_only=True)
   except FileNotFoundError:  # no checkpoints/ directory at all
@@ -126,19 +175,18 @@ def _load_init_params(init_dir: str, model_config: model_lib.ModelConfig, rng: j
     raise configuration.ConfigError(
         f"config.init_from: vocabulary mismatch: the checkpoint in {init_dir!r} has vocab_size "
         f"{saved['vocab_size']}, this run's data has {model_config.vocab_size}")
-  for key in ("width", "num_layers", "num_heads", "mlp_hidden"):
-    if saved[key] != getattr(model_config, key):
+  saved_shapes = model_lib.parameter_shapes(model_lib.ModelConfig(**saved))
+  wanted_shapes = model_lib.parameter_shapes(model_config)
+  for key, value in saved_shapes.items():
+    if key not in ("max_pauses", "pause_feedback") and value != wanted_shapes[key]:
       raise configuration.ConfigError(
-          f"config.init_from: model.{key} is {saved[key]} in {init_dir!r}, {getattr(model_config, key)} "
-          "in this config")
+          f"config.init_from: model {key} is {value} in {init_dir!r}, {wanted_shapes[key]} in this config")
   params = source.restore_params(step)
   source.close()
   if saved["max_pauses"] > 0:
-    params = {k: params[k] for k in ("embed", "blocks", "final_norm", "head")}
+    params = {k: params[k] for k in model_lib.plain_keys(model_config)}
     log.info("init_from: %s was trained with pauses; keeping only its no-pause parameters", init_dir)
-  if model_config.max_pauses == 0:
-    return params
-  return model_lib.extend_params(params, model_config, rng)
+  return params
 
 
 @dataclasses.dataclass
@@ -179,9 +227,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir` and returns the final eval results."""
   if config.distributed:
     jax.distributed.initialize()
-  settings = configuration.settings_from_config(config, device_count=jax.device_count(),
-                                                process_count=jax.process_count())
   is_main = jax.process_index() == 0
+  settings = _settings(config, workdir, is_main)
   mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.num_devices))
   _log_start(settings, mesh)
   num_steps = int(config.train.num_steps)
@@ -213,11 +260,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           abstract_state, state_shardings)
     state, _, data_state = checkpointer.restore(latest, target)
     log.info("resumed from %s at step %d", checkpointer.directory, latest)
-  elif config.init_from:
-    params = _load_init_params(config.init_from, model_config, rng)
+  elif config.init_from or configuration.init_from_hf(config):
+    params = _initial_params(config, settings, mesh, rng)
     state = jax.jit(lambda p: train_state_lib.create(p, optimizer, settings.objective.initial_cost),
                     out_shardings=state_shardings)(params)
-    log.info("initialised from the no-pause checkpoint in %s", config.init_from)
   else:
     state = jax.jit(init_state, out_shardings=state_shardings)(rng)
 

@@ -15,13 +15,13 @@ from typing import Optional
 import ml_collections
 import numpy as np
 
-from cyb_jax import checkpointing
+from cyb_jax.training import checkpointing
 from cyb_jax import configuration
-from cyb_jax import evaluate
-from cyb_jax import generate
+from cyb_jax.evaluation import evaluate
+from cyb_jax.inference import generate
 from cyb_jax import model as model_lib
-from cyb_jax import policies
-from cyb_jax import report
+from cyb_jax.inference import policies
+from cyb_jax.evaluation import report
 from cyb_jax.data import example as example_lib
 from cyb_jax.data import pipeline as data_pipeline
 from cyb_jax.data import tokenizer as tokenizer_lib
@@ -48,16 +48,33 @@ def load_params(workdir: str, step: Optional[int] = None) -> tuple[dict, dict, i
   return params, meta, step
 
 
-def _decoder(data: data_pipeline.DataConfig):
-  """token id -> printable text: bytes for text data, the id in brackets for synthetic tasks."""
-  if data.name in (data_pipeline.TEXT_FILE, data_pipeline.TFDS):
-    tokenizer = tokenizer_lib.make_tokenizer(data.tokenizer, data.spm_model_path)
-    return lambda token: tokenizer.decode([token]) or f"<{token}>"
-  return lambda token: f" {token}"
+class TokenDisplay:
+  """How tokens are shown to people: text data through its tokenizer, synthetic tokens by id.
+
+  `token(id)` names one token for a table (its text, or e.g. `<0xC3>` when it is not valid text alone);
+  `pieces(ids)` gives the text each token of a run adds, so a run reads as decoded text (word pieces
+  and multi-byte characters joined as the tokenizer joins them).
+  """
+
+  def __init__(self, data: data_pipeline.DataConfig):
+    self.tokenizer = None
+    if data.name in (data_pipeline.TEXT_FILE, data_pipeline.TFDS):
+      self.tokenizer = data_pipeline.configured_tokenizer(data)
+
+  def token(self, token_id: int) -> str:
+    if self.tokenizer is None:
+      return f" {int(token_id)}"
+    return self.tokenizer.token_text(int(token_id))
+
+  def pieces(self, ids) -> list[str]:
+    if self.tokenizer is None:
+      return [f" {int(t)}" for t in np.asarray(ids).reshape(-1)]
+    return tokenizer_lib.token_pieces(self.tokenizer, ids)
 
 
 def generate_samples(params, model_config: model_lib.ModelConfig, num_pauses: int, data, *,
-                     num_samples: int, policy: str, tau: float, q: float, decode) -> list[str]:
+                     num_samples: int, policy: str, tau: float, q: float,
+                     display: TokenDisplay) -> list[str]:
   """Continuations of the first eval examples' first halves, each pause marked."""
   if num_samples <= 0:
     return []
@@ -71,8 +88,9 @@ def generate_samples(params, model_config: model_lib.ModelConfig, num_pauses: in
                           policy=policy, tau=tau, q=q)
   samples = []
   for row in range(prompt.shape[0]):
-    shown_prompt = "".join(decode(int(t)) for t in prompt[row][-64:])
-    continuation = report.render_sample(np.asarray(out.tokens[row]), np.asarray(out.pauses[row]), decode)
+    shown_prompt = "".join(display.pieces(prompt[row])[-64:])
+    continuation = report.render_sample(display.pieces(np.asarray(out.tokens[row])),
+                                        np.asarray(out.pauses[row]))
     samples.append(f"...{shown_prompt}|>{continuation}")
   return samples
 
@@ -93,7 +111,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
     if batch_size:
       eval_config.train.batch_size = batch_size
     eval_config.mesh.num_devices = 1
-  settings = configuration.settings_from_config(eval_config, device_count=1)
+  settings = configuration.settings_from_config(eval_config, device_count=1, workdir=workdir,
+                                                write_files=False)
   params, meta, step = load_params(workdir, step)
   saved_model = model_lib.ModelConfig(**meta["model"])
   if configuration.model_shape(saved_model) != configuration.model_shape(settings.model):
@@ -123,15 +142,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
                              other_policies=others, tau_sweep=tau_sweep, per_token=True)
   if bar is not None:
     bar.close()
-  decode = _decoder(settings.data)
+  display = TokenDisplay(settings.data)
   samples = generate_samples(params, model_config, num_pauses, settings.data, num_samples=num_samples,
                              policy=chosen if chosen != "sample" else "threshold",
-                             tau=float(eval_config.eval.tau), q=float(eval_config.eval.q), decode=decode)
+                             tau=float(eval_config.eval.tau), q=float(eval_config.eval.q), display=display)
   header = {"workdir": os.path.abspath(workdir), "checkpoint_step": step, "num_pauses": num_pauses,
             "objective": meta["config"].get("objective", {}).get("name"),
             "data": settings.data.name, "text_data": is_text,
             "model": dataclasses.asdict(model_config), "config": configuration.as_json_dict(eval_config)}
   out_dir = out_dir or os.path.join(workdir, "eval")
-  written = report.write_report(out_dir, result, header=header, samples=samples, decode=decode)
+  written = report.write_report(out_dir, result, header=header, samples=samples, decode=display.token)
   log.info("wrote %s", ", ".join(sorted(written)))
   return {**header, **result, "samples": samples, "files": written}

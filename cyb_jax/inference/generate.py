@@ -4,11 +4,14 @@ Every loop iteration runs exactly one model query per sequence: either a pause s
 current token or step 0 of its next token. So each sequence pauses on its own, and a batch costs as many
 iterations as its slowest sequence needs, not (K+1) per token.
 
-Caches (per layer, keys and values):
-  real cache `[B, C, H, Dh]`: the real tokens (C = prompt length + generated tokens); with
-    `pause_context="stream"` pauses are written here too, as ordinary tokens.
-  chain cache `[B, K, H, Dh]`: the current token's pause steps (private chains only); it is simply
+Caches (per layer, keys and values; G KV heads):
+  real cache `[B, C, G, Dh]`: the real tokens (C = prompt length + generated tokens); with
+    `pause_context="stream"` pauses are written here too, as ordinary tokens. The position of every
+    entry is kept beside it (`[B, C]`; unwritten entries sit beyond every query), so the causal and
+    sliding-window rules of `model.attention` apply to the cache exactly as to a training sequence.
+  chain cache `[B, K, G, Dh]`: the current token's pause steps (private chains only); it is simply
     ignored (masked) once the token is emitted, since no later query may see it.
+The layers run through `model.run_layers`, the loop every caller of the model shares.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from cyb_jax import model as model_lib
-from cyb_jax import policies
-from cyb_jax.layers import Block, two_part_attention
+from cyb_jax.inference import policies
+from cyb_jax.model import attention
 
 
 @flax.struct.dataclass
@@ -47,12 +50,13 @@ class _State:
   step: jax.Array           # [B] current step j of the current token
   query_position: jax.Array  # [B] rotary position of the query just run
   cache_length: jax.Array   # [B] entries written in the real cache
+  cache_positions: jax.Array  # [B, C] position of each real-cache entry (UNWRITTEN_POSITION if none)
   current_token: jax.Array  # [B] the real token whose target is being predicted
   logits: jax.Array         # [B, V+1] output of the query just run
   hidden: jax.Array         # [B, D] final residual of the query just run (pause feedback)
   log_survival: jax.Array   # [B] log R_j for the current token
-  real_cache: list          # per layer (k, v) [B, C, H, Dh]
-  chain_cache: list         # per layer (k, v) [B, K, H, Dh]
+  real_cache: list          # per layer (k, v) [B, C, G, Dh]
+  chain_cache: list         # per layer (k, v) [B, K, G, Dh]
   tokens: jax.Array         # [B, M]
   pauses: jax.Array         # [B, M]
   step_logits: jax.Array    # [B, M, S, V+1] or a dummy [B, 1, 1, 1]
@@ -70,37 +74,37 @@ def _write_rows(cache_BCHd: jax.Array, rows_BHd: jax.Array, index_B: jax.Array,
   return cache_BCHd.at[batch_index, index_B].set(new_BHd)
 
 
-def _query(params, config: model_lib.ModelConfig, x_BD, position_B, real_cache, real_write_index_B,
-           real_write_B, real_visible_B, chain_cache, chain_slot_B, chain_write_B, chain_visible_B):
+def _query(params, config: model_lib.ModelConfig, x_BD, position_B, real_cache, cache_positions_BC,
+           real_write_index_B, real_write_B, chain_cache, chain_slot_B, chain_write_B, chain_visible_B):
   """Runs one query per sequence through all layers, writing its keys/values where asked.
 
-  real_visible_B: the query sees real-cache entries [0, real_visible); chain_visible_B: chain slots
+  cache_positions_BC: positions of the real-cache entries, the query's own entry included when it writes
+  one (at real_write_index_B, where real_write_B). chain_visible_B: the query sees chain slots
   [0, chain_visible). Returns the final residual `[B, D]` and the updated caches.
   """
-  block = model_lib._block(config)
-  x_B1D = x_BD[:, None]
   positions_B1 = position_B[:, None]
-  cache_len = real_cache[0][0].shape[1]
-  real_mask_B1C = (jnp.arange(cache_len)[None, :] < real_visible_B[:, None])[:, None]
-  new_real, new_chain = [], []
-  for layer, block_params in enumerate(params["blocks"]):
-    q, k, v = block.apply({"params": block_params}, x_B1D, positions_B1, method=Block.qkv)
-    real_k, real_v = real_cache[layer]
+  chain_mask_B1K = None
+  if chain_cache:
+    num_slots = chain_cache[0][0].shape[1]
+    chain_mask_B1K = (jnp.arange(num_slots)[None, :] < chain_visible_B[:, None])[:, None]
+
+  def attend_layer(spec, q, k, v, layer_input):
+    (real_k, real_v), chain = layer_input
     real_k = _write_rows(real_k, k[:, 0], real_write_index_B, real_write_B)
     real_v = _write_rows(real_v, v[:, 0], real_write_index_B, real_write_B)
-    new_real.append((real_k, real_v))
-    if chain_cache:
-      chain_k, chain_v = chain_cache[layer]
-      chain_k = _write_rows(chain_k, k[:, 0], chain_slot_B, chain_write_B)
-      chain_v = _write_rows(chain_v, v[:, 0], chain_slot_B, chain_write_B)
-      new_chain.append((chain_k, chain_v))
-      num_slots = chain_k.shape[1]
-      chain_mask_B1K = (jnp.arange(num_slots)[None, :] < chain_visible_B[:, None])[:, None]
-      attended = two_part_attention(q, real_k, real_v, real_mask_B1C, chain_k[:, None], chain_v[:, None],
-                                    chain_mask_B1K)
-    else:
-      attended = two_part_attention(q, real_k, real_v, real_mask_B1C)
-    x_B1D = block.apply({"params": block_params}, x_B1D, attended, method=Block.finish)
+    real = attention.RealKeys(real_k, real_v, cache_positions_BC)
+    if not chain:
+      return attention.attend(q, positions_B1, real, spec), ((real_k, real_v), ())
+    chain_k = _write_rows(chain[0], k[:, 0], chain_slot_B, chain_write_B)
+    chain_v = _write_rows(chain[1], v[:, 0], chain_slot_B, chain_write_B)
+    chain_keys = attention.ChainKeys(chain_k[:, None], chain_v[:, None], chain_mask_B1K)
+    return attention.attend(q, positions_B1, real, spec, chain_keys), ((real_k, real_v), (chain_k, chain_v))
+
+  layer_inputs = list(zip(real_cache, chain_cache or [()] * config.num_layers))
+  x_B1D, outputs = model_lib.run_layers(params, x_BD[:, None], positions_B1, config, attend_layer,
+                                        layer_inputs)
+  new_real = [real for real, _ in outputs]
+  new_chain = [chain for _, chain in outputs] if chain_cache else []
   return x_B1D[:, 0], new_real, new_chain
 
 
@@ -117,11 +121,13 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, *, config, num_tokens
 
   # Prefill: a plain causal pass over the prompt gives the real cache and the first step-0 output.
   positions_BT = jnp.broadcast_to(jnp.arange(prompt_len), (batch, prompt_len))
-  hidden_BTD, prompt_kv = model_lib.causal_forward(params, model_lib.embed_tokens(params, prompt_BT),
-                                                   positions_BT, config)
+  hidden_BTD, prompt_kv = model_lib.causal_forward(
+      params, model_lib.embed_tokens(params, prompt_BT, config), positions_BT, config)
   pad = [(0, 0), (0, cache_len - prompt_len), (0, 0), (0, 0)]
   real_cache = [(jnp.pad(k, pad), jnp.pad(v, pad)) for k, v in prompt_kv]
-  chain_shape = (batch, max(num_pauses, 1), config.num_heads, config.head_dim)
+  cache_positions_BC = jnp.pad(positions_BT.astype(jnp.int32), [(0, 0), (0, cache_len - prompt_len)],
+                               constant_values=attention.UNWRITTEN_POSITION)
+  chain_shape = (batch, max(num_pauses, 1), config.kv_heads, config.head_size)
   chain_cache = [] if stream else [
       (jnp.zeros(chain_shape, k.dtype), jnp.zeros(chain_shape, k.dtype)) for k, _ in prompt_kv]
   last_hidden_BD = hidden_BTD[:, -1]
@@ -130,7 +136,8 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, *, config, num_tokens
   state = _State(
       iteration=jnp.zeros((), jnp.int32), emitted=zeros_B, step=zeros_B,
       query_position=jnp.full((batch,), prompt_len - 1, jnp.int32),
-      cache_length=jnp.full((batch,), prompt_len, jnp.int32), current_token=prompt_BT[:, -1],
+      cache_length=jnp.full((batch,), prompt_len, jnp.int32), cache_positions=cache_positions_BC,
+      current_token=prompt_BT[:, -1],
       logits=model_lib.output_logits(params, last_hidden_BD, config), hidden=last_hidden_BD,
       log_survival=jnp.zeros((batch,), jnp.float32), real_cache=real_cache, chain_cache=chain_cache,
       tokens=jnp.zeros((batch, num_tokens), jnp.int32), pauses=jnp.zeros((batch, num_tokens), jnp.int32),
@@ -172,7 +179,8 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, *, config, num_tokens
     current_token_B = jnp.where(answer_B, new_token_B, state.current_token)
     pause_x_BD = model_lib.pause_inputs(params, current_token_B, jnp.maximum(next_step_B, 1), config,
                                         feedback_hidden=state.hidden)
-    x_BD = jnp.where(pause_B[:, None], pause_x_BD, model_lib.embed_tokens(params, current_token_B))
+    x_BD = jnp.where(pause_B[:, None], pause_x_BD,
+                     model_lib.embed_tokens(params, current_token_B, config))
     writes_real_B = answer_B | (pause_B if stream else jnp.zeros_like(pause_B))
     if stream:
       # Pauses are tokens of the stream: every query takes the next position and a cache entry.
@@ -180,9 +188,12 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, *, config, num_tokens
     else:
       # A pause shares its token's position; a new token takes the next one.
       position_B = state.query_position + answer_B
+    # The query's own real-cache entry (a new token, or a stream pause) is visible to itself.
+    cache_positions_BC = state.cache_positions.at[batch_index, state.cache_length].set(
+        jnp.where(writes_real_B, position_B, state.cache_positions[batch_index, state.cache_length]))
     hidden_BD, real_cache, chain_cache = _query(
-        params, config, x_BD, position_B, state.real_cache, real_write_index_B=state.cache_length,
-        real_write_B=writes_real_B, real_visible_B=state.cache_length + writes_real_B,
+        params, config, x_BD, position_B, state.real_cache, cache_positions_BC,
+        real_write_index_B=state.cache_length, real_write_B=writes_real_B,
         chain_cache=state.chain_cache, chain_slot_B=state.step, chain_write_B=pause_B,
         chain_visible_B=jnp.where(pause_B, next_step_B, 0))
 
@@ -190,7 +201,8 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, *, config, num_tokens
         iteration=state.iteration + 1, emitted=emitted,
         step=jnp.where(active_B, next_step_B, state.step),
         query_position=jnp.where(active_B, position_B, state.query_position),
-        cache_length=state.cache_length + writes_real_B, current_token=current_token_B,
+        cache_length=state.cache_length + writes_real_B, cache_positions=cache_positions_BC,
+        current_token=current_token_B,
         logits=jnp.where(active_B[:, None], model_lib.output_logits(params, hidden_BD, config),
                          state.logits),
         hidden=jnp.where(active_B[:, None], hidden_BD, state.hidden),

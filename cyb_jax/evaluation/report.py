@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from cyb_jax import metrics_writer  # noqa: E402
+from cyb_jax.training import metrics_writer  # noqa: E402
 
 PAUSE_MARK = "\u23f8"  # ⏸, written before a token once per pause it took
 PLOTS = {
@@ -30,9 +30,10 @@ def _fmt(value, digits: int = 4) -> str:
   return str(value)
 
 
-def render_sample(tokens: Sequence[int], pauses: Sequence[int], decode) -> str:
-  """Generated tokens with `PAUSE_MARK` x pauses before each; `decode(id) -> str` names a token."""
-  return "".join(PAUSE_MARK * int(p) + decode(int(t)) for t, p in zip(tokens, pauses))
+def render_sample(pieces: Sequence[str], pauses: Sequence[int]) -> str:
+  """Generated text with `PAUSE_MARK` x pauses before each token's piece of text (see
+  `tokenizer.token_pieces`)."""
+  return "".join(PAUSE_MARK * int(p) + piece for piece, p in zip(pieces, pauses))
 
 
 def token_extremes(result: dict, decode, count: int = 10, min_tokens: int = 20) -> tuple[list, list]:

@@ -1,0 +1,93 @@
+"""The attention of every layer: shared real-token keys plus, for pause queries, a private chain.
+
+DESIGN.md section 9: every attention in the model is one softmax over the union of two key sets,
+  (a) real-token keys shared by the whole sequence, visible to a query at position p when their
+      position k satisfies k <= p and, on a windowed layer, p - k < window (sliding windows count
+      positions, so a pause, which has its token's position, sees the same real keys as its token);
+  (b) optionally the query's own pause chain (at most K keys), visible as `chain.mask` says.
+Grouped KV heads (GQA) are native: keys and values have G heads, query head h reads KV head h // (H/G)
+(contiguous groups), and nothing is repeated. Scores, soft-capping and the softmax are float32.
+
+Shape letters: Q queries, T real keys, C chain slots, H query heads, G KV heads, R = H / G query heads
+per KV head, Dh features per head.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from cyb_jax.model.config import AttentionSpec
+from cyb_jax.model.layers import softcap
+
+# Finite stand-in for -inf in attention scores, so a fully masked part never yields NaN (the other part
+# always holds at least the query's own key or its token's).
+MASKED_SCORE = -1e30
+# Key position of a cache entry not written yet: beyond every query, so the causal rule hides it.
+UNWRITTEN_POSITION = 2 ** 30
+
+
+class RealKeys(NamedTuple):
+  """Real-token keys and values `[B, T, G, Dh]` and the position of each key `[B, T]` (int)."""
+
+  k: jax.Array
+  v: jax.Array
+  positions: jax.Array
+
+
+class ChainKeys(NamedTuple):
+  """Each query's private pause-chain keys and values `[B, Q, C, G, Dh]` and which slots it sees `[B, Q, C]`."""
+
+  k: jax.Array
+  v: jax.Array
+  mask: jax.Array
+
+
+def real_key_mask(q_positions_BQ: jax.Array, k_positions_BT: jax.Array, window: int) -> jax.Array:
+  """bool `[B, Q, T]`: key position k is visible to query position p iff k <= p (and p - k < window)."""
+  delta_BQT = q_positions_BQ[:, :, None] - k_positions_BT[:, None, :]
+  visible = delta_BQT >= 0
+  if window:
+    visible = visible & (delta_BQT < window)
+  return visible
+
+
+def attend(q_BQHd: jax.Array, q_positions_BQ: jax.Array, real: RealKeys, spec: AttentionSpec,
+           chain: Optional[ChainKeys] = None) -> jax.Array:
+  """Softmax attention of queries over `real` keys (and their `chain`), one normalisation for both.
+
+  Args:
+    q_BQHd: rotated queries. q_positions_BQ: their positions (int), for the causal and window rules.
+    real: shared real-token keys. spec: the layer's window, soft-cap and score scale.
+    chain: optional private chain keys of each query.
+  Returns:
+    `[B, Q, H, Dh]` in the dtype of the values.
+  """
+  batch, num_queries, num_heads, head_size = q_BQHd.shape
+  num_kv = real.k.shape[2]
+  group = num_heads // num_kv
+  q32 = (q_BQHd.astype(jnp.float32) * spec.scale).reshape(batch, num_queries, num_kv, group, head_size)
+  scores_BGRQT = jnp.einsum("bqgrd,btgd->bgrqt", q32, real.k.astype(jnp.float32))
+  scores_BGRQT = softcap(scores_BGRQT, spec.softcap)
+  mask_BQT = real_key_mask(q_positions_BQ, real.positions, spec.window)
+  scores_BGRQT = jnp.where(mask_BQT[:, None, None], scores_BGRQT, MASKED_SCORE)
+  values32 = real.v.astype(jnp.float32)
+  if chain is None:
+    probs_BGRQT = jax.nn.softmax(scores_BGRQT, axis=-1)
+    out_BQGRd = jnp.einsum("bgrqt,btgd->bqgrd", probs_BGRQT, values32)
+  else:
+    chain_BGRQC = jnp.einsum("bqgrd,bqcgd->bgrqc", q32, chain.k.astype(jnp.float32))
+    chain_BGRQC = softcap(chain_BGRQC, spec.softcap)
+    chain_BGRQC = jnp.where(chain.mask[:, None, None], chain_BGRQC, MASKED_SCORE)
+    # Joint log-sum-exp: the real and chain parts are one softmax, never two renormalised halves.
+    joint_max = jnp.maximum(scores_BGRQT.max(-1, keepdims=True), chain_BGRQC.max(-1, keepdims=True))
+    joint_max = jax.lax.stop_gradient(joint_max)
+    weights_BGRQT = jnp.exp(scores_BGRQT - joint_max)
+    chain_weights_BGRQC = jnp.exp(chain_BGRQC - joint_max)
+    normaliser_BGRQ1 = weights_BGRQT.sum(-1, keepdims=True) + chain_weights_BGRQC.sum(-1, keepdims=True)
+    out_BQGRd = (jnp.einsum("bgrqt,btgd->bqgrd", weights_BGRQT, values32) +
+                 jnp.einsum("bgrqc,bqcgd->bqgrd", chain_weights_BGRQC, chain.v.astype(jnp.float32)))
+    out_BQGRd = out_BQGRd / jnp.moveaxis(normaliser_BGRQ1, 3, 1)  # [B, Q, G, R, 1]
+  return out_BQGRd.reshape(batch, num_queries, num_heads, head_size).astype(real.v.dtype)

@@ -1,0 +1,112 @@
+"""Building blocks of the transformer: RMSNorm, rotary positions, the gated MLP, soft-capping.
+
+Shape letters (DESIGN.md section 2) plus: Q queries, Dh features per head, F MLP hidden width.
+Norms, rotary angles and soft-caps are computed in float32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cyb_jax.model.config import RopeSpec
+
+
+def lift(vector: jax.Array, ndim: int) -> jax.Array:
+  """Reshapes a `[F]` vector to broadcast against `[..., F]` explicitly (rank promotion is an error in tests)."""
+  return vector.reshape((1,) * (ndim - 1) + vector.shape)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square normalisation over the last axis with a learned per-feature scale, in float32.
+
+  y = x / sqrt(mean(x^2) + epsilon) * s, where s = w (Llama, Qwen) or, with `offset`, s = 1 + w (Gemma,
+  whose checkpoints store the offset w; it is initialised to 0 here so a fresh norm is the identity).
+  The parameter is called `scale` in both cases.
+  """
+
+  epsilon: float = 1e-6
+  offset: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    init = nn.initializers.zeros if self.offset else nn.initializers.ones
+    scale = self.param("scale", init, (x.shape[-1],), jnp.float32)
+    if self.offset:
+      scale = 1.0 + scale
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
+    return (normed * lift(scale, normed.ndim)).astype(self.dtype)
+
+
+def rope_inverse_frequencies(head_size: int, spec: RopeSpec) -> jax.Array:
+  """Rotation speeds `[Dh/2]` (radians per position), float32, of rotary embedding `spec`.
+
+  Default: base^(-2k/Dh). "linear" divides them all by `factor` (positions stretched by it). "llama3"
+  (Llama 3.1 and 3.2; the formula of transformers' `_compute_llama3_parameters`) divides the slow ones,
+  whose wavelength 2 pi / f exceeds original_max_len / low_freq_factor, by `factor`, keeps the fast ones,
+  with wavelength below original_max_len / high_freq_factor, and interpolates smoothly in between.
+  """
+  half = head_size // 2
+  inv_freq = 1.0 / (spec.base ** (jnp.arange(half, dtype=jnp.float32) / half))
+  if spec.scaling == "linear":
+    return inv_freq / spec.factor
+  if spec.scaling == "llama3":
+    low_freq_wavelen = spec.original_max_len / spec.low_freq_factor
+    high_freq_wavelen = spec.original_max_len / spec.high_freq_factor
+    wavelen = 2.0 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > low_freq_wavelen, inv_freq / spec.factor, inv_freq)
+    smooth = ((spec.original_max_len / wavelen - spec.low_freq_factor) /
+              (spec.high_freq_factor - spec.low_freq_factor))
+    smoothed = (1.0 - smooth) * scaled / spec.factor + smooth * scaled
+    medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return jnp.where(medium, smoothed, scaled)
+  return inv_freq
+
+
+def rotary(x_BQHd: jax.Array, positions_BQ: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotary position embedding (rotate-half form: feature k pairs with k + Dh/2) at integer positions."""
+  half = inv_freq.shape[0]
+  angles_BQh = positions_BQ.astype(jnp.float32)[..., None] * lift(inv_freq, positions_BQ.ndim + 1)
+  sin = jnp.sin(angles_BQh)[..., None, :]
+  cos = jnp.cos(angles_BQh)[..., None, :]
+  x32 = x_BQHd.astype(jnp.float32)
+  first, second = x32[..., :half], x32[..., half:2 * half]
+  rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin,
+                             x32[..., 2 * half:]], axis=-1)
+  return rotated.astype(x_BQHd.dtype)
+
+
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+  """cap * tanh(x / cap) (Gemma 2's logit soft-capping); the identity when cap is 0."""
+  if not cap:
+    return x
+  return cap * jnp.tanh(x / cap)
+
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    # torch's gelu(approximate="tanh"), Gemma's gelu_pytorch_tanh.
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
+class GatedMLP(nn.Module):
+  """down(act(gate(x)) * up(x)); `gate_up` holds gate and up as one kernel `[D, 2, F]` (gate first)."""
+
+  hidden: int
+  activation: str = "silu"
+  use_bias: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BQD: jax.Array) -> jax.Array:
+    width = x_BQD.shape[-1]
+    gate_up = nn.DenseGeneral((2, self.hidden), use_bias=self.use_bias, dtype=self.dtype,
+                              name="gate_up")(x_BQD)
+    hidden = ACTIVATIONS[self.activation](gate_up[..., 0, :]) * gate_up[..., 1, :]
+    return nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype, name="down")(hidden)

@@ -1,0 +1,181 @@
+"""The transformer itself: input embeddings, the block, the one layer loop, the output head.
+
+Every block option of `ModelConfig` lives here (or in `attention.py`) and nowhere else: step 0, pause
+steps, the stream option and generation all run their layers through `run_layers`, and differ only in
+the keys each layer's attention sees, which the caller supplies as an `attend_layer` function.
+
+Block parameters (per layer; the optional ones only when their option is on):
+  attn_norm, mlp_norm: {scale [D]}; qkv_proj: {kernel [D, 3, H, Dh], bias [3, H, Dh]} without grouping,
+  or q_proj {kernel [D, H, Dh], bias [H, Dh]} and kv_proj {kernel [D, 2, G, Dh], bias [2, G, Dh]} with
+  grouped KV heads; q_norm, k_norm: {scale [Dh]}; out_proj: {kernel [H, Dh, D], bias [D]};
+  post_attn_norm, post_mlp_norm: {scale [D]} (sandwich norms); mlp: gate_up {kernel [D, 2, F], bias [2, F]},
+  down {kernel [F, D], bias [D]}.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cyb_jax.model import attention
+from cyb_jax.model.config import ModelConfig
+from cyb_jax.model.layers import GatedMLP, RMSNorm, rope_inverse_frequencies, rotary, softcap
+
+Params = Any
+
+
+class Block(nn.Module):
+  """One pre-norm transformer layer, split at the attention so callers choose which keys a query sees.
+
+  `qkv` projects a residual stream to rotated queries `[B, Q, H, Dh]` and rotated keys and values
+  `[B, Q, G, Dh]`; `finish` adds the attention output projection and the MLP (each normalised again
+  first with sandwich norms). The residual stream stays float32; matmuls run in the compute dtype.
+  """
+
+  config: ModelConfig
+  layer: int = 0
+
+  def setup(self):
+    c = self.config
+    dtype = c.compute_dtype
+    norm = functools.partial(RMSNorm, epsilon=c.norm_eps, offset=c.norm_offset, dtype=dtype)
+    self.attn_norm = norm()
+    if c.grouped:
+      self.q_proj = nn.DenseGeneral((c.num_heads, c.head_size), use_bias=c.qkv_bias, dtype=dtype)
+      self.kv_proj = nn.DenseGeneral((2, c.kv_heads, c.head_size), use_bias=c.qkv_bias, dtype=dtype)
+    else:
+      self.qkv_proj = nn.DenseGeneral((3, c.num_heads, c.head_size), use_bias=c.qkv_bias, dtype=dtype)
+    if c.qk_norm:
+      self.q_norm = norm()
+      self.k_norm = norm()
+    self.out_proj = nn.DenseGeneral(c.width, axis=(-2, -1), use_bias=c.out_bias, dtype=dtype)
+    if c.sandwich_norms:
+      self.post_attn_norm = norm()
+      self.post_mlp_norm = norm()
+    self.mlp_norm = norm()
+    self.mlp = GatedMLP(c.mlp_hidden, activation=c.mlp_activation, use_bias=c.mlp_bias, dtype=dtype)
+
+  def qkv(self, x_BQD: jax.Array, positions_BQ: jax.Array):
+    """Rotated queries `[B, Q, H, Dh]`, rotated keys and values `[B, Q, G, Dh]`."""
+    c = self.config
+    normed_BQD = self.attn_norm(x_BQD)
+    if c.grouped:
+      q_BQHd = self.q_proj(normed_BQD)
+      kv = self.kv_proj(normed_BQD)
+      k_BQGd, v_BQGd = kv[..., 0, :, :], kv[..., 1, :, :]
+    else:
+      q_k_v = self.qkv_proj(normed_BQD)
+      q_BQHd, k_BQGd, v_BQGd = q_k_v[..., 0, :, :], q_k_v[..., 1, :, :], q_k_v[..., 2, :, :]
+    if c.qk_norm:  # over each head's features, before the rotation (Qwen3, Gemma 3)
+      q_BQHd, k_BQGd = self.q_norm(q_BQHd), self.k_norm(k_BQGd)
+    inv_freq = rope_inverse_frequencies(c.head_size, c.layer_rope(self.layer))
+    return rotary(q_BQHd, positions_BQ, inv_freq), rotary(k_BQGd, positions_BQ, inv_freq), v_BQGd
+
+  def finish(self, x_BQD: jax.Array, attended_BQHd: jax.Array) -> jax.Array:
+    """Residual stream after the attention output projection and the MLP, `[B, Q, D]` float32."""
+    out_BQD = self.out_proj(attended_BQHd)
+    if self.config.sandwich_norms:
+      out_BQD = self.post_attn_norm(out_BQD)
+    x_BQD = x_BQD + out_BQD.astype(x_BQD.dtype)
+    hidden_BQD = self.mlp(self.mlp_norm(x_BQD))
+    if self.config.sandwich_norms:
+      hidden_BQD = self.post_mlp_norm(hidden_BQD)
+    return x_BQD + hidden_BQD.astype(x_BQD.dtype)
+
+  def __call__(self, x_BQD: jax.Array, positions_BQ: jax.Array):
+    """Only used to create the parameters: a plain causal pass."""
+    q, k, v = self.qkv(x_BQD, positions_BQ)
+    attended = attention.attend(q, positions_BQ, attention.RealKeys(k, v, positions_BQ),
+                                self.config.layer_attention(self.layer))
+    return self.finish(x_BQD, attended)
+
+
+# attend_layer(spec, q_BQHd, k_BQGd, v_BQGd, layer_input) -> (attended_BQHd, layer_output)
+AttendLayer = Callable[[Any, jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
+
+
+def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config: ModelConfig,
+               attend_layer: AttendLayer, layer_inputs: Optional[Sequence[Any]] = None):
+  """The model's one layer loop: every layer projects, lets `attend_layer` attend, then finishes.
+
+  For layer l, `attend_layer(config.layer_attention(l), q, k, v, layer_inputs[l])` receives this layer's
+  rotated queries and keys, its values, and whatever the caller keeps per layer (cached keys, a pause
+  chain); it returns the attention output `[B, Q, H, Dh]` and what the caller wants back for that layer
+  (the keys to cache, an updated chain). With `config.remat` each layer is rematerialised in the
+  backward pass. Returns the final residual `[B, Q, D]` and the list of per-layer outputs.
+  """
+  if layer_inputs is None:
+    layer_inputs = [None] * config.num_layers
+  outputs = []
+  for index, (block_params, layer_input) in enumerate(zip(params["blocks"], layer_inputs)):
+    block = Block(config, index)
+    spec = config.layer_attention(index)
+
+    def layer(block_params, x_BQD, layer_input, block=block, spec=spec):
+      q, k, v = block.apply({"params": block_params}, x_BQD, positions_BQ, method=Block.qkv)
+      attended, output = attend_layer(spec, q, k, v, layer_input)
+      return block.apply({"params": block_params}, x_BQD, attended, method=Block.finish), output
+
+    if config.remat:
+      layer = jax.checkpoint(layer, prevent_cse=False)
+    x_BQD, output = layer(block_params, x_BQD, layer_input)
+    outputs.append(output)
+  return x_BQD, outputs
+
+
+def init_block(config: ModelConfig, layer: int, rng: jax.Array) -> Params:
+  """Fresh parameters of layer `layer`."""
+  dummy_x = jnp.zeros((1, 1, config.width), jnp.float32)
+  dummy_positions = jnp.zeros((1, 1), jnp.int32)
+  return Block(config, layer).init(rng, dummy_x, dummy_positions)["params"]
+
+
+def final_norm(config: ModelConfig) -> RMSNorm:
+  """The norm before the output head (float32 output)."""
+  return RMSNorm(epsilon=config.norm_eps, offset=config.norm_offset)
+
+
+def init_final_norm(config: ModelConfig, rng: jax.Array) -> Params:
+  return final_norm(config).init(rng, jnp.zeros((1, 1, config.width), jnp.float32))["params"]
+
+
+def normalise_final(params: Params, hidden: jax.Array, config: ModelConfig) -> jax.Array:
+  """The final norm of residual states `[..., D]`, float32."""
+  return final_norm(config).apply({"params": params["final_norm"]}, hidden)
+
+
+def embed_tokens(params: Params, tokens: jax.Array, config: ModelConfig) -> jax.Array:
+  """Real-token input embeddings, float32 `[..., D]`.
+
+  With `embed_scale` (Gemma) the rows are multiplied by sqrt(width) rounded to the compute dtype, as
+  transformers does in the weight dtype (sqrt(640) is 25.25 in bfloat16); the output head, when tied,
+  reads the unscaled table.
+  """
+  x = jnp.take(params["embed"], tokens, axis=0)
+  if config.embed_scale:
+    x = x * jnp.asarray(config.width ** 0.5, config.compute_dtype).astype(jnp.float32)
+  return x
+
+
+def output_logits(params: Params, hidden: jax.Array, config: ModelConfig) -> jax.Array:
+  """Logits `[..., V+1]` (float32, `<dk>` last) from final residual states `[..., D]`.
+
+  The real-vocabulary logits come from `head` `[D, V]`, or the embedding table when tied, and are
+  soft-capped with `final_softcap`; the `<dk>` logit (ours, not the pretrained model's) is not.
+  """
+  normed = normalise_final(params, hidden, config)
+  dtype = config.compute_dtype
+  if config.tie_embeddings:
+    real = jnp.einsum("...d,vd->...v", normed.astype(dtype), params["embed"].astype(dtype))
+  else:
+    real = jnp.dot(normed.astype(dtype), params["head"].astype(dtype))
+  real = softcap(real.astype(jnp.float32), config.final_softcap)
+  if config.max_pauses > 0:
+    dk = jnp.dot(normed, params["dk_head"]["kernel"]) + params["dk_head"]["bias"]  # bias is a scalar
+  else:
+    dk = jnp.full(real.shape[:-1], -jnp.inf, jnp.float32)
+  return jnp.concatenate([real, dk[..., None].astype(jnp.float32)], axis=-1)

@@ -1,0 +1,217 @@
+"""Loading a local Hugging Face checkpoint directory as cyb_jax parameters.
+
+`load_hf_checkpoint(directory)` reads `config.json` (`hf_config.py`) and the safetensors weights (one
+`model.safetensors`, or the shards a `model.safetensors.index.json` names, bfloat16 included) without
+torch, and returns a plain LM (`max_pauses` = 0) whose step-0 logits are the original model's:
+`model.rollout(params, tokens, config, 0)[..., 0, :V]`.
+
+Layouts (PRETRAINED.md): HF linear weights are `[out, in]`; ours are `[in, out]` split into heads:
+q `[D, H, Dh]`, k and v `[D, G, Dh]` (fused as `qkv_proj` `[D, 3, H, Dh]` when G = H, else `q_proj` and
+`kv_proj` `[D, 2, G, Dh]`), o `[H, Dh, D]`, gate and up fused as `gate_up` `[D, 2, F]` (gate first),
+down `[F, D]`, lm_head `[V, D] -> head [D, V]`. HF checkpoints are already in the rotate-half RoPE layout
+we use, so no q/k permutation is applied. Every tensor's shape is checked against the config before it
+is reshaped, every tensor in the files must be mapped, and every expected tensor must be present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy before safetensors reads such tensors)
+import numpy as np
+from safetensors import safe_open
+
+from cyb_jax.model.config import ModelConfig
+from cyb_jax.pretrained.hf_config import model_config_from_hf, read_hf_config
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+# Tensors some checkpoints carry that are not parameters (recomputed from the config).
+BUFFER_SUFFIXES = (".rotary_emb.inv_freq",)
+
+# place(path, array) -> the array where it belongs (e.g. on its sharding); path is like "blocks/0/q_proj/kernel".
+Place = Callable[[str, np.ndarray], Any]
+
+
+def _weight_files(directory: str) -> dict[str, str]:
+  """{tensor name: file path} of the checkpoint's safetensors, exactly as its index names them."""
+  index_path = os.path.join(directory, INDEX_FILE)
+  if os.path.isfile(index_path):
+    with open(index_path, encoding="utf-8") as handle:
+      weight_map = json.load(handle).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+      raise ValueError(f"{index_path}: no weight_map")
+    files = {}
+    for name, file_name in weight_map.items():
+      path = os.path.join(directory, file_name)
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"{index_path} names {file_name!r} for {name!r}, which is not in {directory!r}")
+      files[name] = path
+    return files
+  single = os.path.join(directory, SINGLE_FILE)
+  if os.path.isfile(single):
+    with safe_open(single, framework="np") as handle:
+      return {name: single for name in handle.keys()}
+  others = sorted(f for f in os.listdir(directory) if f.endswith((".bin", ".pt", ".pth", ".safetensors")))
+  raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory!r}"
+                          + (f" (found {others}; only safetensors are read)" if others else ""))
+
+
+class _Reader:
+  """Reads tensors by name from the checkpoint's files, each file opened once, and records what it read."""
+
+  def __init__(self, files: dict[str, str], stack: contextlib.ExitStack):
+    self.files = files
+    self.used: set[str] = set()
+    self._stack = stack
+    self._handles: dict[str, Any] = {}
+
+  def has(self, name: str) -> bool:
+    return name in self.files
+
+  def read(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The tensor `name` as float32 numpy; ValueError if it is missing or not of `shape`."""
+    if name not in self.files:
+      raise ValueError(f"checkpoint tensor {name!r} is missing (expected shape {shape})")
+    path = self.files[name]
+    if path not in self._handles:
+      self._handles[path] = self._stack.enter_context(safe_open(path, framework="np"))
+    tensor = self._handles[path].get_tensor(name)
+    if tuple(tensor.shape) != tuple(shape):
+      raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, the config implies "
+                       f"{tuple(shape)}")
+    self.used.add(name)
+    return np.asarray(tensor, np.float32)
+
+
+def _linear(reader: _Reader, name: str, out_features: int, in_features: int) -> np.ndarray:
+  """An HF linear weight `[out, in]` as our kernel `[in, out]`."""
+  return reader.read(name, (out_features, in_features)).T
+
+
+def _block_tensors(reader: _Reader, config: ModelConfig, family: str, layer: int):
+  """(path suffix, array) pairs of one layer's parameters, converted one at a time."""
+  prefix = f"model.layers.{layer}."
+  width, heads, kv, head_dim = config.width, config.num_heads, config.kv_heads, config.head_size
+  gemma = family.startswith("gemma")
+
+  def norm(name):
+    return reader.read(prefix + name + ".weight", (width,))
+
+  yield "attn_norm/scale", norm("input_layernorm")
+  attn = prefix + "self_attn."
+  q = _linear(reader, attn + "q_proj.weight", heads * head_dim, width).reshape(width, heads, head_dim)
+  k = _linear(reader, attn + "k_proj.weight", kv * head_dim, width).reshape(width, kv, head_dim)
+  v = _linear(reader, attn + "v_proj.weight", kv * head_dim, width).reshape(width, kv, head_dim)
+  if config.qkv_bias:
+    q_bias = reader.read(attn + "q_proj.bias", (heads * head_dim,)).reshape(heads, head_dim)
+    k_bias = reader.read(attn + "k_proj.bias", (kv * head_dim,)).reshape(kv, head_dim)
+    v_bias = reader.read(attn + "v_proj.bias", (kv * head_dim,)).reshape(kv, head_dim)
+  if config.grouped:
+    yield "q_proj/kernel", q
+    yield "kv_proj/kernel", np.stack([k, v], axis=1)
+    if config.qkv_bias:
+      yield "q_proj/bias", q_bias
+      yield "kv_proj/bias", np.stack([k_bias, v_bias], axis=0)
+  else:
+    yield "qkv_proj/kernel", np.stack([q, k, v], axis=1)
+    if config.qkv_bias:
+      yield "qkv_proj/bias", np.stack([q_bias, k_bias, v_bias], axis=0)
+  if config.qk_norm:
+    yield "q_norm/scale", reader.read(attn + "q_norm.weight", (head_dim,))
+    yield "k_norm/scale", reader.read(attn + "k_norm.weight", (head_dim,))
+  yield "out_proj/kernel", _linear(reader, attn + "o_proj.weight", width, heads * head_dim).reshape(
+      heads, head_dim, width)
+  if config.out_bias:
+    yield "out_proj/bias", reader.read(attn + "o_proj.bias", (width,))
+  if gemma:
+    # Gemma's post_attention_layernorm normalises the attention output; its pre-MLP norm is separate.
+    yield "post_attn_norm/scale", norm("post_attention_layernorm")
+    yield "mlp_norm/scale", norm("pre_feedforward_layernorm")
+    yield "post_mlp_norm/scale", norm("post_feedforward_layernorm")
+  else:
+    yield "mlp_norm/scale", norm("post_attention_layernorm")
+  mlp = prefix + "mlp."
+  hidden = config.mlp_hidden
+  gate = _linear(reader, mlp + "gate_proj.weight", hidden, width)  # the activated projection
+  up = _linear(reader, mlp + "up_proj.weight", hidden, width)
+  yield "mlp/gate_up/kernel", np.stack([gate, up], axis=1)
+  yield "mlp/down/kernel", _linear(reader, mlp + "down_proj.weight", width, hidden)
+  if config.mlp_bias:
+    yield "mlp/gate_up/bias", np.stack([reader.read(mlp + "gate_proj.bias", (hidden,)),
+                                        reader.read(mlp + "up_proj.bias", (hidden,))], axis=0)
+    yield "mlp/down/bias", reader.read(mlp + "down_proj.bias", (width,))
+
+
+def _set(tree: dict, path: str, value: Any) -> None:
+  *parents, leaf = path.split("/")
+  for part in parents:
+    tree = tree.setdefault(part, {})
+  tree[leaf] = value
+
+
+def load_hf_checkpoint(directory: str, *, place: Optional[Place] = None,
+                       **overrides) -> tuple[ModelConfig, dict]:
+  """(ModelConfig, params) of the Hugging Face checkpoint in `directory`, as a plain LM.
+
+  Args:
+    directory: holds config.json and model.safetensors or model.safetensors.index.json + its shards.
+    place: called as `place(path, array)` on each parameter as soon as it is converted (float32 numpy),
+      returning the array to keep, e.g. put on its sharding, so the whole model never exists twice on
+      the host. Default: `jnp.asarray` (the default device).
+    overrides: other ModelConfig fields (pause options, compute dtype, remat); `max_pauses` must stay 0
+      here (add pause parameters with `model.extend_params`).
+  Returns:
+    The config and a params pytree as `model.init` lays it out, float32.
+  Raises:
+    ValueError naming an unsupported model_type or RoPE type, a missing, unmapped or misshapen tensor;
+    FileNotFoundError for a directory without config.json or safetensors weights.
+  """
+  hf = read_hf_config(directory)
+  if overrides.get("max_pauses", 0):
+    raise ValueError("load_hf_checkpoint returns a plain LM (max_pauses = 0); add pause parameters with "
+                     "model.extend_params")
+  config = model_config_from_hf(hf, **overrides)
+  family = hf["model_type"]
+  place = place or (lambda path, array: jnp.asarray(array))
+  files = _weight_files(directory)
+  width, vocab = config.width, config.vocab_size
+  params: dict = {"blocks": [{} for _ in range(config.num_layers)]}
+  with contextlib.ExitStack() as stack:
+    reader = _Reader(files, stack)
+    embed = reader.read("model.embed_tokens.weight", (vocab, width))
+    if config.tie_embeddings and reader.has("lm_head.weight"):
+      # Some exports write the tied table twice; accept the copy only if it is one.
+      if not np.array_equal(reader.read("lm_head.weight", (vocab, width)), embed):
+        raise ValueError("tie_word_embeddings is true but lm_head.weight differs from "
+                         "model.embed_tokens.weight")
+    params["embed"] = place("embed", embed)
+    del embed
+    for layer in range(config.num_layers):
+      for path, array in _block_tensors(reader, config, family, layer):
+        _set(params["blocks"][layer], path, place(f"blocks/{layer}/{path}", array))
+    params["final_norm"] = {"scale": place("final_norm/scale", reader.read("model.norm.weight", (width,)))}
+    if not config.tie_embeddings:
+      params["head"] = place("head", _linear(reader, "lm_head.weight", vocab, width))
+  unmapped = sorted(name for name in files
+                    if name not in reader.used and not name.endswith(BUFFER_SUFFIXES))
+  if unmapped:
+    shown = ", ".join(repr(n) for n in unmapped[:5]) + (f" and {len(unmapped) - 5} more" if len(unmapped) > 5
+                                                        else "")
+    raise ValueError(f"unmapped checkpoint tensor(s) {shown} in {directory!r}: not part of a "
+                     f"{family} model as its config.json describes it")
+  return config, params
+
+
+def sharded_place(shardings_by_path: Callable[[str, tuple], jax.sharding.Sharding]) -> Place:
+  """A `place` that puts each parameter on `shardings_by_path(path, shape)`, building every process's
+  shards from the host array (so it also works with several processes)."""
+  def place(path: str, array: np.ndarray):
+    sharding = shardings_by_path(path, array.shape)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+  return place
