@@ -136,6 +136,10 @@ def data_config(config: ml_collections.ConfigDict, workdir: Optional[str] = None
   _require(data.tokenizer in tokenizer_lib.KNOWN_TOKENIZERS, "data.tokenizer",
            f"must be one of {tokenizer_lib.KNOWN_TOKENIZERS}, got {data.tokenizer!r}")
   hf_dir = init_from_hf(config)
+  if hf_dir:
+    _require(os.path.isdir(hf_dir), "init_from_hf", f"= {hf_dir!r} is not a directory")
+    _require(data.tokenizer == "hf", "data.tokenizer", f"must be 'hf' with config.init_from_hf (a pretrained "
+             f"model reads its own tokenizer's ids), got {data.tokenizer!r}")
   if data.tokenizer == "hf" and not data_pipeline.tokenizer_path(data):
     _require(bool(hf_dir), "data.tokenizer_path", "is required for data.tokenizer='hf' (a Hugging Face "
              "model directory), unless config.init_from_hf names one")

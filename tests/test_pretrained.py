@@ -297,3 +297,21 @@ def test_pause_model_on_a_pretrained_checkpoint_keeps_its_step0(name):
   logits = np.asarray(jax.jit(lambda p, t: model.rollout(p, t, pause_config, 2))(extended, jnp.asarray(tokens)))
   np.testing.assert_allclose(logits[:, :, 0, :config.vocab_size], expected, **TOL)
   assert np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("name", ["gemma3_text", "gemma2"])
+def test_generation_of_a_pretrained_plain_lm_uses_its_kv_cache_and_windows(name):
+  # A plain LM (no pause parameters) generating past its sliding window (8 positions): the cache must give
+  # the logits a full rollout of the generated text gives, and the first step equals transformers'.
+  from cyb_jax.inference import generate  # pylint: disable=import-outside-toplevel
+  config, params = load_hf_checkpoint(_dir(name))
+  tokens, expected = _golden(name)
+  prompt = jnp.asarray(tokens[:, :20])
+  out = generate.generate(params, prompt, config, num_tokens=12, policy="never", return_logits=True)
+  assert int(np.asarray(out.pauses).max()) == 0
+  step_logits = np.asarray(out.step_logits)[:, :, 0, :config.vocab_size]
+  np.testing.assert_allclose(step_logits[:, 0], expected[:, 19], **TOL)
+  sequence = jnp.concatenate([prompt, out.tokens[:, :-1]], axis=1)
+  rollout_logits = _logits(config, params, np.asarray(sequence))[:, 19:]
+  np.testing.assert_allclose(step_logits, rollout_logits, rtol=1e-5, atol=2e-5)
+  np.testing.assert_array_equal(np.asarray(out.tokens), rollout_logits.argmax(-1))

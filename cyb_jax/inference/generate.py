@@ -177,10 +177,11 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, *, config, num_tokens
     # Next query: a pause step for pausing sequences, step 0 of the new token for answering ones.
     next_step_B = jnp.where(pause_B, state.step + 1, 0)
     current_token_B = jnp.where(answer_B, new_token_B, state.current_token)
-    pause_x_BD = model_lib.pause_inputs(params, current_token_B, jnp.maximum(next_step_B, 1), config,
-                                        feedback_hidden=state.hidden)
-    x_BD = jnp.where(pause_B[:, None], pause_x_BD,
-                     model_lib.embed_tokens(params, current_token_B, config))
+    x_BD = model_lib.embed_tokens(params, current_token_B, config)
+    if num_pauses > 0:  # a plain LM (max_pauses = 0) has no pause parameters at all
+      pause_x_BD = model_lib.pause_inputs(params, current_token_B, jnp.maximum(next_step_B, 1), config,
+                                          feedback_hidden=state.hidden)
+      x_BD = jnp.where(pause_B[:, None], pause_x_BD, x_BD)
     writes_real_B = answer_B | (pause_B if stream else jnp.zeros_like(pause_B))
     if stream:
       # Pauses are tokens of the stream: every query takes the next position and a cache entry.
