@@ -9,3 +9,18 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 import jax  # noqa: E402  (import after the environment is set, on purpose)
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+import pytest  # noqa: E402
+from jax.experimental.compilation_cache import compilation_cache  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_compilation_cache(tmp_path_factory):
+  """One persistent compilation cache for the whole run: a train step, eval step or rollout compiled by
+  one test (or by a resumed run) is read back, not compiled again, by the next that needs the same one."""
+  cache_dir = str(tmp_path_factory.mktemp("jax_session_cache"))
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  compilation_cache.reset_cache()
+  yield cache_dir

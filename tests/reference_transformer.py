@@ -77,14 +77,10 @@ def inverse_frequencies(config, layer, head_size):
 def rotate(x_THd, positions_T, freqs):
   """Rotate-half rotary embedding: feature k pairs with feature k + Dh/2, angle = position * freqs[k]."""
   half = len(freqs)
-  out = np.array(x_THd, copy=True)
-  for t, position in enumerate(positions_T):
-    for k, f in enumerate(freqs):
-      c, s = math.cos(position * f), math.sin(position * f)
-      a, b = x_THd[t, :, k], x_THd[t, :, k + half]
-      out[t, :, k] = a * c - b * s
-      out[t, :, k + half] = b * c + a * s
-  return out
+  angles_Th = np.outer(np.asarray(positions_T, np.float64), np.asarray(freqs, np.float64))
+  cos, sin = np.cos(angles_Th)[:, None, :], np.sin(angles_Th)[:, None, :]
+  a, b = x_THd[..., :half], x_THd[..., half:2 * half]
+  return np.concatenate([a * cos - b * sin, b * cos + a * sin, x_THd[..., 2 * half:]], axis=-1)
 
 
 def silu(x):
@@ -105,15 +101,19 @@ def attention(config, layer, q_THd, k_TGd, v_TGd, positions_T):
   num_kv = k_TGd.shape[1]
   window = config.layer_windows[layer] if config.layer_windows else 0
   scale = config.query_scale if config.query_scale else 1.0 / math.sqrt(head_size)
+  positions = np.asarray(positions_T)
+  index = np.arange(num_tokens)
+  visible_TT = index[None, :] <= index[:, None]  # key s visible to query t
+  if window:
+    visible_TT &= (positions[:, None] - positions[None, :]) < window
   out = np.zeros_like(q_THd)
   for h in range(num_heads):
     g = h // (num_heads // num_kv)  # contiguous groups of query heads share a KV head
-    for t in range(num_tokens):
-      visible = [s for s in range(t + 1) if not window or positions_T[t] - positions_T[s] < window]
-      scores = np.array([cap(scale * (q_THd[t, h] @ k_TGd[s, g]), config.attn_softcap) for s in visible])
-      weights = np.exp(scores - scores.max())
-      weights /= weights.sum()
-      out[t, h] = sum(w * v_TGd[s, g] for w, s in zip(weights, visible))
+    scores_TT = cap(scale * (q_THd[:, h] @ k_TGd[:, g].T), config.attn_softcap)
+    scores_TT = np.where(visible_TT, scores_TT, -np.inf)
+    weights_TT = np.exp(scores_TT - scores_TT.max(-1, keepdims=True))
+    weights_TT /= weights_TT.sum(-1, keepdims=True)
+    out[:, h] = weights_TT @ v_TGd[:, g]
   return out
 
 

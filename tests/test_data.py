@@ -574,3 +574,29 @@ def test_tfds_missing_dataset_names_it(tmp_path):
   pytest.importorskip("tensorflow_datasets")
   with pytest.raises(FileNotFoundError, match="lm1b"):
     data.make_dataset(tfds_config(tfds_data_dir=str(tmp_path)), "train", batch_size=2)
+
+
+def test_tfds_documents_with_a_pretrained_tokenizer():
+  # Word pieces from a Llama 3-style tokenizer.json: every packed document starts with that model's BOS
+  # and decodes back to its text.
+  tfds = pytest.importorskip("tensorflow_datasets")
+  directory = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizers", "llama3_style")
+  tokenizer = data.load_pretrained_tokenizer(directory)
+  assert tokenizer.add_bos
+  with tfds.testing.mock_data(num_examples=20):
+    texts = [r["text"] for r in tfds.data_source("lm1b", split="test", download=False)]
+    batches = list(data.make_dataset(tfds_config(seq_len=48, tokenizer="hf", tokenizer_path=directory),
+                                     "eval", batch_size=4))
+  found = collections.Counter()
+  for batch in batches:
+    assert batch["inputs"].max() < tokenizer.vocab_size
+    for inputs, targets, segments, mask in zip(batch["inputs"], batch["targets"], batch["segment_ids"],
+                                               batch["loss_mask"]):
+      row = np.concatenate([inputs, targets[-1:]])
+      # The last target belongs to the last input's document exactly when it carries loss.
+      row_segments = np.concatenate([segments, segments[-1:] * mask[-1]])
+      for document in range(1, int(segments.max()) + 1):
+        ids = row[row_segments == document]
+        assert ids[0] == tokenizer.bos_id
+        found[tokenizer.decode(ids[1:])] += 1
+  assert found == collections.Counter(texts)

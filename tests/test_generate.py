@@ -188,8 +188,7 @@ def check_against_rollout(variant, policy, gen, prompts, *, greedy, num_pauses=K
     # Feedback changes what a pause step computes, not the policies: two policies suffice.
     ("feedback", "threshold"), ("feedback", "always"),
     # Block options: the KV cache, grouped heads, windows and soft-caps under adaptive pausing.
-    ("llama_like", "threshold"), ("gemma_like", "threshold"), ("gemma_like", "always"),
-    ("gemma_like_feedback", "cumulative"),
+    ("llama_like", "threshold"), ("gemma_like", "threshold"), ("gemma_like_feedback", "cumulative"),
 ])
 def test_generation_matches_rollout(variant, policy):
   check_against_rollout(variant, policy, generated(variant, policy), PROMPTS, greedy=True)

@@ -184,10 +184,10 @@ def test_each_block_option_matters(name, option):
     config = dataclasses.replace(config, **change)
   else:
     params = _neutralise(params, change)
-  logits = np.asarray(_jit_rollout(config, K)(params, jnp.asarray(_tokens())))
-  difference = np.abs(logits - _reference(name))
-  # Every step changes, step 0 (the pretrained model's own output) included.
-  assert difference[:, :, 0].max() > 1e-2 and difference[:, :, 1:].max() > 1e-2, difference.max()
+  # Step 0 suffices (the pause steps run the same layers) and compiles much faster than the pause scan.
+  logits = np.asarray(_jit_rollout(config, 0)(params, jnp.asarray(_tokens())))
+  difference = np.abs(logits[:, :, 0] - _reference(name)[:, :, 0])
+  assert difference.max() > 1e-2, difference.max()
 
 
 def test_options_change_pause_steps_in_the_reference():
@@ -422,10 +422,10 @@ def _stats_loss(config, params, tokens, targets, mask):
   return jnp.sum(jnp.where(mask, per_token, 0.0))
 
 
-@pytest.mark.parametrize("name", ["feedback", "gemma_like_feedback"])
+@pytest.mark.parametrize("name", ["gemma_like_feedback"])
 def test_remat_same_values_and_gradients(name):
   # The private rollout goes through both rematerialised layer functions (step 0's causal pass and the
-  # pause steps), so one variant covers them; the Gemma-like one adds every per-layer option.
+  # pause steps), so one variant covers them; the Gemma-like one with feedback has every per-layer option.
   plain_config = VARIANTS[name]
   remat_config = dataclasses.replace(plain_config, remat=True)
   params, tokens = _params(plain_config), jnp.asarray(_tokens())
@@ -553,11 +553,12 @@ def test_fsdp_sharded_parameters_give_the_same_rollout():
   from cyb_jax import sharding  # pylint: disable=import-outside-toplevel
   config = dataclasses.replace(VARIANTS["gemma_like_feedback"], width=24, mlp_hidden=32, vocab_size=16)
   params = _perturb(model.init(config, jax.random.key(31)), 32)
+  num_pauses = 1
   mesh = sharding.make_mesh(data=1, fsdp=8)
   shardings = sharding.state_shardings(jax.eval_shape(lambda: params), mesh)
   sharded = jax.device_put(params, shardings)
   assert any(len(leaf.sharding.device_set) == 8 and not leaf.sharding.is_fully_replicated
              for leaf in jax.tree.leaves(sharded))
   tokens = jnp.asarray(np.random.RandomState(33).randint(0, 16, (8, N)).astype(np.int32))
-  rollout_fn = jax.jit(functools.partial(model.rollout, config=config, num_pauses=K))
+  rollout_fn = jax.jit(functools.partial(model.rollout, config=config, num_pauses=num_pauses))
   np.testing.assert_allclose(rollout_fn(sharded, tokens), rollout_fn(params, tokens), rtol=1e-5, atol=1e-5)

@@ -248,6 +248,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         "seq_len": settings.data_info.seq_len,
                         "difficulty_names": settings.data_info.difficulty_names}}
 
+  # The train state's shapes, dtypes and shardings, whether it is created, loaded or restored: the train
+  # step is compiled for this, so a resumed run compiles exactly what a fresh one did.
+  state_spec = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+                            abstract_state, state_shardings)
   latest = checkpointer.latest_step()
   data_state = None
   if latest is not None:
@@ -256,9 +260,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       raise configuration.ConfigError(
           f"work directory {workdir!r} holds a checkpoint (step {latest}) of a different model shape: "
           f"{saved_shape} vs this config's {configuration.model_shape(model_config)}; use a new --workdir")
-    target = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-                          abstract_state, state_shardings)
-    state, _, data_state = checkpointer.restore(latest, target)
+    state, _, data_state = checkpointer.restore(latest, state_spec)
     log.info("resumed from %s at step %d", checkpointer.directory, latest)
   elif config.init_from or configuration.init_from_hf(config):
     params = _initial_params(config, settings, mesh, rng)
@@ -284,7 +286,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                           sharding=batch_sharding) for key in STEP_KEYS}
   compiled_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
                           out_shardings=(state_shardings, sharding.replicated(mesh)),
-                          donate_argnums=0).lower(state, batch_spec).compile()
+                          donate_argnums=0).lower(state_spec, batch_spec).compile()
 
   writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
   run_eval = functools.partial(_evaluate, settings=settings, put_batch=put_batch,
