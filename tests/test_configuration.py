@@ -104,7 +104,7 @@ def test_finetune_config_names_its_missing_init_from(tmp_path, monkeypatch):
 def test_train_py_flag_errors_are_one_line_and_fast(tmp_path):
   """Subprocesses (run side by side): unknown key, wrong type, a missing --config file, and a ConfigError
   from the trainer, which must come before jax compiles anything (JAX_LOG_COMPILES would log it)."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES}",
+  env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"],
              JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1")
   cases = {
       "unknown_key": ["--config=tests/tiny_config.py", "--config.nonexistent=1"],

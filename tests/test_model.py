@@ -562,3 +562,14 @@ def test_fsdp_sharded_parameters_give_the_same_rollout():
   tokens = jnp.asarray(np.random.RandomState(33).randint(0, 16, (8, N)).astype(np.int32))
   rollout_fn = jax.jit(functools.partial(model.rollout, config=config, num_pauses=num_pauses))
   np.testing.assert_allclose(rollout_fn(sharded, tokens), rollout_fn(params, tokens), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["llama_like", "gemma_like_feedback"])
+def test_config_survives_the_checkpoint_json(name):
+  # Checkpoints keep the ModelConfig as JSON, where tuples come back as lists; the config must come back
+  # equal and hashable (it is a static argument of every jitted function).
+  import json  # pylint: disable=import-outside-toplevel
+  config = VARIANTS[name]
+  restored = model.ModelConfig(**json.loads(json.dumps(dataclasses.asdict(config))))
+  assert restored == config and hash(restored) == hash(config)
+  assert model.parameter_shapes(restored) == model.parameter_shapes(config)

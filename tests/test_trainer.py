@@ -262,7 +262,7 @@ def test_train_py_killed_then_preempted_then_resumed_is_bitwise_identical(refere
                                                                             tmp_path):
   """`python train.py` killed with SIGKILL mid-run, rerun and stopped with SIGTERM, then finished."""
   workdir = str(tmp_path / "run")
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES}",
+  env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"],
              JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compile_cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   # A checkpoint every step paces the run (each save waits for the previous one), so the signals land
