@@ -5,8 +5,16 @@ DESIGN.md section 9: every attention in the model is one softmax over the union 
       position k satisfies k <= p and, on a windowed layer, p - k < window (sliding windows count
       positions, so a pause, which has its token's position, sees the same real keys as its token);
   (b) optionally the query's own pause chain (at most K keys), visible as `chain.mask` says.
-Grouped KV heads (GQA) are native: keys and values have G heads, query head h reads KV head h // (H/G)
-(contiguous groups), and nothing is repeated. Scores, soft-capping and the softmax are float32.
+and, with packed documents, only keys of the query's own segment. Grouped KV heads (GQA) are native: keys
+and values have G heads, query head h reads KV head h // (H/G) (contiguous groups), and nothing is
+repeated. Scores, soft-capping and the softmax are float32.
+
+Two implementations of the real-token part, chosen per layer by `AttentionSpec.implementation`:
+"dense" materialises the `[Q, T]` scores (the oracle; and decoding, where Q = 1); "blockwise"
+(blockwise.py) is an online softmax over key blocks that returns the output and its log-sum-exp, merged
+with the chain part exactly:
+    m = max(lse_real, max_c s_c);  out = (e^(lse_real - m) out_real + sum_c e^(s_c - m) v_c)
+                                        / (e^(lse_real - m) + sum_c e^(s_c - m)).
 
 Shape letters: Q queries, T real keys, C chain slots, H query heads, G KV heads, R = H / G query heads
 per KV head, Dh features per head.
@@ -19,22 +27,25 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from cyb_jax.model import blockwise
 from cyb_jax.model.config import AttentionSpec
 from cyb_jax.model.layers import softcap
 
 # Finite stand-in for -inf in attention scores, so a fully masked part never yields NaN (the other part
 # always holds at least the query's own key or its token's).
-MASKED_SCORE = -1e30
+MASKED_SCORE = blockwise.NEG
 # Key position of a cache entry not written yet: beyond every query, so the causal rule hides it.
-UNWRITTEN_POSITION = 2 ** 30
+UNWRITTEN_POSITION = blockwise.UNWRITTEN_POSITION
 
 
 class RealKeys(NamedTuple):
-  """Real-token keys and values `[B, T, G, Dh]` and the position of each key `[B, T]` (int)."""
+  """Real-token keys and values `[B, T, G, Dh]`, the position of each key `[B, T]` (int), and optionally
+  its document (segment) id `[B, T]` when rows pack several documents."""
 
   k: jax.Array
   v: jax.Array
   positions: jax.Array
+  segments: Optional[jax.Array] = None
 
 
 class ChainKeys(NamedTuple):
@@ -45,33 +56,65 @@ class ChainKeys(NamedTuple):
   mask: jax.Array
 
 
-def real_key_mask(q_positions_BQ: jax.Array, k_positions_BT: jax.Array, window: int) -> jax.Array:
-  """bool `[B, Q, T]`: key position k is visible to query position p iff k <= p (and p - k < window)."""
-  delta_BQT = q_positions_BQ[:, :, None] - k_positions_BT[:, None, :]
-  visible = delta_BQT >= 0
-  if window:
-    visible = visible & (delta_BQT < window)
-  return visible
+def real_key_mask(q_positions_BQ: jax.Array, k_positions_BT: jax.Array, window: int,
+                  q_segments_BQ: Optional[jax.Array] = None,
+                  k_segments_BT: Optional[jax.Array] = None) -> jax.Array:
+  """bool `[B, Q, T]`: key position k is visible to query position p iff k <= p (and p - k < window, and
+  both lie in the same segment when segments are given)."""
+  return blockwise.visible_mask(q_positions_BQ, k_positions_BT, q_segments_BQ, k_segments_BT, window)
 
 
 def attend(q_BQHd: jax.Array, q_positions_BQ: jax.Array, real: RealKeys, spec: AttentionSpec,
-           chain: Optional[ChainKeys] = None) -> jax.Array:
+           chain: Optional[ChainKeys] = None, q_segments_BQ: Optional[jax.Array] = None) -> jax.Array:
   """Softmax attention of queries over `real` keys (and their `chain`), one normalisation for both.
 
   Args:
     q_BQHd: rotated queries. q_positions_BQ: their positions (int), for the causal and window rules.
-    real: shared real-token keys. spec: the layer's window, soft-cap and score scale.
+    real: shared real-token keys. spec: the layer's window, soft-cap, score scale and implementation.
     chain: optional private chain keys of each query.
+    q_segments_BQ: the queries' segment ids, required exactly when `real.segments` is given.
   Returns:
     `[B, Q, H, Dh]` in the dtype of the values.
+  Raises:
+    ValueError for an unknown implementation or segments given on one side only.
   """
+  if (q_segments_BQ is None) != (real.segments is None):
+    raise ValueError("segment ids must be given for both the queries and the real keys, or neither")
+  if spec.implementation == "dense":
+    return _dense(q_BQHd, q_positions_BQ, real, spec, chain, q_segments_BQ)
+  if spec.implementation != "blockwise":
+    raise ValueError(f"unknown attention implementation {spec.implementation!r}")
+  batch, num_queries, num_heads, head_size = q_BQHd.shape
+  num_kv = real.k.shape[2]
+  q32 = (q_BQHd.astype(jnp.float32) * spec.scale).reshape(batch, num_queries, num_kv,
+                                                           num_heads // num_kv, head_size)
+  block = blockwise.default_block(real.k.shape[1], spec.block)
+  out_BQGRd, lse_BGRQ = blockwise.blockwise_attention(q32, real.k, real.v, q_positions_BQ, real.positions,
+                                                      q_segments_BQ, real.segments, spec.window,
+                                                      spec.softcap, block)
+  if chain is not None:
+    chain_BGRQC = jnp.einsum("bqgrd,bqcgd->bgrqc", q32, chain.k.astype(jnp.float32))
+    chain_BGRQC = softcap(chain_BGRQC, spec.softcap)
+    chain_BGRQC = jnp.where(chain.mask[:, None, None], chain_BGRQC, MASKED_SCORE)
+    joint_max = jax.lax.stop_gradient(jnp.maximum(lse_BGRQ, chain_BGRQC.max(-1)))  # [B, G, R, Q]
+    real_weight_BGRQ = jnp.exp(lse_BGRQ - joint_max)
+    chain_weights_BGRQC = jnp.exp(chain_BGRQC - joint_max[..., None])
+    normaliser_BGRQ = real_weight_BGRQ + chain_weights_BGRQC.sum(-1)
+    out_BQGRd = (jnp.moveaxis(real_weight_BGRQ, 3, 1)[..., None] * out_BQGRd +
+                 jnp.einsum("bgrqc,bqcgd->bqgrd", chain_weights_BGRQC, chain.v.astype(jnp.float32)))
+    out_BQGRd = out_BQGRd / jnp.moveaxis(normaliser_BGRQ, 3, 1)[..., None]
+  return out_BQGRd.reshape(batch, num_queries, num_heads, head_size).astype(real.v.dtype)
+
+
+def _dense(q_BQHd, q_positions_BQ, real, spec, chain, q_segments_BQ):
+  """The real-token scores held as one `[B, H, Q, T]` array: the oracle of every other implementation."""
   batch, num_queries, num_heads, head_size = q_BQHd.shape
   num_kv = real.k.shape[2]
   group = num_heads // num_kv
   q32 = (q_BQHd.astype(jnp.float32) * spec.scale).reshape(batch, num_queries, num_kv, group, head_size)
   scores_BGRQT = jnp.einsum("bqgrd,btgd->bgrqt", q32, real.k.astype(jnp.float32))
   scores_BGRQT = softcap(scores_BGRQT, spec.softcap)
-  mask_BQT = real_key_mask(q_positions_BQ, real.positions, spec.window)
+  mask_BQT = real_key_mask(q_positions_BQ, real.positions, spec.window, q_segments_BQ, real.segments)
   scores_BGRQT = jnp.where(mask_BQT[:, None, None], scores_BGRQT, MASKED_SCORE)
   values32 = real.v.astype(jnp.float32)
   if chain is None:

@@ -18,6 +18,10 @@ PAUSE_CONTEXTS = ("private", "stream")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MLP_ACTIVATIONS = ("silu", "gelu_tanh")
 ROPE_SCALINGS = ("none", "linear", "llama3")
+# How the real-token part of every attention is computed (attention.py): "dense" materialises the
+# [Q, T] scores (the test oracle); "blockwise" is an online softmax over key blocks, memory linear in T;
+# "auto" picks the best memory-linear one for the backend.
+ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "blockwise")
 
 
 class RopeSpec(NamedTuple):
@@ -32,11 +36,14 @@ class RopeSpec(NamedTuple):
 
 
 class AttentionSpec(NamedTuple):
-  """The attention of one layer: sliding `window` (0 = full), logit `softcap` (0 = none), score `scale`."""
+  """The attention of one layer: sliding `window` (0 = full), logit `softcap` (0 = none), score `scale`,
+  and how it is computed: `implementation` ("dense" or "blockwise") with key blocks of `block`."""
 
   window: int
   softcap: float
   scale: float
+  implementation: str = "dense"
+  block: int = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +93,8 @@ class ModelConfig:
   rope_low_freq_factor: float = 1.0   # llama3 [low_freq_factor]
   rope_high_freq_factor: float = 4.0  # llama3 [high_freq_factor]
   rope_original_max_len: int = 8192   # llama3 [original_max_position_embeddings]
+  attention: str = "auto"        # "auto", "dense" or "blockwise" (see ATTENTION_IMPLEMENTATIONS)
+  attention_block: int = 256     # keys per block of the blockwise attention
 
   def __post_init__(self):
     # JSON (checkpoint metadata, config files) turns tuples into lists; the config must stay hashable.
@@ -120,6 +129,10 @@ class ModelConfig:
     if self.mlp_activation not in MLP_ACTIVATIONS:
       raise ValueError(f"model.mlp_activation must be one of {MLP_ACTIVATIONS}, got "
                        f"{self.mlp_activation!r}")
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"model.attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}")
+    if not _is_int(self.attention_block) or self.attention_block < 8 or self.attention_block % 8:
+      raise ValueError(f"model.attention_block must be a positive multiple of 8, got {self.attention_block!r}")
     if self.rope_scaling not in ROPE_SCALINGS:
       raise ValueError(f"model.rope_scaling must be one of {ROPE_SCALINGS}, got {self.rope_scaling!r}")
     for name in ("norm_eps", "rope_base", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
@@ -175,9 +188,15 @@ class ModelConfig:
                     high_freq_factor=float(self.rope_high_freq_factor),
                     original_max_len=int(self.rope_original_max_len))
 
+  @property
+  def attention_implementation(self) -> str:
+    """`attention` with "auto" resolved: blockwise (portable JAX, memory linear) on every backend."""
+    return "blockwise" if self.attention == "auto" else self.attention
+
   def layer_attention(self, layer: int) -> AttentionSpec:
     return AttentionSpec(window=self.layer_window(layer), softcap=float(self.attn_softcap),
-                         scale=float(self.query_scale or self.head_size ** -0.5))
+                         scale=float(self.query_scale or self.head_size ** -0.5),
+                         implementation=self.attention_implementation, block=int(self.attention_block))
 
 
 def _is_int(value) -> bool:

@@ -193,29 +193,34 @@ def pause_inputs(params: Params, tokens: jax.Array, step: jax.Array, config: Mod
   return x
 
 
-def causal_forward(params: Params, x_BTD: jax.Array, positions_BT: jax.Array, config: ModelConfig):
+def causal_forward(params: Params, x_BTD: jax.Array, positions_BT: jax.Array, config: ModelConfig,
+                   segments_BT: Optional[jax.Array] = None):
   """A plain causal transformer over input embeddings at `positions_BT`, causal by position.
 
-  Input t sees inputs whose position is <= its own (and within the layer's window), so positions must
-  increase along the sequence. Returns the final residual `[B, T, D]` and each layer's keys and values,
-  a list of L pairs of `[B, T, G, Dh]`.
+  Input t sees inputs whose position is <= its own (and within the layer's window, and of its own
+  segment when `segments_BT` says which document each input belongs to), so positions must increase
+  along the sequence. Returns the final residual `[B, T, D]` and each layer's keys and values, a list of
+  L pairs of `[B, T, G, Dh]`.
   """
   def attend_layer(spec, q, k, v, _):
-    real = attention.RealKeys(k, v, positions_BT)
-    return attention.attend(q, positions_BT, real, spec), (k, v)
+    real = attention.RealKeys(k, v, positions_BT, segments_BT)
+    return attention.attend(q, positions_BT, real, spec, q_segments_BQ=segments_BT), (k, v)
 
   return run_layers(params, x_BTD, positions_BT, config, attend_layer)
 
 
 def pause_step(params: Params, x_BPD: jax.Array, positions_BP: jax.Array, real_kv, real_positions_BT,
-               chain_kv, slot: jax.Array, config: ModelConfig):
+               chain_kv, slot: jax.Array, config: ModelConfig,
+               segments: Optional[tuple[jax.Array, jax.Array]] = None):
   """One pause step for P queries: each attends to real keys and to its own chain's slots 0..slot.
 
   real_kv: per layer (k, v) `[B, T, G, Dh]`, the step-0 keys/values, reused as they are, at positions
   real_positions_BT (a query sees those at or before its own position, within the layer's window).
   chain_kv: per layer (k, v) `[B, P, K, G, Dh]`; this step's keys/values are written at `slot`.
+  segments: optional (query segments `[B, P]`, real-key segments `[B, T]`) of packed documents.
   Returns the final residual `[B, P, D]` and the updated chain_kv.
   """
+  q_segments_BP, real_segments_BT = segments if segments is not None else (None, None)
   num_slots = chain_kv[0][0].shape[2]
   chain_mask_BPK = jnp.broadcast_to(jnp.arange(num_slots) <= slot, x_BPD.shape[:2] + (num_slots,))
 
@@ -223,8 +228,9 @@ def pause_step(params: Params, x_BPD: jax.Array, positions_BP: jax.Array, real_k
     (real_k, real_v), (chain_k, chain_v) = layer_input
     chain_k = jax.lax.dynamic_update_slice_in_dim(chain_k, k[:, :, None].astype(chain_k.dtype), slot, 2)
     chain_v = jax.lax.dynamic_update_slice_in_dim(chain_v, v[:, :, None].astype(chain_v.dtype), slot, 2)
-    attended = attention.attend(q, positions_BP, attention.RealKeys(real_k, real_v, real_positions_BT),
-                                spec, attention.ChainKeys(chain_k, chain_v, chain_mask_BPK))
+    real = attention.RealKeys(real_k, real_v, real_positions_BT, real_segments_BT)
+    attended = attention.attend(q, positions_BP, real, spec,
+                                attention.ChainKeys(chain_k, chain_v, chain_mask_BPK), q_segments_BP)
     return attended, (chain_k, chain_v)
 
   return run_layers(params, x_BPD, positions_BP, config, attend_layer, list(zip(real_kv, chain_kv)))
@@ -246,30 +252,38 @@ def _check_rollout_args(tokens: jax.Array, config: ModelConfig, num_pauses: int)
 
 
 def rollout_readout(params: Params, tokens_BN: jax.Array, config: ModelConfig, num_pauses: int,
-             positions_BP: Optional[jax.Array], readout: Callable[[jax.Array, int], Any]):
+                    positions_BP: Optional[jax.Array], readout: Callable[[jax.Array, int], Any],
+                    segment_ids: Optional[jax.Array] = None):
   """Runs steps 0..K and applies `readout(hidden_BPD, step)` to each step's final residual `[B, P, D]`.
 
   The general form of `rollout` and `rollout_stats`: a readout can reduce each step's output to what the
   caller needs (logits, loss statistics, correctness) without keeping every step's logits.
   positions_BP: optional positions that get pause chains (None = all).
+  segment_ids: optional int `[B, N]`, the document of each token in rows that pack several (attention
+  never crosses documents; a pause sees its own token's document).
   Returns the readouts stacked on a new axis 2 (`[B, P, S, ...]` for array leaves).
   """
   _check_rollout_args(tokens_BN, config, num_pauses)
+  if segment_ids is not None and segment_ids.shape != tokens_BN.shape:
+    raise ValueError(f"segment_ids shape {segment_ids.shape} differs from tokens shape {tokens_BN.shape}")
   batch, seq_len = tokens_BN.shape
   real_positions_BN = jnp.broadcast_to(jnp.arange(seq_len), (batch, seq_len))
   if positions_BP is None:
     positions_BP = real_positions_BN
   if config.pause_context == "stream":
-    return _stream_rollout(params, tokens_BN, config, num_pauses, positions_BP, readout)
+    return _stream_rollout(params, tokens_BN, config, num_pauses, positions_BP, readout, segment_ids)
 
   hidden_BND, real_kv = causal_forward(params, embed_tokens(params, tokens_BN, config),
-                                       real_positions_BN, config)
+                                       real_positions_BN, config, segment_ids)
   hidden_BPD = jnp.take_along_axis(hidden_BND, positions_BP[..., None], axis=1)
   step0 = jax.tree.map(lambda x: x[:, :, None], readout(hidden_BPD, 0))
   if num_pauses == 0:
     return step0
 
   tokens_BP = jnp.take_along_axis(tokens_BN, positions_BP, axis=1)
+  segments = None
+  if segment_ids is not None:
+    segments = (jnp.take_along_axis(segment_ids, positions_BP, axis=1), segment_ids)
   chain_shape = tokens_BP.shape + (num_pauses, config.kv_heads, config.head_size)
   chain_dtype = config.compute_dtype
   chain_kv = [(jnp.zeros(chain_shape, chain_dtype), jnp.zeros(chain_shape, chain_dtype))
@@ -279,7 +293,7 @@ def rollout_readout(params: Params, tokens_BN: jax.Array, config: ModelConfig, n
     chain_kv, previous_hidden_BPD = carry
     x_BPD = pause_inputs(params, tokens_BP, step, config, feedback_hidden=previous_hidden_BPD)
     hidden_BPD, chain_kv = pause_step(params, x_BPD, positions_BP, real_kv, real_positions_BN, chain_kv,
-                                      step - 1, config)
+                                      step - 1, config, segments)
     return (chain_kv, hidden_BPD), readout(hidden_BPD, step)
 
   steps = jnp.arange(1, num_pauses + 1)
@@ -289,7 +303,7 @@ def rollout_readout(params: Params, tokens_BN: jax.Array, config: ModelConfig, n
   return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=2), step0, pauses)
 
 
-def _stream_rollout(params, tokens_BN, config, num_pauses, positions_BP, readout):
+def _stream_rollout(params, tokens_BN, config, num_pauses, positions_BP, readout, segment_ids=None):
   """`pause_context="stream"`: K pause slots after every real token, in one causal pass of N(K+1)."""
   batch, seq_len = tokens_BN.shape
   num_steps = num_pauses + 1
@@ -299,30 +313,35 @@ def _stream_rollout(params, tokens_BN, config, num_pauses, positions_BP, readout
   x_BNSD = jnp.stack(slots, axis=2)
   x_BTD = x_BNSD.reshape(batch, seq_len * num_steps, config.width)
   stream_positions_BT = jnp.broadcast_to(jnp.arange(seq_len * num_steps), (batch, seq_len * num_steps))
-  hidden_BTD, _ = causal_forward(params, x_BTD, stream_positions_BT, config)
+  stream_segments_BT = None if segment_ids is None else jnp.repeat(segment_ids, num_steps, axis=1)
+  hidden_BTD, _ = causal_forward(params, x_BTD, stream_positions_BT, config, stream_segments_BT)
   hidden_BNSD = hidden_BTD.reshape(batch, seq_len, num_steps, config.width)
   hidden_BPSD = jnp.take_along_axis(hidden_BNSD, positions_BP[..., None, None], axis=1)
   per_step = [readout(hidden_BPSD[:, :, step], step) for step in range(num_steps)]
   return jax.tree.map(lambda *xs: jnp.stack(xs, axis=2), *per_step)
 
 
-def rollout(params: Params, tokens: jax.Array, config: ModelConfig, num_pauses: int) -> jax.Array:
+def rollout(params: Params, tokens: jax.Array, config: ModelConfig, num_pauses: int,
+            segment_ids: Optional[jax.Array] = None) -> jax.Array:
   """Logits `[B, N, num_pauses+1, V+1]` (float32, `<dk>` last) of every step at every position.
 
   Holds all steps' logits: meant for tests and small vocabularies; training uses `rollout_stats`.
+  segment_ids: optional `[B, N]` documents of packed rows (see `rollout_readout`).
   """
   return rollout_readout(params, tokens, config, num_pauses, None,
-                         lambda hidden, step: output_logits(params, hidden, config))
+                         lambda hidden, step: output_logits(params, hidden, config), segment_ids)
 
 
 def rollout_stats(params: Params, tokens: jax.Array, targets: jax.Array, config: ModelConfig,
                   num_pauses: int, mask: Optional[jax.Array] = None,
-                  positions: Optional[jax.Array] = None) -> losses.StepStats:
+                  positions: Optional[jax.Array] = None,
+                  segment_ids: Optional[jax.Array] = None) -> losses.StepStats:
   """`StepStats` `[B, P, num_pauses+1]` for the objectives, one step's logits at a time.
 
   tokens, targets: int `[B, N]`; mask: bool `[B, N]` (tokens whose target carries loss).
   positions: optional int `[B, P]` of the positions that get pause chains (chains are private, so this
   is exact); by default all N. targets and mask are read at those positions.
+  segment_ids: optional `[B, N]` documents of packed rows (attention never crosses them).
   Each step's logits are reduced to three numbers right away and recomputed in the backward pass, so no
   more than one step's `[B, P, V+1]` logits exist at a time.
   """
@@ -342,4 +361,4 @@ def rollout_stats(params: Params, tokens: jax.Array, targets: jax.Array, config:
     stats = losses.step_stats(logits_BP1V, targets, mask)
     return jax.tree.map(lambda x: x[..., 0], stats)
 
-  return rollout_readout(params, tokens, config, num_pauses, positions, to_stats)
+  return rollout_readout(params, tokens, config, num_pauses, positions, to_stats, segment_ids)
