@@ -142,6 +142,7 @@ def get_config(task: str = "pointer_chasing") -> ml_collections.ConfigDict:
   config.optim.warmup_steps = 100
   config.optim.schedule = "cosine"      # after warm-up: "cosine" decay to 0 at num_steps, or "constant"
   config.optim.weight_decay = 0.01
+  config.optim.decay_vectors = True     # False: decay matrices only, not norm scales and biases
   config.optim.clip_norm = 1.0
   config.optim.b1 = 0.9
   config.optim.b2 = 0.98

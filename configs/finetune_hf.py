@@ -45,7 +45,7 @@ def get_config():
   config.objective.name = "cyb_ap"
   config.optim.learning_rate = 2e-5
   config.optim.warmup_steps = 100
-  config.optim.weight_decay = 0.0       # Gemma's (1 + w) norm offsets must not decay towards scale 1
+  config.optim.decay_vectors = False    # a pretrained model's norm scales and biases are not decayed
   config.train.batch_size = 16
   config.train.num_steps = 2000
   config.train.eval_every = 500

@@ -193,15 +193,16 @@ def _pretrained_model_config(config: ml_collections.ConfigDict, hf_dir: str,
   """The architecture of the checkpoint in `hf_dir`, with this config's pause and run options."""
   _require(not config.init_from, "init_from", "and config.init_from_hf are both set; choose one")
   _require(os.path.isdir(hf_dir), "init_from_hf", f"= {hf_dir!r} is not a directory")
-  run_options = {key: config.model[key] for key in RUN_MODEL_FIELDS if key in config.model}
   try:
     hf = pretrained.read_hf_config(hf_dir)
-    model = pretrained.model_config_from_hf(hf, **run_options)
+    architecture = pretrained.model_config_from_hf(hf)
   except (OSError, ValueError) as error:
     raise ConfigError(f"config.init_from_hf: {error}") from None
-  _require(info.vocab_size <= model.vocab_size, "data.tokenizer",
-           f"gives {info.vocab_size} token ids, more than the {model.vocab_size} rows of the embedding "
-           f"in {hf_dir!r}: not this checkpoint's tokenizer")
+  run_options = {key: config.model[key] for key in RUN_MODEL_FIELDS if key in config.model}
+  try:
+    model = dataclasses.replace(architecture, **run_options)
+  except ValueError as error:  # the message names the model.* field
+    raise ConfigError(f"config.{error}") from None
   _require(model.max_len >= info.seq_len, "data.seq_len",
            f"= {info.seq_len} exceeds the checkpoint's max_position_embeddings {model.max_len}")
   return model
@@ -228,6 +229,14 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
   except (FileNotFoundError, ImportError, ValueError) as error:
     raise ConfigError(f"config.data: {error}") from None
   model = model_config(config, info)
+  if init_from_hf(config) and info.vocab_size > model.vocab_size:
+    # Added tokens past the embedding (Gemma 3's) are allowed; ordinary vocabulary there is not.
+    try:
+      tokenizer_lib.restrict_vocabulary(data_pipeline.configured_tokenizer(data), model.vocab_size)
+    except ValueError as error:
+      raise ConfigError(f"config.data.tokenizer: {error}") from None
+    data = dataclasses.replace(data, vocab_limit=model.vocab_size)
+    info = data_pipeline.data_info(data)
   _require(num_pauses <= model.max_pauses, "num_pauses",
            f"= {num_pauses} exceeds config.model.max_pauses = {model.max_pauses}")
   objective = objective_settings(config, num_pauses)

@@ -296,7 +296,7 @@ def test_synthetic_batches_layout(name):
   info = data.data_info({"name": name})
   batches = take(iter(data.make_dataset({"name": name}, "train", batch_size=7, seed=1)), 2)
   for batch in batches:
-    assert set(batch) == {"inputs", "targets", "loss_mask", "difficulty"}
+    assert set(batch) == {"inputs", "targets", "loss_mask", "difficulty", "loss_positions"}
     for key, dtype in [("inputs", np.int32), ("targets", np.int32), ("loss_mask", np.bool_),
                        ("difficulty", np.int32)]:
       assert batch[key].shape == (7, info.seq_len) and batch[key].dtype == dtype
@@ -600,3 +600,24 @@ def test_tfds_documents_with_a_pretrained_tokenizer():
         assert ids[0] == tokenizer.bos_id
         found[tokenizer.decode(ids[1:])] += 1
   assert found == collections.Counter(texts)
+
+
+@pytest.mark.parametrize("name", sorted(data.TASKS))
+@pytest.mark.parametrize("overrides", [{}, {"seq_len": 120}])
+def test_loss_positions_list_every_loss_token(name, overrides):
+  # The trainer computes pause chains only at `loss_positions`: every loss-carrying target must be there
+  # (none dropped), each once, and the filler positions must carry no loss. P is the same for every row.
+  config = data.DataConfig(name=name, eval_examples=64, read_threads=0, **overrides)
+  info = data.data_info(config)
+  for split in ("train", "eval"):
+    iterator = iter(data.make_dataset(config, split, batch_size=16, seed=3))
+    for _ in range(4 if split == "train" else 4):
+      batch = next(iterator)
+      positions, mask = batch["loss_positions"], batch["loss_mask"]
+      assert positions.shape == (16, info.loss_positions) and positions.dtype == np.int32
+      for row_positions, row_mask in zip(positions, mask):
+        assert len(set(row_positions.tolist())) == len(row_positions)  # no position twice
+        listed = row_positions[row_mask[row_positions]]
+        np.testing.assert_array_equal(np.sort(listed), np.flatnonzero(row_mask))
+  with pytest.raises(ValueError, match="3 positions carry loss, more than the 2"):
+    data.example.loss_positions(np.array([True, False, True, True]), 2)

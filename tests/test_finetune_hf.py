@@ -146,7 +146,7 @@ def test_text_windows_start_with_the_models_bos(tmp_path):
     ({"data.seq_len": 4096}, r"data\.seq_len.*max_position_embeddings"),
     ({"data.tokenizer": "byte"}, r"data\.tokenizer must be 'hf' with config\.init_from_hf"),
     ({"data.tokenizer_path": os.path.join(ROOT, "tests", "fixtures", "tokenizers", "gemma_spm")},
-     r"data\.tokenizer gives 320 token ids, more than the 288 rows"),
+     r"data\.tokenizer: the tokenizer has 320 ids, the model 288 embedding rows"),
 ])
 def test_bad_pretrained_settings_fail_before_compiling(tmp_path, monkeypatch, overrides, match):
   config = _finetune_config(_text_file(tmp_path), **overrides)
@@ -154,6 +154,25 @@ def test_bad_pretrained_settings_fail_before_compiling(tmp_path, monkeypatch, ov
   with pytest.raises(configuration.ConfigError, match=match) as error:
     trainer.train(config, str(tmp_path / "run"))
   assert "\n" not in str(error.value)
+
+
+def test_added_tokens_past_the_embedding_are_allowed_but_never_produced(tmp_path):
+  # Gemma 3's tokenizer has an added token at id 262144 of 262144 embedding rows: the same here, one
+  # special token appended to the fixture's tokenizer (288 rows).
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  model_dir = tmp_path / "llama"
+  shutil.copytree(LLAMA, model_dir)
+  tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+  tok.add_special_tokens(["<image_soft_token>"])
+  tok.save(str(model_dir / "tokenizer.json"))
+  config = _finetune_config(_text_file(tmp_path), **{"init_from_hf": str(model_dir)})
+  settings = configuration.settings_from_config(config, device_count=8)
+  assert settings.data_info.vocab_size == settings.model.vocab_size == 288
+  tokenizer = data_pipeline.configured_tokenizer(settings.data)
+  assert tokenizer.vocab_size == 288 and len(tokenizer.encode("plain text")) > 0
+  with pytest.raises(ValueError, match=r"'<image_soft_token>' \(id 288\).*no embedding row"):
+    tokenizer.encode("a picture: <image_soft_token>")
 
 
 def test_unsupported_family_fails_before_compiling(tmp_path, monkeypatch):

@@ -160,6 +160,21 @@ def test_config_defaults_of_each_family():
   assert gemma2_windowed.layer_windows == (512, 0)
   qwen2 = model_config_from_hf({**base, "model_type": "qwen2", "attention_bias": False})
   assert qwen2.qkv_bias and not qwen2.out_bias  # Qwen2 always has q, k, v biases, never o
+  # null soft-caps are off (only an absent key takes the default).
+  uncapped = model_config_from_hf({**base, "model_type": "gemma2", "attn_logit_softcapping": None,
+                                   "final_logit_softcapping": None})
+  assert (uncapped.attn_softcap, uncapped.final_softcap) == (0.0, 0.0)
+  # Qwen's sliding layers start at max_window_layers, 28 when absent; the window is 4096 when absent.
+  deep = {**base, "num_hidden_layers": 30, "model_type": "qwen2", "use_sliding_window": True}
+  assert model_config_from_hf(deep).layer_windows == (0,) * 28 + (4096, 4096)
+  # Absent max_position_embeddings: each family's own default.
+  assert model_config_from_hf({**base, "model_type": "gemma3_text"}).max_len == 131072
+  assert model_config_from_hf({**base, "model_type": "llama"}).max_len == 2048
+  # 5.x nested rope_parameters without a theta fall back to the top-level keys.
+  nested = {**base, "model_type": "gemma3_text", "rope_theta": 5e5, "rope_local_base_freq": 5000.0,
+            "sliding_window_pattern": 2, "rope_parameters": {"full_attention": {"rope_type": "default"},
+                                                             "sliding_attention": {"rope_type": "default"}}}
+  assert (model_config_from_hf(nested).rope_base, model_config_from_hf(nested).rope_local_base) == (5e5, 5000.0)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -321,10 +321,13 @@ def test_make_tokenizer_names(gemma):
   from_file = tok_lib.make_tokenizer("hf", str(directory / "tokenizer.json"))
   assert from_dir.eos_ids == (286, 287) and from_file.eos_ids == ()  # A file reads no configs.
   assert from_file.add_bos and from_file.bos_id == 285
-  # A bare .model: its own BOS/EOS pieces, no config-declared tokens.
+  # A bare .model: its own BOS/EOS pieces, no config-declared tokens, and no BOS unless asked (our own
+  # text runs with a SentencePiece model always read windows without one).
   bare = tok_lib.make_tokenizer("sentencepiece", str(directory.parent / "gemma_spm" /
                                                      "tokenizer.model"))
-  assert (bare.add_bos, bare.bos_id, bare.eos_ids) == (True, 2, (1,))
+  assert (bare.add_bos, bare.bos_id, bare.eos_ids) == (False, 2, (1,))
+  assert tok_lib.make_tokenizer("sentencepiece", str(directory.parent / "gemma_spm" / "tokenizer.model"),
+                                add_bos=True).add_bos
   np.testing.assert_array_equal(bare.encode("Hello world"), gemma.encode("Hello world"))
   for tokenizer in [from_dir, from_file, bare, gemma, tok_lib.ByteTokenizer()]:
     assert isinstance(tokenizer, tok_lib.Tokenizer) and repr(tokenizer)

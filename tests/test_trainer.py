@@ -441,3 +441,25 @@ def test_workdir_of_another_model_shape_fails_before_compiling(pretrained, monke
     trainer.train(tiny(), pretrained)
   assert "\n" not in str(error.value)
   assert checkpoint_steps(pretrained) == [4, 8, 12]
+
+
+@pytest.mark.parametrize("objective", ["cyb_dp", "pause_ce"])
+def test_chains_at_loss_positions_only_give_the_same_step(objective):
+  # Pause chains are private, so computing them only where the target carries loss (the synthetic
+  # tasks' `loss_positions`) must give the step that computing them everywhere gives.
+  from cyb_jax.training import train_state as train_state_lib  # pylint: disable=import-outside-toplevel
+  config = tiny(overrides={"objective.name": objective})
+  settings = configuration.settings_from_config(config, device_count=NUM_DEVICES)
+  assert settings.data_info.loss_positions < settings.data_info.seq_len  # the sparse path is taken
+  optimizer = train_state_lib.make_optimizer(config.optim, NUM_STEPS)
+  state = train_state_lib.create(model_lib.init(settings.model, jax.random.PRNGKey(4)), optimizer, 0.05)
+  batch = next(iter(data_pipeline.make_dataset(settings.data, "train", 8, seed=0)))
+  step = jax.jit(lambda state, batch: trainer.train_step(
+      state, batch, model_config=settings.model, num_pauses=settings.num_pauses,
+      objective=settings.objective, optimizer=optimizer))
+  sparse_state, sparse = step(state, {k: batch[k] for k in trainer.step_keys(settings.data_info)})
+  dense_state, dense = step(state, {k: batch[k] for k in trainer.STEP_KEYS})
+  for key in ("loss", "mean_pauses", "grad_norm", "tokens"):
+    np.testing.assert_allclose(sparse[key], dense[key], rtol=1e-5, atol=1e-6)
+  for got, want in zip(jax.tree.leaves(sparse_state.params), jax.tree.leaves(dense_state.params)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -96,6 +96,10 @@ class AdditionTask(synthetic.SyntheticTask):
   def content_len(self) -> int:
     return 1 + self.config.num_problems * (3 * self.config.num_digits + 4)
 
+  @property
+  def max_loss_targets(self) -> int:
+    return self.config.num_problems * (self.config.num_digits + 4)  # '+', '=', D + 1 sum digits, ';'
+
   def _build(self, rng, stream):
     p, d = self.config.num_problems, self.config.num_digits
     a_PD = rng.integers(0, _NUM_DIGITS, size=(p, d))

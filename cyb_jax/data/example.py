@@ -9,6 +9,9 @@ A batch is a dict of numpy arrays, B rows of N positions:
   (see each task's ``difficulty_names``), ``NO_DIFFICULTY`` (-1) wherever ``loss_mask`` is False.
 - ``segment_ids`` int32 [B, N]: packed TFDS text only; document number of input x_i within its
   row (1, 2, ...), 0 on padding.
+- ``loss_positions`` int32 [B, P]: synthetic tasks only; the positions whose target carries loss,
+  in order, then positions that carry none to fill the task's fixed P (the most loss targets one
+  of its sequences can have). Pause chains are private, so the trainer computes them only there.
 
 A single example is the same dict without the leading B axis.
 """
@@ -25,6 +28,21 @@ TARGETS = "targets"
 LOSS_MASK = "loss_mask"
 DIFFICULTY = "difficulty"
 SEGMENT_IDS = "segment_ids"
+LOSS_POSITIONS = "loss_positions"
+
+
+def loss_positions(loss_mask_N: np.ndarray, count: int) -> np.ndarray:
+  """int32 [count]: the indices where ``loss_mask_N`` is True, in order, then indices where it is False.
+
+  Raises ValueError when more than ``count`` positions carry loss (no loss token may be dropped).
+  """
+  loss_mask_N = np.asarray(loss_mask_N, dtype=bool)
+  carrying = np.flatnonzero(loss_mask_N)
+  if len(carrying) > count:
+    raise ValueError(f"{len(carrying)} positions carry loss, more than the {count} loss positions a "
+                     "batch holds")
+  filler = np.flatnonzero(~loss_mask_N)[:count - len(carrying)]
+  return np.concatenate([carrying, filler]).astype(np.int32)
 
 
 def example_from_stream(tokens_T: np.ndarray, is_target_T: np.ndarray,

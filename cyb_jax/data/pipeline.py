@@ -78,6 +78,9 @@ class DataConfig:
   # Whether each sequence starts with BOS: None = the tokenizer's rule (pretrained tokenizers as
   # transformers adds it; byte and our BPE: no). Text-file windows then begin with BOS.
   add_bos: bool | None = None
+  # Ids the model has embedding rows for, when the tokenizer has more (added tokens past a pretrained
+  # model's embedding, e.g. Gemma 3's); 0 = no limit. Set by the configuration with init_from_hf.
+  vocab_limit: int = 0
   # Background reading: threads (0 = read in the consuming thread) and batches buffered.
   read_threads: int = 2
   prefetch_batches: int = 4
@@ -111,6 +114,9 @@ class DataInfo:
   vocab_size: int                       # real tokens; the model adds <dk> at this index
   seq_len: int                          # N
   difficulty_names: dict[int, str] | None  # synthetic tasks: label -> name; else None
+  # P, the loss positions every batch lists (``loss_positions`` [B, P]); None = every position.
+  loss_positions: int | None = None
+  packed: bool = False                  # rows pack several documents (``segment_ids`` [B, N])
 
 
 def _check_name(config: DataConfig) -> None:
@@ -140,7 +146,10 @@ def configured_tokenizer(config_like) -> tokenizer_lib.Tokenizer:
   if config.tokenizer == "bpe" and not tokenizer_path(config):
     raise ValueError("tokenizer='bpe' needs tokenizer_path: the tokenizer.json trained for this run "
                      "(the trainer trains it into the work directory)")
-  return tokenizer_lib.make_tokenizer(config.tokenizer, tokenizer_path(config), add_bos=config.add_bos)
+  tokenizer = tokenizer_lib.make_tokenizer(config.tokenizer, tokenizer_path(config), add_bos=config.add_bos)
+  if config.vocab_limit:
+    tokenizer = tokenizer_lib.restrict_vocabulary(tokenizer, config.vocab_limit)
+  return tokenizer
 
 
 BPE_FILE = "tokenizer.json"
@@ -183,8 +192,10 @@ def data_info(config_like=None) -> DataInfo:
   _check_name(config)
   if config.name in tasks.TASKS:
     task = make_synthetic_task(config)
-    return DataInfo(task.vocab_size, task.seq_len, dict(task.difficulty_names))
-  return DataInfo(_tokenizer(config).vocab_size, _text_seq_len(config), None)
+    return DataInfo(task.vocab_size, task.seq_len, dict(task.difficulty_names),
+                    loss_positions=min(task.max_loss_targets, task.seq_len))
+  return DataInfo(_tokenizer(config).vocab_size, _text_seq_len(config), None,
+                  packed=config.name == TFDS)
 
 
 def make_source(config_like, split: str, seed: int = 0):

@@ -79,6 +79,10 @@ class PointerChasingTask(synthetic.SyntheticTask):
   def content_len(self) -> int:
     return 1 + self.config.num_symbols + 4 * self.config.num_queries
 
+  @property
+  def max_loss_targets(self) -> int:
+    return 2 * self.config.num_queries  # each answer and its ';'
+
   def _build(self, rng, stream):
     m, q, max_hops = self.config.num_symbols, self.config.num_queries, self.config.max_hops
     if self.config.single_cycle:

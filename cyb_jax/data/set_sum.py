@@ -92,6 +92,10 @@ class SetSumTask(synthetic.SyntheticTask):
     c = self.config
     return 1 + c.num_keys + c.num_queries * (c.max_keys + 3)
 
+  @property
+  def max_loss_targets(self) -> int:
+    return 2 * self.config.num_queries  # each answer and its ';'
+
   def _build(self, rng, stream):
     c = self.config
     values_M = rng.integers(0, c.modulus, size=c.num_keys)

@@ -127,6 +127,11 @@ class SyntheticTask(abc.ABC):
   def content_len(self) -> int:
     """Tokens (BOS included) of the longest sequence this config generates."""
 
+  @property
+  @abc.abstractmethod
+  def max_loss_targets(self) -> int:
+    """The most loss-carrying targets one sequence of this config can have (P of ``loss_positions``)."""
+
   @abc.abstractmethod
   def _build(self, rng: np.random.Generator, stream: StreamBuilder) -> None:
     """Appends the sequence (after BOS) to ``stream``."""
@@ -140,8 +145,11 @@ class SyntheticTask(abc.ABC):
   def example(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """One example dict (see ``example.py``), arrays of shape [seq_len]."""
     stream = self.generate(rng)
-    return example_lib.example_from_stream(stream.tokens_T, stream.is_target_T,
-                                           stream.difficulty_T)
+    example = example_lib.example_from_stream(stream.tokens_T, stream.is_target_T,
+                                              stream.difficulty_T)
+    example[example_lib.LOSS_POSITIONS] = example_lib.loss_positions(
+        example[example_lib.LOSS_MASK], min(self.max_loss_targets, self.seq_len))
+    return example
 
 
 def normalized_weights(weights, count: int, what: str) -> np.ndarray:

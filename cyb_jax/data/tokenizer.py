@@ -611,7 +611,7 @@ def make_tokenizer(name: str = "byte", path: str = "", add_bos: bool | None = No
   """Tokenizer by name; ``path`` is the file or directory it needs.
 
   - "byte": ``ByteTokenizer`` (no path; add_bos None -> False).
-  - "sentencepiece": a ``.model`` file, without config files.
+  - "sentencepiece": a ``.model`` file, without config files (add_bos None -> False).
   - "hf": a Hugging Face model directory (``load_pretrained_tokenizer``) or a tokenizer.json.
   - "bpe": a tokenizer.json made by ``train_bpe_tokenizer``.
   ``add_bos``: None follows each tokenizer's rule; True/False overrides it.
@@ -632,8 +632,10 @@ def make_tokenizer(name: str = "byte", path: str = "", add_bos: bool | None = No
                      "data.tokenizer_path")
   path = str(path)
   if name == "sentencepiece":
-    # Checks the package before the file, so a missing package is reported as such.
-    return SentencePieceTokenizer(path, add_bos)
+    # Checks the package before the file, so a missing package is reported as such. A bare .model file
+    # (our own text runs) starts sequences without BOS unless asked, as before this rule existed;
+    # pretrained models' tokenizer.model goes through "hf" and its family's rule.
+    return SentencePieceTokenizer(path, bool(add_bos))
   if not os.path.exists(path):
     raise FileNotFoundError(f"tokenizer={name!r}: no file or directory at {path!r}")
   if name == "bpe":
@@ -641,6 +643,53 @@ def make_tokenizer(name: str = "byte", path: str = "", add_bos: bool | None = No
   if os.path.isdir(path):
     return load_pretrained_tokenizer(path, add_bos)
   return HFTokenizer(path, add_bos)
+
+
+class _RestrictedTokenizer(Tokenizer):
+  """A tokenizer limited to the ids a model has embedding rows for (see `restrict_vocabulary`)."""
+
+  def __init__(self, inner: Tokenizer, num_ids: int):
+    self.inner = inner
+    self.vocab_size = int(num_ids)
+    self.bos_id, self.add_bos = inner.bos_id, inner.add_bos
+    self.eos_ids = tuple(i for i in inner.eos_ids if i < num_ids)
+
+  def encode(self, text: str | bytes) -> np.ndarray:
+    ids = self.inner.encode(text)
+    beyond = ids[ids >= self.vocab_size]
+    if beyond.size:
+      token = self.inner.token_text(int(beyond[0]))
+      raise ValueError(f"the text holds {token!r} (id {int(beyond[0])}), a token of the tokenizer that the "
+                       f"model has no embedding row for (it has {self.vocab_size})")
+    return ids
+
+  def decode(self, ids) -> str:
+    return self.inner.decode(ids)
+
+  def token_text(self, token_id: int) -> str:
+    return self.inner.token_text(self._check_id(token_id))
+
+  def __repr__(self) -> str:
+    return f"{self.inner!r}[:{self.vocab_size}]"
+
+
+def restrict_vocabulary(tokenizer: Tokenizer, num_ids: int) -> Tokenizer:
+  """`tokenizer` limited to ids < `num_ids` (a pretrained model's embedding rows).
+
+  Some hub tokenizers hold added tokens beyond the embedding (Gemma 3's `<image_soft_token>` at id
+  262144 of 262144 rows). That is accepted when every id past the limit is such an added token; the
+  restricted tokenizer raises ValueError naming the token if a text ever encodes to one. Raises
+  ValueError when ordinary vocabulary lies past the limit: then it is not this model's tokenizer.
+  """
+  if num_ids >= tokenizer.vocab_size:
+    return tokenizer
+  added = set(getattr(tokenizer, "_added", {}) or {})
+  ordinary = [i for i in range(num_ids, tokenizer.vocab_size) if i not in added]
+  if ordinary:
+    raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids, the model {num_ids} embedding rows, "
+                     f"and id {ordinary[0]} ({tokenizer.token_text(ordinary[0])!r}) is ordinary vocabulary: "
+                     "not this model's tokenizer")
+  return _RestrictedTokenizer(tokenizer, num_ids)
 
 
 def token_pieces(tokenizer: Tokenizer, ids) -> list[str]:

@@ -81,8 +81,8 @@ def generate_samples(params, model_config: model_lib.ModelConfig, num_pauses: in
   batch = next(iter(data_pipeline.make_dataset(data, "eval", num_samples, seed=0)))
   seq_len = batch[example_lib.INPUTS].shape[1]
   prompt_len = max(1, seq_len // 2)
-  num_tokens = min(48, model_config.max_len - prompt_len) if model_config.pause_context == "private" \
-      else max(1, (model_config.max_len - prompt_len) // (num_pauses + 1))
+  per_token = 1 if model_config.pause_context == "private" else num_pauses + 1  # cache entries per token
+  num_tokens = max(1, min(48, (model_config.max_len - prompt_len) // per_token))
   prompt = batch[example_lib.INPUTS][:, :prompt_len]
   out = generate.generate(params, prompt, model_config, num_tokens=num_tokens, num_pauses=num_pauses,
                           policy=policy, tau=tau, q=q)

@@ -25,8 +25,8 @@ DEFAULT_TAU_SWEEP = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.
 
 
 @functools.partial(jax.jit, static_argnames=("config", "num_pauses"))
-def step_metrics(params, inputs_BN, targets_BN, mask_BN, *, config: model_lib.ModelConfig,
-                 num_pauses: int) -> dict:
+def step_metrics(params, inputs_BN, targets_BN, mask_BN, segment_ids_BN=None, *,
+                 config: model_lib.ModelConfig, num_pauses: int) -> dict:
   """Every token's quality at every step, arrays `[B, N, S]` unless noted.
 
   nll_at_step: -log a_j; correct_at_step: argmax of the real-vocabulary logits equals the target;
@@ -42,7 +42,8 @@ def step_metrics(params, inputs_BN, targets_BN, mask_BN, *, config: model_lib.Mo
     correct_BN = jnp.argmax(logits_BNV[..., :vocab], axis=-1) == targets_BN
     return jax.tree.map(lambda x: x[..., 0], stats), correct_BN
 
-  stats, correct_BNS = model_lib.rollout_readout(params, inputs_BN, config, num_pauses, None, readout)
+  stats, correct_BNS = model_lib.rollout_readout(params, inputs_BN, config, num_pauses, None, readout,
+                                                 segment_ids_BN)
   halting = losses.halting(stats)
   return {
       "nll_at_step": -halting.log_answer,
@@ -237,15 +238,16 @@ def evaluate(params, batches: Iterable[dict], config: model_lib.ModelConfig, num
                                 difficulty_names=difficulty_names, other_policies=other_policies,
                                 tau_sweep=tau_sweep,
                                 vocab_size=config.vocab_size if per_token else None)
-  keys = (example_lib.INPUTS, example_lib.TARGETS, example_lib.LOSS_MASK)
+  keys = (example_lib.INPUTS, example_lib.TARGETS, example_lib.LOSS_MASK, example_lib.SEGMENT_IDS)
   for index, batch in enumerate(batches):
     if max_batches and index >= max_batches:
       break
-    device_batch = {k: batch[k] for k in keys}
+    device_batch = {k: batch[k] for k in keys if k in batch}  # segment ids of packed rows only
     if put_batch is not None:
       device_batch = put_batch(device_batch)
     metrics = step_metrics(params, device_batch[example_lib.INPUTS], device_batch[example_lib.TARGETS],
-                           device_batch[example_lib.LOSS_MASK], config=config, num_pauses=num_pauses)
+                           device_batch[example_lib.LOSS_MASK], device_batch.get(example_lib.SEGMENT_IDS),
+                           config=config, num_pauses=num_pauses)
     host = {k: batch.get(k) for k in (example_lib.LOSS_MASK, example_lib.DIFFICULTY, example_lib.TARGETS)}
     if jax.process_count() > 1:
       # Each host holds its own rows; gather all of them (in process order, as the global arrays are laid

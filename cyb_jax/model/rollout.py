@@ -88,10 +88,9 @@ def _pause_params(config: ModelConfig, rng: jax.Array, input_rms: float = 1.0,
 
 
 def input_embedding_rms(params: Params, config: ModelConfig) -> float:
-  """Root mean square of the input embeddings (embedding scale included), over the whole table."""
-  table = jnp.asarray(params["embed"], jnp.float32)
-  rms = float(jnp.sqrt(jnp.mean(table * table)))
-  return rms * (config.width ** 0.5 if config.embed_scale else 1.0)
+  """Root mean square of the model's input embeddings (its embedding scale included), over the table."""
+  inputs = embed_tokens(params, jnp.arange(config.vocab_size), config)
+  return float(jnp.sqrt(jnp.mean(inputs * inputs)))
 
 
 def extend_params(no_pause_params: Params, config: ModelConfig, rng: jax.Array, *,
@@ -152,8 +151,12 @@ def calibrate_dk_bias(params: Params, tokens_BN: jax.Array, config: ModelConfig,
 
 @functools.partial(jax.jit, static_argnames=("config", "target"))
 def _calibrate_dk_bias(plain, tokens_BN, mask_BN, *, config, target):
-  logits = rollout(plain, tokens_BN, config, 0)
-  lse_BN = jax.nn.logsumexp(logits[:, :, 0, :config.vocab_size], axis=-1)
+  # Each position's log-normaliser only, never the [B, N, V] logits (large vocabularies).
+  lse_BN = rollout_readout(
+      plain, tokens_BN, config, 0, None,
+      lambda hidden, step: jax.nn.logsumexp(output_logits(plain, hidden, config)[..., :config.vocab_size],
+                                            axis=-1))[:, :, 0]
+  mask_BN = jnp.where(jnp.any(mask_BN), mask_BN, True)  # no loss token at all: use every token
   weights_BN = mask_BN.astype(jnp.float32)
   count = jnp.maximum(weights_BN.sum(), 1.0)
   offset = np.log(target / (1.0 - target))

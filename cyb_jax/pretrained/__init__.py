@@ -7,4 +7,4 @@ Tokenizers (`tokenizer.json`, `tokenizer.model`) load through `cyb_jax.data.toke
 """
 
 from cyb_jax.pretrained.hf_checkpoint import load_hf_checkpoint, sharded_place
-from cyb_jax.pretrained.hf_config import FAMILIES, checkpoint_dtype, model_config_from_hf, read_hf_config
+from cyb_jax.pretrained.hf_config import FAMILIES, model_config_from_hf, read_hf_config

@@ -60,6 +60,18 @@ def _get(hf: dict, key: str, default: Any) -> Any:
   return default if value is None else value
 
 
+def _cap(hf: dict, key: str, default: float) -> float:
+  """A soft-cap: `default` when the key is absent, 0 (off) when it is null, as transformers reads it."""
+  if key not in hf:
+    return default
+  return 0.0 if hf[key] is None else float(hf[key])
+
+
+# max_position_embeddings of each family's transformers config class, for configs that omit it.
+DEFAULT_MAX_POSITIONS = {"llama": 2048, "qwen2": 32768, "qwen3": 32768, "gemma2": 8192,
+                         "gemma3_text": 131072}
+
+
 def _rope_entry(entry: Optional[dict], where: str) -> dict:
   """One RoPE parameter set, validated: {"rope_type", "rope_theta"?, "factor"?, ...}."""
   if entry is None:
@@ -83,8 +95,8 @@ def _rope_settings(hf: dict, family: str) -> tuple[dict, Optional[dict]]:
     if FULL in params or SLIDING in params:  # nested by layer type (Gemma 3)
       full = _rope_entry(params.get(FULL), "rope_parameters.full_attention")
       local = _rope_entry(params.get(SLIDING), "rope_parameters.sliding_attention")
-      full["theta"] = float(full.get("rope_theta", default_theta))
-      local["theta"] = float(local.get("rope_theta", 10_000.0))
+      full["theta"] = float(full.get("rope_theta", _get(hf, "rope_theta", default_theta)))
+      local["theta"] = float(local.get("rope_theta", _get(hf, "rope_local_base_freq", 10_000.0)))
     else:
       full = _rope_entry(params, "rope_parameters")
       full["theta"] = float(params.get("rope_theta", _get(hf, "rope_theta", default_theta)))
@@ -114,7 +126,7 @@ def _layer_types(hf: dict, family: str, num_layers: int) -> list[str]:
     if not hf.get("use_sliding_window", False):
       return [FULL] * num_layers
     if types is None:
-      first_sliding = int(_get(hf, "max_window_layers", num_layers))
+      first_sliding = int(_get(hf, "max_window_layers", 28))  # the Qwen config classes' default
       types = [SLIDING if i >= first_sliding else FULL for i in range(num_layers)]
   elif family == "gemma2":
     if types is None:
@@ -162,8 +174,8 @@ def model_config_from_hf(hf: dict, **overrides) -> ModelConfig:
 
   full, local = _rope_settings(hf, family)
   types = _layer_types(hf, family, num_layers)
-  # transformers' Gemma configs default to a 4096-position window; Qwen's is given when it is on.
-  window = int(_get(hf, "sliding_window", 4096 if gemma else 0)) if SLIDING in types else 0
+  # transformers' Gemma and Qwen configs default to a 4096-position window.
+  window = int(_get(hf, "sliding_window", 4096)) if SLIDING in types else 0
   if SLIDING in types and window < 1:
     raise ValueError("config.json marks sliding-window layers but gives no sliding_window")
   layer_windows = tuple(window if t == SLIDING else 0 for t in types) if window else ()
@@ -176,8 +188,9 @@ def model_config_from_hf(hf: dict, **overrides) -> ModelConfig:
       rope.update(rope_scaling="llama3", rope_factor=float(full["factor"]),
                   rope_low_freq_factor=float(full["low_freq_factor"]),
                   rope_high_freq_factor=float(full["high_freq_factor"]),
-                  rope_original_max_len=int(full.get("original_max_position_embeddings",
-                                                     hf.get("max_position_embeddings"))))
+                  rope_original_max_len=int(full.get(
+                      "original_max_position_embeddings",
+                      _get(hf, "original_max_position_embeddings", hf.get("max_position_embeddings")))))
     except (KeyError, TypeError) as error:
       raise ValueError(f"llama3 RoPE scaling lacks {error}") from None
   if local is not None and layer_windows:
@@ -185,7 +198,8 @@ def model_config_from_hf(hf: dict, **overrides) -> ModelConfig:
 
   values = dict(
       vocab_size=vocab_size, width=width, num_layers=num_layers, num_heads=num_heads,
-      mlp_hidden=mlp_hidden, max_len=int(_get(hf, "max_position_embeddings", 2048)), max_pauses=0,
+      mlp_hidden=mlp_hidden, max_pauses=0,
+      max_len=int(_get(hf, "max_position_embeddings", DEFAULT_MAX_POSITIONS[family])),
       num_kv_heads=num_kv_heads if num_kv_heads != num_heads else 0,
       head_dim=head_dim if head_dim != width // num_heads or width % num_heads else 0,
       qkv_bias=True if family == "qwen2" else attention_bias,
@@ -198,9 +212,8 @@ def model_config_from_hf(hf: dict, **overrides) -> ModelConfig:
       tie_embeddings=bool(_get(hf, "tie_word_embeddings", gemma)),
       query_scale=float(_get(hf, "query_pre_attn_scalar", 256)) ** -0.5 if gemma else 0.0,
       # Gemma 3's attention never applies attn_logit_softcapping, whatever its config says.
-      attn_softcap=float(_get(hf, "attn_logit_softcapping", 50.0)) if family == "gemma2" else 0.0,
-      final_softcap=(float(_get(hf, "final_logit_softcapping", 30.0 if family == "gemma2" else 0.0))
-                     if gemma else 0.0),
+      attn_softcap=_cap(hf, "attn_logit_softcapping", 50.0) if family == "gemma2" else 0.0,
+      final_softcap=_cap(hf, "final_logit_softcapping", 30.0 if family == "gemma2" else 0.0) if gemma else 0.0,
       layer_windows=layer_windows, **rope)
   unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)})
   if unknown:
@@ -208,7 +221,3 @@ def model_config_from_hf(hf: dict, **overrides) -> ModelConfig:
   values.update(overrides)
   return ModelConfig(**values)
 
-
-def checkpoint_dtype(hf: dict) -> Optional[str]:
-  """The dtype the checkpoint declares (`dtype` in 5.x, `torch_dtype` in 4.x), e.g. "bfloat16", or None."""
-  return hf.get("dtype") or hf.get("torch_dtype")

@@ -45,13 +45,25 @@ def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
       end_value=0.0)
 
 
+def decays_vectors(optim_config) -> bool:
+  """`optim.decay_vectors`, or True (decay every parameter) for configs written before the option."""
+  return bool(optim_config.get("decay_vectors", True))
+
+
 def make_optimizer(optim_config, num_steps: int) -> optax.GradientTransformation:
-  """AdamW on `learning_rate_schedule`, after global-norm clipping."""
+  """AdamW on `learning_rate_schedule`, after global-norm clipping.
+
+  With `optim.decay_vectors` False, weight decay applies to matrices only, not to norm scales, biases
+  and other vectors: a pretrained model's norm scales (Gemma's 1 + w offsets most of all) are not
+  weights that should shrink towards 0.
+  """
   schedule = learning_rate_schedule(optim_config, num_steps)
+  mask = None if decays_vectors(optim_config) else (
+      lambda params: jax.tree.map(lambda leaf: jnp.ndim(leaf) >= 2, params))
   return optax.chain(
       optax.clip_by_global_norm(optim_config.clip_norm),
       optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2,
-                  weight_decay=optim_config.weight_decay))
+                  weight_decay=optim_config.weight_decay, mask=mask))
 
 
 def create(params: Any, optimizer: optax.GradientTransformation, initial_cost: float) -> TrainState:

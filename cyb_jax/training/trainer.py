@@ -47,6 +47,13 @@ log = logging.getLogger("cyb_jax")
 STEP_KEYS = (example_lib.INPUTS, example_lib.TARGETS, example_lib.LOSS_MASK)
 
 
+def step_keys(info: data_pipeline.DataInfo) -> tuple[str, ...]:
+  """What a train step reads of a batch: the loss positions when the data lists them (pause chains are
+  then computed only there), the segment ids of packed rows."""
+  return STEP_KEYS + ((example_lib.LOSS_POSITIONS,) if info.loss_positions else ()) + (
+      (example_lib.SEGMENT_IDS,) if info.packed else ())
+
+
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or inf; the message names the first bad step."""
 
@@ -54,16 +61,22 @@ class NonFiniteLossError(FloatingPointError):
 def train_step(state: train_state_lib.TrainState, batch: dict, *, model_config: model_lib.ModelConfig,
                num_pauses: int, objective: configuration.ObjectiveSettings,
                optimizer: optax.GradientTransformation):
-  """One optimiser step on a batch `{inputs, targets, loss_mask}` `[B, N]`. Returns (state, metrics)."""
+  """One optimiser step on a batch `{inputs, targets, loss_mask}` `[B, N]` (and optionally
+  `loss_positions` `[B, P]`, where alone pause chains are computed, and `segment_ids` `[B, N]` of packed
+  rows). Returns (state, metrics)."""
+  positions_BP = batch.get(example_lib.LOSS_POSITIONS)
   mask_BN = batch[example_lib.LOSS_MASK]
+  # The objective sees the tokens the chains were computed for: [B, P] at the loss positions.
+  mask = mask_BN if positions_BP is None else jnp.take_along_axis(mask_BN, positions_BP, axis=1)
 
   def loss_fn(params):
     stats = model_lib.rollout_stats(params, batch[example_lib.INPUTS], batch[example_lib.TARGETS],
-                                    model_config, num_pauses, mask_BN)
+                                    model_config, num_pauses, mask_BN, positions=positions_BP,
+                                    segment_ids=batch.get(example_lib.SEGMENT_IDS))
     kwargs = objective.loss_kwargs()
     if objective.name == "cyb_dp":
       kwargs["cost"] = state.dp_cost
-    return losses.objective_loss(objective.name, stats, mask_BN, **kwargs)
+    return losses.objective_loss(objective.name, stats, mask, **kwargs)
 
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -281,9 +294,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step_fn = functools.partial(train_step, model_config=model_config, num_pauses=settings.num_pauses,
                               objective=settings.objective, optimizer=optimizer)
   seq_len = settings.data_info.seq_len
-  batch_spec = {key: jax.ShapeDtypeStruct((batch_size, seq_len),
-                                          jnp.bool_ if key == example_lib.LOSS_MASK else jnp.int32,
-                                          sharding=batch_sharding) for key in STEP_KEYS}
+  keys = step_keys(settings.data_info)
+  batch_spec = {key: jax.ShapeDtypeStruct(
+      (batch_size, settings.data_info.loss_positions if key == example_lib.LOSS_POSITIONS else seq_len),
+      jnp.bool_ if key == example_lib.LOSS_MASK else jnp.int32, sharding=batch_sharding) for key in keys}
   compiled_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
                           out_shardings=(state_shardings, sharding.replicated(mesh)),
                           donate_argnums=0).lower(state_spec, batch_spec).compile()
@@ -315,7 +329,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with _StopFlag() as stop:
       for step in range(start_step + 1, num_steps + 1):
         batch = next(train_data)
-        state, metrics = compiled_step(state, put_batch({k: batch[k] for k in STEP_KEYS}))
+        state, metrics = compiled_step(state, put_batch({k: batch[k] for k in keys}))
         window.add(step, metrics)
         progress.update(1)
         is_last = step == num_steps
