@@ -115,11 +115,20 @@ def test_segments_must_be_given_on_both_sides():
                      spec._replace(implementation="flash"))
 
 
-def test_config_resolves_auto_to_a_memory_linear_implementation():
+def test_auto_is_blockwise_once_the_keys_exceed_one_block():
+  # The default: memory linear in the key length. Keys that fit one block hold one [Q, T] block either
+  # way, and auto computes them densely.
   assert model.ModelConfig().attention == "auto"
-  assert model.ModelConfig().attention_implementation == "blockwise"
-  assert model.ModelConfig().layer_attention(0).implementation == "blockwise"
   assert model.ModelConfig(attention="dense").layer_attention(0).implementation == "dense"
+  q, k, v, q_positions, k_positions, _, _, _ = _inputs(5, T)
+  real = attention.RealKeys(k, v, k_positions)
+
+  def uses_blockwise(block):
+    spec = model.ModelConfig(attention_block=block).layer_attention(0)._replace(scale=0.35)
+    jaxpr = jax.make_jaxpr(lambda q: attention.attend(q, q_positions, real, spec))(q)
+    return "custom_vjp_call" in str(jaxpr)
+
+  assert uses_blockwise(8) and not uses_blockwise(64)  # 37 keys
   with pytest.raises(ValueError, match="model.attention must be one of"):
     model.ModelConfig(attention="flash")
   with pytest.raises(ValueError, match="model.attention_block"):

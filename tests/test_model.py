@@ -54,6 +54,12 @@ VARIANTS = {
     "gemma_like": GEMMA_LIKE,
     "gemma_like_feedback": dataclasses.replace(GEMMA_LIKE, pause_feedback=True),
     "gemma_like_stream": dataclasses.replace(GEMMA_LIKE, pause_context="stream"),
+    # The blockwise attention with blocks of 8 keys (the default "auto" computes these short sequences
+    # densely): a stream of N (K + 1) = 28 keys spans 4 blocks, the last one partial.
+    "feedback_blockwise": dataclasses.replace(BASE, pause_feedback=True, attention="blockwise",
+                                              attention_block=8),
+    "gemma_like_stream_blockwise": dataclasses.replace(GEMMA_LIKE, pause_context="stream",
+                                                       attention="blockwise", attention_block=8),
 }
 
 

@@ -9,7 +9,8 @@ and, with packed documents, only keys of the query's own segment. Grouped KV hea
 and values have G heads, query head h reads KV head h // (H/G) (contiguous groups), and nothing is
 repeated. Scores, soft-capping and the softmax are float32.
 
-Two implementations of the real-token part, chosen per layer by `AttentionSpec.implementation`:
+Two implementations of the real-token part, chosen per layer by `AttentionSpec.implementation`
+("auto": dense when the keys fit one block, else blockwise):
 "dense" materialises the `[Q, T]` scores (the oracle; and decoding, where Q = 1); "blockwise"
 (blockwise.py) is an online softmax over key blocks that returns the output and its log-sum-exp, merged
 with the chain part exactly:
@@ -80,6 +81,9 @@ def attend(q_BQHd: jax.Array, q_positions_BQ: jax.Array, real: RealKeys, spec: A
   """
   if (q_segments_BQ is None) != (real.segments is None):
     raise ValueError("segment ids must be given for both the queries and the real keys, or neither")
+  if spec.implementation == "auto":
+    # Keys that fit one block: blockwise would hold the same [Q, T] block, with extra bookkeeping.
+    spec = spec._replace(implementation="dense" if real.k.shape[1] <= spec.block else "blockwise")
   if spec.implementation == "dense":
     return _dense(q_BQHd, q_positions_BQ, real, spec, chain, q_segments_BQ)
   if spec.implementation != "blockwise":

@@ -190,8 +190,9 @@ class ModelConfig:
 
   @property
   def attention_implementation(self) -> str:
-    """`attention` with "auto" resolved: blockwise (portable JAX, memory linear) on every backend."""
-    return "blockwise" if self.attention == "auto" else self.attention
+    """`attention` as each layer's spec carries it; "auto" is resolved per call in `attention.attend`:
+    dense when all keys fit one block (the same memory, less bookkeeping), else blockwise."""
+    return self.attention
 
   def layer_attention(self, layer: int) -> AttentionSpec:
     return AttentionSpec(window=self.layer_window(layer), softcap=float(self.attn_softcap),

@@ -300,7 +300,8 @@ def rollout_readout(params: Params, tokens_BN: jax.Array, config: ModelConfig, n
     return (chain_kv, hidden_BPD), readout(hidden_BPD, step)
 
   steps = jnp.arange(1, num_pauses + 1)
-  _, pauses = jax.lax.scan(one_pause, (chain_kv, hidden_BPD), steps)
+  # One pause step needs no loop (K = 1, the usual setting); longer chains keep the compact loop.
+  _, pauses = jax.lax.scan(one_pause, (chain_kv, hidden_BPD), steps, unroll=num_pauses == 1)
   # The scan stacks steps first: [K, B, P, ...] -> [B, P, K, ...].
   pauses = jax.tree.map(lambda x: jnp.moveaxis(x, 0, 2), pauses)
   return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=2), step0, pauses)
