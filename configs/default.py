@@ -117,6 +117,10 @@ def get_config(task: str = "pointer_chasing") -> ml_collections.ConfigDict:
   config.model.rope_low_freq_factor = 1.0
   config.model.rope_high_freq_factor = 4.0
   config.model.rope_original_max_len = 8192
+  # Real-token attention: "auto" (blockwise online softmax once the keys exceed one block: memory linear
+  # in the sequence length), "dense" (the [N, N] scores; the test oracle) or "blockwise".
+  config.model.attention = "auto"
+  config.model.attention_block = 256
 
   # K: pause steps per token during training (and the most any policy may take); <= model.max_pauses.
   # K = 1 here: with K = 2 the fixed-pause baseline did not learn to use the second step on this task.
