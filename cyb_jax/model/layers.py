@@ -108,5 +108,8 @@ class GatedMLP(nn.Module):
     width = x_BQD.shape[-1]
     gate_up = nn.DenseGeneral((2, self.hidden), use_bias=self.use_bias, dtype=self.dtype,
                               name="gate_up")(x_BQD)
-    hidden = ACTIVATIONS[self.activation](gate_up[..., 0, :]) * gate_up[..., 1, :]
+    activation = ACTIVATIONS[self.activation]
+    # The gated product is recomputed in the backward pass from gate_up's output (elementwise, cheap)
+    # rather than kept with the activation's own intermediates: [Q, F] arrays are most of a layer's memory.
+    hidden = jax.checkpoint(lambda gate_up: activation(gate_up[..., 0, :]) * gate_up[..., 1, :])(gate_up)
     return nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype, name="down")(hidden)

@@ -213,28 +213,29 @@ def causal_forward(params: Params, x_BTD: jax.Array, positions_BT: jax.Array, co
 
 
 def pause_step(params: Params, x_BPD: jax.Array, positions_BP: jax.Array, real_kv, real_positions_BT,
-               chain_kv, slot: jax.Array, config: ModelConfig,
+               chain_kv, config: ModelConfig,
                segments: Optional[tuple[jax.Array, jax.Array]] = None):
-  """One pause step for P queries: each attends to real keys and to its own chain's slots 0..slot.
+  """One pause step for P queries: each attends to real keys, its chain's earlier slots and itself.
 
   real_kv: per layer (k, v) `[B, T, G, Dh]`, the step-0 keys/values, reused as they are, at positions
   real_positions_BT (a query sees those at or before its own position, within the layer's window).
-  chain_kv: per layer (k, v) `[B, P, K, G, Dh]`; this step's keys/values are written at `slot`.
+  chain_kv: per layer a list of the earlier pause steps' (k, v) `[B, P, G, Dh]` (empty at step 1); the
+  chain is kept as separate slots, never as one buffer rewritten each step, so the backward pass keeps
+  each slot once rather than a copy of the whole chain per step.
   segments: optional (query segments `[B, P]`, real-key segments `[B, T]`) of packed documents.
-  Returns the final residual `[B, P, D]` and the updated chain_kv.
+  Returns the final residual `[B, P, D]` and chain_kv with this step's keys/values appended.
   """
   q_segments_BP, real_segments_BT = segments if segments is not None else (None, None)
-  num_slots = chain_kv[0][0].shape[2]
-  chain_mask_BPK = jnp.broadcast_to(jnp.arange(num_slots) <= slot, x_BPD.shape[:2] + (num_slots,))
+  num_slots = len(chain_kv[0]) + 1
+  chain_mask_BPC = jnp.ones(x_BPD.shape[:2] + (num_slots,), bool)
 
   def attend_layer(spec, q, k, v, layer_input):
-    (real_k, real_v), (chain_k, chain_v) = layer_input
-    chain_k = jax.lax.dynamic_update_slice_in_dim(chain_k, k[:, :, None].astype(chain_k.dtype), slot, 2)
-    chain_v = jax.lax.dynamic_update_slice_in_dim(chain_v, v[:, :, None].astype(chain_v.dtype), slot, 2)
+    (real_k, real_v), slots = layer_input
+    slots = list(slots) + [(k.astype(config.compute_dtype), v.astype(config.compute_dtype))]
+    chain = attention.ChainKeys(jnp.stack([slot_k for slot_k, _ in slots], axis=2),
+                                jnp.stack([slot_v for _, slot_v in slots], axis=2), chain_mask_BPC)
     real = attention.RealKeys(real_k, real_v, real_positions_BT, real_segments_BT)
-    attended = attention.attend(q, positions_BP, real, spec,
-                                attention.ChainKeys(chain_k, chain_v, chain_mask_BPK), q_segments_BP)
-    return attended, (chain_k, chain_v)
+    return attention.attend(q, positions_BP, real, spec, chain, q_segments_BP), slots
 
   return run_layers(params, x_BPD, positions_BP, config, attend_layer, list(zip(real_kv, chain_kv)))
 
@@ -287,24 +288,17 @@ def rollout_readout(params: Params, tokens_BN: jax.Array, config: ModelConfig, n
   segments = None
   if segment_ids is not None:
     segments = (jnp.take_along_axis(segment_ids, positions_BP, axis=1), segment_ids)
-  chain_shape = tokens_BP.shape + (num_pauses, config.kv_heads, config.head_size)
-  chain_dtype = config.compute_dtype
-  chain_kv = [(jnp.zeros(chain_shape, chain_dtype), jnp.zeros(chain_shape, chain_dtype))
-              for _ in range(config.num_layers)]
-
-  def one_pause(carry, step):
-    chain_kv, previous_hidden_BPD = carry
-    x_BPD = pause_inputs(params, tokens_BP, step, config, feedback_hidden=previous_hidden_BPD)
-    hidden_BPD, chain_kv = pause_step(params, x_BPD, positions_BP, real_kv, real_positions_BN, chain_kv,
-                                      step - 1, config, segments)
-    return (chain_kv, hidden_BPD), readout(hidden_BPD, step)
-
-  steps = jnp.arange(1, num_pauses + 1)
-  # One pause step needs no loop (K = 1, the usual setting); longer chains keep the compact loop.
-  _, pauses = jax.lax.scan(one_pause, (chain_kv, hidden_BPD), steps, unroll=num_pauses == 1)
-  # The scan stacks steps first: [K, B, P, ...] -> [B, P, K, ...].
-  pauses = jax.tree.map(lambda x: jnp.moveaxis(x, 0, 2), pauses)
-  return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=2), step0, pauses)
+  chain_kv = [[] for _ in range(config.num_layers)]
+  # A Python loop, not a scan: a scan would keep its whole carry (every layer's chain) for each step in
+  # the backward pass; K is small, and each step is one more copy of the layers in the program.
+  steps_out = [step0]
+  previous_hidden_BPD = hidden_BPD
+  for step in range(1, num_pauses + 1):
+    x_BPD = pause_inputs(params, tokens_BP, jnp.asarray(step), config, feedback_hidden=previous_hidden_BPD)
+    previous_hidden_BPD, chain_kv = pause_step(params, x_BPD, positions_BP, real_kv, real_positions_BN,
+                                               chain_kv, config, segments)
+    steps_out.append(jax.tree.map(lambda x: x[:, :, None], readout(previous_hidden_BPD, step)))
+  return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=2), *steps_out)
 
 
 def _stream_rollout(params, tokens_BN, config, num_pauses, positions_BP, readout, segment_ids=None):

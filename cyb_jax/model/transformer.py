@@ -121,7 +121,9 @@ def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config
       return block.apply({"params": block_params}, x_BQD, attended, method=Block.finish), output
 
     if config.remat:
-      layer = jax.checkpoint(layer, prevent_cse=False)
+      # Not inside a scan (the pause steps are a Python loop), so the recomputation is kept from being
+      # merged back into the forward pass (prevent_cse, the default).
+      layer = jax.checkpoint(layer)
     x_BQD, output = layer(block_params, x_BQD, layer_input)
     outputs.append(output)
   return x_BQD, outputs
