@@ -1,6 +1,6 @@
 """Benchmark of attention at scale: memory and speed of each implementation, and sparse-loss pause chains.
 
-  python benchmarks/attention.py           # about 20 minutes on 2 CPU cores
+  python benchmarks/attention.py           # about 12 minutes on 2 CPU cores
   python benchmarks/attention.py --quick   # smaller lengths, a few minutes
 
 Measures, in one run (a script, not a test):

@@ -7,6 +7,9 @@ bad command line fails in a second rather than after compilation or, worse, mid-
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import importlib.util
 import os
 from typing import Any, Optional
 
@@ -64,6 +67,54 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
 def _require(condition: bool, key: str, message: str) -> None:
   if not condition:
     raise ConfigError(f"config.{key} {message}")
+
+
+def unknown_key_message(section: str, unknown: list, known) -> str:
+  """'config.<section>.<key> is not a known key (did you mean '<closest>'?)' for the first unknown key."""
+  key = unknown[0]
+  prefix = f"{section}." if section else ""
+  close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+  # An abbreviation by initials (lr -> learning_rate) or a prefix (warmup -> warmup_steps).
+  close = close or sorted(k for k in known if "".join(w[:1] for w in k.split("_")) == key.lower()
+                          or k.startswith(key.lower()))[:1]
+  hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; known: {sorted(known)}"
+  more = f" (and {len(unknown) - 1} more unknown: {unknown[1:]})" if len(unknown) > 1 else ""
+  return f"config.{prefix}{key} is not a known key{hint}{more}"
+
+
+@functools.lru_cache(maxsize=1)
+def _default_keys() -> dict:
+  """{section: set of keys} of configs/default.py, the schema every config file derives from."""
+  from cyb_jax import cli  # pylint: disable=g-import-not-at-top  (absl only)
+  spec = importlib.util.spec_from_file_location("_cyb_default_config", cli.DEFAULT_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  default = module.get_config().to_dict()
+  keys = {"": set(default)}
+  for section, value in default.items():
+    if isinstance(value, dict):
+      keys[section] = set(value)
+  return keys
+
+
+def check_known_keys(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first key that configs/default.py does not define, and the closest
+  valid one: a misspelt key in a config file (`objective.gama = 0.5`) would otherwise add a new key that
+  nothing reads, silently. `model.*` and `data.*` are checked against their dataclasses' fields."""
+  schema = _default_keys()
+  values = config.to_dict()
+  unknown = sorted(set(values) - schema[""])
+  if unknown:
+    raise ConfigError(unknown_key_message("", unknown, schema[""]))
+  sections = {section: known for section, known in schema.items() if section}
+  sections["model"] = {f.name for f in dataclasses.fields(model_lib.ModelConfig)}
+  sections["data"] = {f.name for f in dataclasses.fields(data_pipeline.DataConfig)}
+  for section, known in sorted(sections.items()):
+    value = values.get(section)
+    if isinstance(value, dict):
+      unknown = sorted(set(value) - known)
+      if unknown:
+        raise ConfigError(unknown_key_message(section, unknown, known))
 
 
 def objective_settings(config: ml_collections.ConfigDict, num_pauses: int) -> ObjectiveSettings:
@@ -181,7 +232,8 @@ def model_config(config: ml_collections.ConfigDict, info: data_pipeline.DataInfo
            f"= {values['max_len']} is shorter than the data's sequence length {info.seq_len}")
   known = {f.name for f in dataclasses.fields(model_lib.ModelConfig)}
   unknown = sorted(set(values) - known)
-  _require(not unknown, "model", f"has unknown keys {unknown}")
+  if unknown:
+    raise ConfigError(unknown_key_message("model", unknown, known))
   try:
     return model_lib.ModelConfig(**values)
   except ValueError as error:
@@ -215,6 +267,7 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
 
   `workdir`: the run's directory, where a "bpe" tokenizer is trained (with `write_files`) or read.
   """
+  check_known_keys(config)
   num_devices = int(_get(config, "mesh.num_devices"))
   _require(num_devices == -1 or 1 <= num_devices <= device_count, "mesh.num_devices",
            f"must be -1 or in [1, {device_count}] (the devices there are), got {num_devices}")

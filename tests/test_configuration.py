@@ -55,6 +55,28 @@ def test_bad_config_is_a_one_line_error_before_compiling(overrides, pattern, tmp
   assert re.search(pattern, message), message
 
 
+@pytest.mark.parametrize("section, key, value, message", [
+    # The four misspellings of the issue that used to train silently with the defaults.
+    ("objective", "gama", 0.5, "config.objective.gama is not a known key (did you mean objective.gamma?)"),
+    ("optim", "lr", 0.1, "config.optim.lr is not a known key (did you mean optim.learning_rate?)"),
+    ("train", "num_step", 5, "config.train.num_step is not a known key (did you mean train.num_steps?)"),
+    ("eval", "tua", 0.2, "config.eval.tua is not a known key (did you mean eval.tau?)"),
+    # The other sections, the top level, and the dataclass-checked ones, which now also suggest.
+    ("mesh", "fdsp", 2, "config.mesh.fdsp is not a known key (did you mean mesh.fsdp?)"),
+    ("", "num_pause", 2, "config.num_pause is not a known key (did you mean num_pauses?)"),
+    ("model", "widht", 32, "config.model.widht is not a known key (did you mean model.width?)"),
+    ("data", "seq_length", 32, "config.data.seq_length is not a known key (did you mean data.seq_len?)"),
+], ids=["objective", "optim", "train", "eval", "mesh", "top_level", "model", "data"])
+def test_misspelt_keys_in_a_config_file_are_named_with_the_closest(section, key, value, message, tmp_path,
+                                                                   monkeypatch):
+  """What a config file does (`config.objective.gama = 0.5` on a ConfigDict adds a key): one line."""
+  config = tiny()
+  node = config[section] if section else config
+  with node.unlocked():
+    setattr(node, key, value)
+  assert train_error(config, tmp_path / "run", monkeypatch) == message
+
+
 def test_batch_divisibility_counts_the_devices_in_use():
   # 12 rows do not split over 8 devices (above) but do over the first 4.
   settings = configuration.settings_from_config(tiny(overrides={"train.batch_size": 12, "mesh.num_devices": 4}),
@@ -106,7 +128,11 @@ def test_train_py_flag_errors_are_one_line_and_fast(tmp_path):
   from the trainer, which must come before jax compiles anything (JAX_LOG_COMPILES would log it)."""
   env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"],
              JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1")
+  typo_file = tmp_path / "typo_config.py"
+  typo_file.write_text("from tests import tiny_config\n\ndef get_config():\n"
+                       "  config = tiny_config.get_config()\n  config.optim.lr = 0.1\n  return config\n")
   cases = {
+      "typo_in_file": [f"--config={typo_file}"],
       "unknown_key": ["--config=tests/tiny_config.py", "--config.nonexistent=1"],
       "unknown_nested_key": ["--config.trian.num_steps=3"],
       "wrong_type": ["--config=tests/tiny_config.py", "--config.train.num_steps=abc"],
@@ -139,3 +165,6 @@ def test_train_py_flag_errors_are_one_line_and_fast(tmp_path):
   assert error_lines("config_error") == [
       f"config error: config.train.batch_size = 12 is not divisible by the device count {NUM_DEVICES}"]
   assert "Compiling" not in results["config_error"][0][1]
+  assert error_lines("typo_in_file") == [
+      "config error: config.optim.lr is not a known key (did you mean optim.learning_rate?)"]
+  assert "Compiling" not in results["typo_in_file"][0][1]

@@ -373,10 +373,20 @@ def test_stream_and_private_chains_differ_after_a_pause():
     (dict(policy="bogus"), "policy.*'bogus'"),
     (dict(policy="threshold", tau=1.5), "tau.*1.5"),
     (dict(policy="cumulative", q=0.0), "q .*0.0"),
+    # NaN passes every `<` and `>` test: each numeric argument must reject it explicitly.
+    (dict(temperature=float("nan")), "temperature must be a finite number >= 0, got nan"),
+    (dict(temperature=float("inf")), "temperature.*inf"),
+    (dict(temperature=-0.5), "temperature.*-0.5"),
+    (dict(policy="threshold", tau=float("nan")), "tau must lie in \\[0, 1\\], got nan"),
+    (dict(policy="cumulative", q=float("nan")), "q must lie in \\(0, 1\\], got nan"),
+    (dict(num_tokens=2.5), "num_tokens must be a positive integer, got 2.5"),
+    (dict(num_tokens=0), "num_tokens must be a positive integer, got 0"),
+    (dict(num_pauses=1.0), "num_pauses must be an integer, got 1.0"),
 ])
 def test_bad_arguments_raise(kwargs, match):
+  kwargs = {"num_tokens": NUM_TOKENS, **kwargs}
   with pytest.raises(ValueError, match=match):
-    generate.generate(params_for("plain"), PROMPTS, CONFIG, num_tokens=NUM_TOKENS, **kwargs)
+    generate.generate(params_for("plain"), PROMPTS, CONFIG, **kwargs)
 
 
 def test_prompt_too_long_raises():

@@ -17,11 +17,14 @@ The layers run through `model.run_layers`, the loop every caller of the model sh
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from typing import Optional
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cyb_jax import model as model_lib
 from cyb_jax.inference import policies
@@ -230,20 +233,22 @@ def generate(params, prompt: jax.Array, config: model_lib.ModelConfig, *, num_to
   sweep over them does not recompile.
   """
   num_pauses = config.max_pauses if num_pauses is None else num_pauses
+  if not isinstance(num_pauses, (int, np.integer)) or isinstance(num_pauses, bool):
+    raise ValueError(f"num_pauses must be an integer, got {num_pauses!r}")
   policies.check_policy(policy, tau=tau, q=q)
   if prompt.ndim != 2 or prompt.shape[1] < 1:
     raise ValueError(f"prompt must have shape [B, T] with T >= 1, got {prompt.shape}")
   if not 0 <= num_pauses <= config.max_pauses:
     raise ValueError(f"num_pauses must lie in [0, model.max_pauses = {config.max_pauses}], "
                      f"got {num_pauses}")
-  if num_tokens < 1:
-    raise ValueError(f"num_tokens must be positive, got {num_tokens}")
+  if not isinstance(num_tokens, (int, np.integer)) or isinstance(num_tokens, bool) or num_tokens < 1:
+    raise ValueError(f"num_tokens must be a positive integer, got {num_tokens!r}")
   per_token = num_pauses + 1 if config.pause_context == "stream" else 1
   if prompt.shape[1] + num_tokens * per_token > config.max_len:
     raise ValueError(f"prompt length {prompt.shape[1]} + {num_tokens} generated tokens "
                      f"(x{per_token} cache entries each) exceeds model.max_len = {config.max_len}")
-  if temperature < 0:
-    raise ValueError(f"temperature must be >= 0, got {temperature}")
+  if not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0:
+    raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
   if rng is None:
     rng = jax.random.PRNGKey(0)
   return _generate(params, jnp.asarray(prompt, jnp.int32), rng, jnp.asarray(tau, jnp.float32),

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 ITEMS = ("state", "meta", "data")
@@ -28,7 +29,10 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                            enable_async_checkpointing=not read_only,
                                            read_only=read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    # Handlers named up front so a read-only manager can read the saved arrays' metadata (shapes, dtypes).
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler()}
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -51,9 +55,18 @@ class Checkpointer:
         data=ocp.args.JsonRestore()))
     return restored.state, restored.meta, restored.data
 
-  def restore_raw_state(self, step: int) -> Any:
-    """The saved state as nested dicts of arrays, without a target (for `init_from`)."""
-    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+  def restore_raw_state(self, step: int, sharding: Optional[jax.sharding.Sharding] = None) -> Any:
+    """The saved state as nested dicts of arrays, placed on this process's devices (for `init_from`, eval).
+
+    Every array is restored with `sharding` (default: replicated over all current devices), whatever
+    devices and mesh it was saved from: a checkpoint written on 8 devices reads on 1 and vice versa.
+    """
+    if sharding is None:
+      sharding = replicated_sharding()
+    saved = self.manager.item_metadata(step)["state"]
+    saved = getattr(saved, "tree", saved)
+    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), saved)
+    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
 
   def restore_params(self, step: int) -> Any:
     """The saved model parameters as jax arrays, without a target (for `init_from` and eval)."""
@@ -68,3 +81,9 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def replicated_sharding() -> jax.sharding.Sharding:
+  """A full copy on every current device (all processes')."""
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("devices",))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
