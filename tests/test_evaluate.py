@@ -1,0 +1,82 @@
+"""Direct tests of eval's statistics on hand-made edge cases (ties, empty and single-valued inputs, the
+`never` and `always` policies), each against an independent computation: an end-to-end eval on typical
+data cannot tell e.g. a maximum-rank tie rule from the average-rank one."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from cyb_jax.evaluation import evaluate
+
+
+def pair_count_auroc(scores, positives):
+  """P(score of a positive > score of a negative) + 0.5 P(equal), by enumerating every pair."""
+  pos = [s for s, p in zip(scores, positives) if p]
+  neg = [s for s, p in zip(scores, positives) if not p]
+  if not pos or not neg:
+    return float("nan")
+  return float(np.mean([(a > b) + 0.5 * (a == b) for a, b in itertools.product(pos, neg)]))
+
+
+@pytest.mark.parametrize("scores, positives, expected", [
+    ([0.3, 0.3, 0.3, 0.3], [1, 0, 1, 0], 0.5),          # all tied: no information
+    ([0.7, 0.7, 0.7], [1, 0, 0], 0.5),
+    ([3.0, 2.0, 1.0, 0.0], [1, 1, 0, 0], 1.0),          # perfectly separated
+    ([0.0, 1.0, 2.0, 3.0], [1, 1, 0, 0], 0.0),          # perfectly reversed
+    ([1.0, 1.0, 0.0], [1, 0, 0], 0.75),                 # one tie of two pairs: (0.5 + 1) / 2
+    ([5.0, 4.0], [1, 0], 1.0),                          # one of each
+])
+def test_auroc_hand_cases(scores, positives, expected):
+  assert evaluate.auroc(np.asarray(scores), np.asarray(positives, bool)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("positives", [[1, 1, 1], [0, 0, 0], []])
+def test_auroc_is_nan_without_both_classes(positives):
+  scores = np.arange(len(positives), dtype=float)
+  assert np.isnan(evaluate.auroc(scores, np.asarray(positives, bool)))
+
+
+def test_auroc_with_many_ties_equals_the_pair_count():
+  rs = np.random.RandomState(0)
+  for _ in range(20):
+    n = rs.randint(2, 40)
+    scores = rs.randint(0, 4, n).astype(float)         # heavy ties
+    positives = rs.rand(n) < 0.4
+    expected = pair_count_auroc(scores, positives)
+    got = evaluate.auroc(scores, positives)
+    if np.isnan(expected):
+      assert np.isnan(got)
+    else:
+      assert got == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("stops, num_steps, expected", [
+    ([0, 0, 0, 0], 3, [4, 0, 0]),    # the `never` policy: every token at step 0, none at 1 or 2
+    ([2, 2, 2], 3, [0, 0, 3]),       # `always` with K = 2: every token at step K
+    ([1], 2, [0, 1]),
+    ([1, 1, 2], 4, [0, 2, 1, 0]),    # steps that no token reached stay 0, at both ends
+    ([], 3, [0, 0, 0]),
+])
+def test_pause_histogram_counts_tokens_per_step(stops, num_steps, expected):
+  accumulator = evaluate.PolicyAccumulator(num_steps)
+  stop = np.asarray(stops, np.int64)
+  accumulator.add(stop, np.zeros(stop.size), np.zeros(stop.size, bool))
+  result = accumulator.result()
+  assert result["pause_histogram"] == expected
+  assert result["mean_pauses"] == (pytest.approx(np.mean(stops)) if stops else 0.0)
+
+
+def test_accumulator_by_difficulty_and_token_on_a_hand_case():
+  accumulator = evaluate.PolicyAccumulator(3, vocab_size=4)
+  stop = np.asarray([0, 2, 1, 0])
+  nll = np.asarray([0.5, 1.0, 2.0, 0.25])
+  correct = np.asarray([True, False, True, True])
+  accumulator.add(stop, nll, correct, difficulty=np.asarray([0, 1, 1, 0]), targets=np.asarray([3, 3, 1, 0]))
+  assert accumulator.result() == {"nll_policy": pytest.approx(3.75 / 4), "accuracy": 0.75,
+                                  "mean_pauses": 0.75, "pause_histogram": [2, 1, 1]}
+  # [tokens, tokens that paused, pauses, correct] per label.
+  assert accumulator.by_difficulty[0].tolist() == [2, 0, 0, 2]
+  assert accumulator.by_difficulty[1].tolist() == [2, 2, 3, 1]
+  # [tokens, pauses] per target id.
+  assert accumulator.by_token.tolist() == [[1, 0], [1, 1], [0, 0], [2, 2]]
