@@ -117,6 +117,20 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(unknown_key_message(section, unknown, known))
 
 
+def check_output_dir(path: str, name: str) -> None:
+  """Raises ConfigError (naming `name`, e.g. "--workdir") when `path` could not be created or written by
+  this process: checked before any work, so a run never finds out after hours. Creates nothing."""
+  path = os.path.abspath(path)
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f"{name} {path!r} cannot be created: {existing!r} is a file, not a directory")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    where = "" if existing == path else f" (its nearest existing parent {existing!r} is not writable)"
+    raise ConfigError(f"{name} {path!r} is not writable{where}")
+
+
 def objective_settings(config: ml_collections.ConfigDict, num_pauses: int) -> ObjectiveSettings:
   name = _get(config, "objective.name")
   _require(name in losses.OBJECTIVES, "objective.name", f"must be one of {losses.OBJECTIVES}, got {name!r}")
@@ -268,6 +282,8 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
   `workdir`: the run's directory, where a "bpe" tokenizer is trained (with `write_files`) or read.
   """
   check_known_keys(config)
+  if workdir is not None and write_files:
+    check_output_dir(workdir, "--workdir")
   num_devices = int(_get(config, "mesh.num_devices"))
   _require(num_devices == -1 or 1 <= num_devices <= device_count, "mesh.num_devices",
            f"must be -1 or in [1, {device_count}] (the devices there are), got {num_devices}")
@@ -281,6 +297,13 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
     info = data_pipeline.data_info(data)
   except (FileNotFoundError, ImportError, ValueError) as error:
     raise ConfigError(f"config.data: {error}") from None
+  if data.name == data_pipeline.TEXT_FILE:
+    # Both splits now, not the eval split after the last training step.
+    for split in data_pipeline.SPLITS:
+      try:
+        data_pipeline.make_source(data, split)
+      except ValueError as error:
+        raise ConfigError(f"config.data.seq_len = {info.seq_len}: {error}") from None
   model = model_config(config, info)
   if init_from_hf(config) and info.vocab_size > model.vocab_size:
     # Added tokens past the embedding (Gemma 3's) are allowed; ordinary vocabulary there is not.

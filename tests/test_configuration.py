@@ -168,3 +168,27 @@ def test_train_py_flag_errors_are_one_line_and_fast(tmp_path):
   assert error_lines("typo_in_file") == [
       "config error: config.optim.lr is not a known key (did you mean optim.learning_rate?)"]
   assert "Compiling" not in results["typo_in_file"][0][1]
+
+
+def test_a_text_file_too_short_for_its_eval_split_fails_before_training(tmp_path, monkeypatch):
+  """The issue's case: 300 bytes, seq_len 32: the eval split (30 bytes) holds no 33-token window. This
+  used to train every step and then crash in the final eval, on every rerun."""
+  corpus = tmp_path / "short.txt"
+  corpus.write_bytes(bytes(range(32, 127)) * 3 + b"abcdefghijklmno")  # 300 bytes
+  assert corpus.stat().st_size == 300
+  config = tiny(overrides={"data.name": "text_file", "data.text_path": str(corpus), "data.task": {},
+                           "data.seq_len": 32})
+  message = train_error(config, tmp_path / "run", monkeypatch)
+  assert message == (f"config.data.seq_len = 32: text file {corpus}: its eval split has 30 tokens, fewer "
+                     "than one window of 33")
+
+
+def test_a_work_directory_that_cannot_be_created_fails_before_anything(tmp_path, monkeypatch):
+  a_file = tmp_path / "notes.txt"
+  a_file.write_text("not a directory")
+  workdir = a_file / "run"
+  forbid_compilation(monkeypatch)
+  with pytest.raises(configuration.ConfigError) as error:
+    trainer.train(tiny(), str(workdir))
+  assert str(error.value) == (f"--workdir {str(workdir)!r} cannot be created: {str(a_file)!r} is a file, "
+                              "not a directory")

@@ -136,6 +136,11 @@ def test_eval_cli_errors_name_the_problem(trained, tmp_path):
     eval_checkpoint.evaluate_checkpoint(config, empty, progress=False)
   with pytest.raises(configuration.ConfigError, match=r"--checkpoint 999 is not in"):
     eval_checkpoint.evaluate_checkpoint(config, workdir, step=999, progress=False)
+  # An output directory that cannot be written is found before the evaluation runs, not after it.
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  with pytest.raises(configuration.ConfigError, match="eval output directory .* is a file, not a directory"):
+    eval_checkpoint.evaluate_checkpoint(config, workdir, out_dir=str(a_file / "eval"), progress=False)
   wider = tiny_config.get_config()
   wider.model.width = 32
   with pytest.raises(configuration.ConfigError, match="does not fit this config"):

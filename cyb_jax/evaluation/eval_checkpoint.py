@@ -113,6 +113,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
     eval_config.mesh.num_devices = 1
   settings = configuration.settings_from_config(eval_config, device_count=1, workdir=workdir,
                                                 write_files=False)
+  out_dir = out_dir or os.path.join(workdir, "eval")
+  configuration.check_output_dir(out_dir, "eval output directory")  # before the evaluation, not after
   params, meta, step = load_params(workdir, step)
   saved_model = model_lib.ModelConfig(**meta["model"])
   if configuration.model_shape(saved_model) != configuration.model_shape(settings.model):
@@ -150,7 +152,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
             "objective": meta["config"].get("objective", {}).get("name"),
             "data": settings.data.name, "text_data": is_text,
             "model": dataclasses.asdict(model_config), "config": configuration.as_json_dict(eval_config)}
-  out_dir = out_dir or os.path.join(workdir, "eval")
   written = report.write_report(out_dir, result, header=header, samples=samples, decode=display.token)
   log.info("wrote %s", ", ".join(sorted(written)))
   return {**header, **result, "samples": samples, "files": written}
