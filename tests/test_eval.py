@@ -12,6 +12,7 @@ import pytest
 from cyb_jax.training import checkpointing
 from cyb_jax import configuration
 from cyb_jax.evaluation import eval_checkpoint
+from cyb_jax.evaluation import report
 from cyb_jax import model as model_lib
 from cyb_jax.training import trainer
 from cyb_jax.data import pipeline as data_pipeline
@@ -152,3 +153,23 @@ def test_eval_cli_errors_name_the_problem(trained, tmp_path):
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1].startswith("eval error:")
   assert "holds no checkpoints" in proc.stderr
+
+
+def test_text_shown_to_people_is_decoded_in_runs_not_byte_by_byte(tmp_path):
+  """The issue's case: a byte-level model's samples of `señor über 日本語` read as that text, and the
+  pauses-by-token table names each lone byte >= 0x80 distinctly (`<0xC3>`), not as one replacement mark."""
+  text = "señor über 日本語"
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text(text * 20, encoding="utf-8")
+  data = data_pipeline.DataConfig(name="text_file", text_path=str(corpus), seq_len=16)
+  display = eval_checkpoint.TokenDisplay(data)
+  ids = np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+  assert report.render_sample(display.pieces(ids), np.zeros(len(ids), int)) == text
+  # With a pause before 'ü' (its first byte), the mark sits before the whole character.
+  pauses = np.zeros(len(ids), int)
+  pauses[text.encode("utf-8").index("ü".encode("utf-8"))] = 1
+  assert report.render_sample(display.pieces(ids), pauses) == text.replace("ü", report.PAUSE_MARK + "ü")
+  names = {display.token(int(i)) for i in set(ids.tolist()) if i >= 0x80}
+  assert names == {f"<0x{i:02X}>" for i in set(ids.tolist()) if i >= 0x80}
+  assert "\ufffd" not in "".join(names)
+  assert display.token(ord("s")) == "s"

@@ -421,3 +421,53 @@ def test_tau_sweep_does_not_recompile():
   assert plain.step_logits is None
   np.testing.assert_array_equal(plain.tokens, low.tokens)
   np.testing.assert_array_equal(plain.pauses, low.pauses)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Teacher forcing: inference's context on given text (eval's inference-context numbers).
+
+
+def _nll_and_correct(logits_SV1, target):
+  real = np.asarray(logits_SV1, np.float64)[..., :V]
+  top = real.max(-1, keepdims=True)
+  lse = np.log(np.exp(real - top).sum(-1)) + top[..., 0]
+  return lse - real[..., target], np.argmax(real, -1) == target
+
+
+@pytest.mark.parametrize("variant", ["plain", "stream", "gemma_like_stream"])
+def test_teacher_forced_on_generations_own_tokens_repeats_it(variant):
+  """Forcing the tokens greedy generation chose must reproduce its pauses and, at every realised
+  (token, step), the NLL and correctness read from its logits (generation is checked against explicit
+  oracles above, including the stream one)."""
+  gen = generated(variant, "threshold", prompt_len=1)
+  tokens = np.concatenate([np.asarray(PROMPTS[:, :1]), np.asarray(gen.tokens)], axis=1)
+  forced = generate.teacher_forced(params_for(variant), tokens, CONFIGS[variant], num_pauses=K,
+                                   policy="threshold", tau=TAU)
+  np.testing.assert_array_equal(forced.pauses, gen.pauses)
+  logits = np.asarray(gen.step_logits)
+  for b in range(BATCH):
+    for i in range(NUM_TOKENS):
+      reached = int(gen.pauses[b, i]) + 1
+      nll, correct = _nll_and_correct(logits[b, i, :reached], tokens[b, i + 1])
+      np.testing.assert_allclose(np.asarray(forced.target_nll)[b, i, :reached], nll, atol=1e-4, rtol=1e-5)
+      np.testing.assert_array_equal(np.asarray(forced.target_correct)[b, i, :reached], correct)
+      assert np.isnan(np.asarray(forced.target_nll)[b, i, reached:]).all()
+
+
+def test_teacher_forced_private_chains_equal_the_rollout_on_any_text():
+  """Private chains: inference and training contexts agree, so forcing arbitrary text gives the
+  rollout's per-step NLL and the threshold policy's stops replayed on the rollout's <dk> probabilities."""
+  tokens = np.asarray(jax.random.randint(jax.random.PRNGKey(9), (BATCH, 8), 0, V))
+  params = params_for("plain")
+  forced = generate.teacher_forced(params, tokens, CONFIG, num_pauses=K, policy="threshold", tau=TAU)
+  logits = np.asarray(rollout(params, jnp.asarray(tokens), CONFIG, K), np.float64)  # [B, N, S, V+1]
+  for b in range(BATCH):
+    for i in range(tokens.shape[1] - 1):
+      z = logits[b, i]
+      d = np.exp(z[:, V] - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1)) - z.max(-1))
+      if np.min(np.abs(d[:K] - TAU)) < DECISION_MARGIN:
+        continue
+      stop = next(j for j in range(K + 1) if j == K or d[j] <= TAU)
+      assert int(forced.pauses[b, i]) == stop
+      nll, _ = _nll_and_correct(z[:stop + 1], tokens[b, i + 1])
+      np.testing.assert_allclose(np.asarray(forced.target_nll)[b, i, :stop + 1], nll, atol=1e-4, rtol=1e-5)

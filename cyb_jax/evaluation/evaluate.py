@@ -17,6 +17,7 @@ import numpy as np
 
 from cyb_jax import losses
 from cyb_jax import model as model_lib
+from cyb_jax.inference import generate
 from cyb_jax.inference import policies
 from cyb_jax.data import example as example_lib
 
@@ -137,6 +138,9 @@ class EvalAccumulator:
     self.correct_at_step = np.zeros(num_steps)
     self.halt = np.zeros(num_steps)
     self.correct_at_step_by_difficulty: dict[int, np.ndarray] = {}
+    # Stream models: the main policy run as inference runs it (teacher-forced, pauses in the stream only
+    # where it paused), fed by `add_inference`; the rollout replay above is then the training context.
+    self.inference = PolicyAccumulator(num_steps, vocab_size)
     self._dk_scores: list[np.ndarray] = []
     self._step0_wrong: list[np.ndarray] = []
     self._batches = 0
@@ -182,6 +186,17 @@ class EvalAccumulator:
     for tau, accumulator in self.sweep.items():
       add_policy(accumulator, "threshold", tau, self.q, False)
 
+  def add_inference(self, stop_BN: np.ndarray, nll_BNS: np.ndarray, correct_BNS: np.ndarray,
+                    mask_BN: np.ndarray, difficulty_BN: Optional[np.ndarray] = None,
+                    targets_BN: Optional[np.ndarray] = None) -> None:
+    """The main policy's stops `[B, N]` and per-step NLL / correctness `[B, N, S]` from inference itself."""
+    mask = np.asarray(mask_BN, bool)
+    stop = np.asarray(stop_BN, np.int64)
+    self.inference.add(stop[mask], pick(np.asarray(nll_BNS, np.float64), stop)[mask],
+                       pick(np.asarray(correct_BNS, bool), stop)[mask],
+                       None if difficulty_BN is None else np.asarray(difficulty_BN)[mask],
+                       None if targets_BN is None else np.asarray(targets_BN)[mask])
+
   def _label_name(self, label: int) -> str:
     return str(self.difficulty_names.get(label, label))
 
@@ -204,22 +219,53 @@ class EvalAccumulator:
       out["policies"] = {name: acc.result() for name, acc in self.others.items()}
     if self.sweep:
       out["tau_sweep"] = [{"tau": tau, **acc.result()} for tau, acc in sorted(self.sweep.items())]
-    if self.main.by_difficulty:
-      labels = sorted(self.main.by_difficulty)
+    main = self.main
+    out["context"] = "rollout"
+    if self.inference.tokens:
+      out["training_context"] = {key: out[key] for key in ("nll_policy", "accuracy", "mean_pauses",
+                                                             "pause_histogram")}
+      out.update(self.inference.result())
+      out["context"] = "inference"
+      main = self.inference
+    if main.by_difficulty:
+      labels = sorted(main.by_difficulty)
       names = {label: self._label_name(label) for label in labels}
-      stats = self.main.by_difficulty
+      stats = main.by_difficulty
       out["difficulty_tokens"] = {names[l]: int(stats[l][0]) for l in labels}
       out["pause_rate_by_difficulty"] = {names[l]: float(stats[l][1] / stats[l][0]) for l in labels}
       out["mean_pauses_by_difficulty"] = {names[l]: float(stats[l][2] / stats[l][0]) for l in labels}
       out["accuracy_by_difficulty"] = {names[l]: float(stats[l][3] / stats[l][0]) for l in labels}
       out["accuracy_at_step_by_difficulty"] = {
           names[l]: (self.correct_at_step_by_difficulty[l] / stats[l][0]).tolist() for l in labels}
-    if self.main.by_token is not None:
-      counts, pauses = self.main.by_token[:, 0], self.main.by_token[:, 1]
+    if main.by_token is not None:
+      counts, pauses = main.by_token[:, 0], main.by_token[:, 1]
       seen = np.nonzero(counts)[0]
       out["mean_pauses_by_token"] = {int(t): float(pauses[t] / counts[t]) for t in seen}
       out["tokens_by_token"] = {int(t): int(counts[t]) for t in seen}
     return out
+
+
+def _inference_context(params, device_batch: dict, config: model_lib.ModelConfig, num_pauses: int,
+                       policy: str, tau: float, q: float, index: int) -> dict:
+  """Teacher-forced inference on a batch's text: (pauses `[B, N]`, nll and correct `[B, N, S]`).
+
+  Position n of the batch predicts targets[n]; inference is run on inputs[:, 0] followed by targets, so
+  slot n is that prediction. Rows that pack several documents are not supported here (inference has no
+  document boundaries): ValueError.
+  """
+  segments = device_batch.get(example_lib.SEGMENT_IDS)
+  if segments is not None and bool(jnp.any(segments != segments[:, :1])):
+    raise ValueError("inference-context evaluation of a stream model needs rows of one document each "
+                     "(this batch packs several)")
+  inputs, targets = device_batch[example_lib.INPUTS], device_batch[example_lib.TARGETS]
+  tokens = jnp.concatenate([inputs[:, :1], targets], axis=1)
+  out = generate.teacher_forced(params, tokens, config, num_pauses=num_pauses, policy=policy, tau=tau, q=q,
+                                rng=jax.random.PRNGKey(index))
+  result = {"pauses": out.pauses, "nll": out.target_nll, "correct": out.target_correct}
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    result = multihost_utils.process_allgather(result, tiled=True)
+  return jax.device_get(result)
 
 
 def evaluate(params, batches: Iterable[dict], config: model_lib.ModelConfig, num_pauses: int, *,
@@ -239,6 +285,8 @@ def evaluate(params, batches: Iterable[dict], config: model_lib.ModelConfig, num
                                 tau_sweep=tau_sweep,
                                 vocab_size=config.vocab_size if per_token else None)
   keys = (example_lib.INPUTS, example_lib.TARGETS, example_lib.LOSS_MASK, example_lib.SEGMENT_IDS)
+  # DESIGN.md section 3: a stream model's headline numbers come from inference's own context.
+  inference_context = config.pause_context == "stream" and num_pauses > 0
   for index, batch in enumerate(batches):
     if max_batches and index >= max_batches:
       break
@@ -258,6 +306,10 @@ def evaluate(params, batches: Iterable[dict], config: model_lib.ModelConfig, num
               for k, v in host.items()}
     accumulator.add(metrics, host[example_lib.LOSS_MASK], host[example_lib.DIFFICULTY],
                     host[example_lib.TARGETS])
+    if inference_context:
+      forced = _inference_context(params, device_batch, config, num_pauses, policy, tau, q, index)
+      accumulator.add_inference(forced["pauses"], forced["nll"], forced["correct"], host[example_lib.LOSS_MASK],
+                                host[example_lib.DIFFICULTY], host[example_lib.TARGETS])
     if progress is not None:
       progress()
   return accumulator.result()

@@ -189,6 +189,17 @@ def markdown(result: dict, *, header: dict, samples: Sequence[str], highest: lis
               "dk_auroc"):
     if key in result:
       lines.append(f"| {key} | {_fmt(result[key])} |")
+  training = result.get("training_context")
+  if training:
+    # DESIGN.md section 3: a stream model is reported as inference runs it; the rollout numbers beside.
+    lines += ["", "nll_policy, accuracy, mean_pauses and the pause histogram above are measured in the "
+              "inference context (teacher-forced text, pauses in the stream only where the policy paused). "
+              "The same policy replayed on the training rollout (K pauses after every token):", "",
+              "| metric (training context) | value |", "|---|---|"]
+    for key in ("nll_policy", "accuracy", "mean_pauses", "pause_histogram"):
+      lines.append(f"| {key} | {_fmt(training[key]) if key != 'pause_histogram' else training[key]} |")
+    lines += ["", "Below, forced stops, the other policies and the threshold sweep are training-context "
+              "numbers (the rollout)."]
   lines += ["", "## Forced to stop at step j", "", "| step | nll | accuracy | mean h_j | tokens stopping here |",
             "|---|---|---|---|---|"]
   for j, (nll, acc, h, count) in enumerate(zip(result["nll_at_step"], result["accuracy_at_step"],

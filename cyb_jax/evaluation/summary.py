@@ -27,6 +27,12 @@ def format_summary(results: dict, settings) -> str:
       "pause histogram (tokens stopping at step 0..K): "
       + " ".join(str(v) for v in results["pause_histogram"]),
   ]
+  training = results.get("training_context")
+  if training:
+    lines[2] = "inference context: " + lines[2]
+    lines.insert(3, f"training context (rollout, K pauses after every token): nll_policy "
+                 f"{_fmt(training['nll_policy'])}   accuracy {_fmt(training['accuracy'])}   mean pauses "
+                 f"{_fmt(training['mean_pauses'], 2)}")
   if "pause_rate_by_difficulty" in results:
     header = (f"{'difficulty':<12}{'tokens':>8}{'paused':>8}{'pauses':>8}{'acc':>8}"
               f"{'acc@0':>8}{'acc@K':>8}")

@@ -16,6 +16,7 @@ The layers run through `model.run_layers`, the loop every caller of the model sh
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -38,12 +39,17 @@ class Generation:
   step_logits: float32 `[B, M, S, V+1]` (only with `return_logits`): the logits the model produced at
     each realised (token, step); steps never reached hold NaN.
   num_queries: int32 scalar, model queries (loop iterations) the batch took.
+  target_nll, target_correct: float32 / bool `[B, M, S]` (only from `teacher_forced`): -log P(target |
+    answer at step j) over the real vocabulary and whether its argmax is the target, at each realised
+    (token, step); steps never reached hold NaN / False.
   """
 
   tokens: jax.Array
   pauses: jax.Array
   step_logits: Optional[jax.Array]
   num_queries: jax.Array
+  target_nll: Optional[jax.Array] = None
+  target_correct: Optional[jax.Array] = None
 
 
 @flax.struct.dataclass
@@ -63,6 +69,8 @@ class _State:
   tokens: jax.Array         # [B, M]
   pauses: jax.Array         # [B, M]
   step_logits: jax.Array    # [B, M, S, V+1] or a dummy [B, 1, 1, 1]
+  target_nll: jax.Array     # [B, M, S] when teacher-forced, else a dummy [B, 1, 1]
+  target_correct: jax.Array  # [B, M, S] when teacher-forced, else a dummy [B, 1, 1]
 
 
 def _write_rows(cache_BCHd: jax.Array, rows_BHd: jax.Array, index_B: jax.Array,
@@ -113,9 +121,9 @@ def _query(params, config: model_lib.ModelConfig, x_BD, position_B, real_cache, 
 
 
 @functools.partial(jax.jit, static_argnames=("config", "num_tokens", "policy", "num_pauses",
-                                             "return_logits"))
-def _generate(params, prompt_BT, rng, tau, q, temperature, *, config, num_tokens, policy, num_pauses,
-              return_logits):
+                                             "return_logits", "teacher_forced"))
+def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM=None, *, config, num_tokens, policy,
+              num_pauses, return_logits, teacher_forced=False):
   batch, prompt_len = prompt_BT.shape
   stream = config.pause_context == "stream"
   vocab = config.vocab_size
@@ -136,6 +144,7 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, *, config, num_tokens
       (jnp.zeros(chain_shape, k.dtype), jnp.zeros(chain_shape, k.dtype)) for k, _ in prompt_kv]
   last_hidden_BD = hidden_BTD[:, -1]
   logits_shape = (batch, num_tokens, num_pauses + 1, vocab + 1) if return_logits else (batch, 1, 1, 1)
+  forced_shape = (batch, num_tokens, num_pauses + 1) if teacher_forced else (batch, 1, 1)
   zeros_B = jnp.zeros((batch,), jnp.int32)
   state = _State(
       iteration=jnp.zeros((), jnp.int32), emitted=zeros_B, step=zeros_B,
@@ -145,7 +154,9 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, *, config, num_tokens
       logits=model_lib.output_logits(params, last_hidden_BD, config), hidden=last_hidden_BD,
       log_survival=jnp.zeros((batch,), jnp.float32), real_cache=real_cache, chain_cache=chain_cache,
       tokens=jnp.zeros((batch, num_tokens), jnp.int32), pauses=jnp.zeros((batch, num_tokens), jnp.int32),
-      step_logits=jnp.full(logits_shape, jnp.nan, jnp.float32))
+      step_logits=jnp.full(logits_shape, jnp.nan, jnp.float32),
+      target_nll=jnp.full(forced_shape, jnp.nan, jnp.float32),
+      target_correct=jnp.zeros(forced_shape, bool))
 
   def not_finished(state: _State):
     return jnp.any(state.emitted < num_tokens) & (state.iteration < max_iterations)
@@ -170,8 +181,19 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, *, config, num_tokens
     # The emitted token is drawn from a_j: the real-vocabulary part of the current step's output.
     real_logits = state.logits[:, :vocab]
     greedy = jnp.argmax(real_logits, axis=-1)
-    sampled = jax.random.categorical(token_key, real_logits / jnp.maximum(temperature, 1e-6))
-    new_token_B = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+    target_nll, target_correct = state.target_nll, state.target_correct
+    if teacher_forced:
+      # The token is the target whatever the model says; record how well step j predicted it.
+      new_token_B = forced_BM[batch_index, slot_B].astype(jnp.int32)
+      nll_B = (jax.nn.logsumexp(real_logits.astype(jnp.float32), axis=-1)
+               - jnp.take_along_axis(real_logits, new_token_B[:, None], axis=-1)[:, 0])
+      where = (batch_index, slot_B, state.step)
+      target_nll = target_nll.at[where].set(jnp.where(active_B, nll_B, target_nll[where]))
+      target_correct = target_correct.at[where].set(
+          jnp.where(active_B, greedy == new_token_B, target_correct[where]))
+    else:
+      sampled = jax.random.categorical(token_key, real_logits / jnp.maximum(temperature, 1e-6))
+      new_token_B = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
     tokens = state.tokens.at[batch_index, slot_B].set(
         jnp.where(answer_B, new_token_B, state.tokens[batch_index, slot_B]))
     pauses = state.pauses.at[batch_index, slot_B].set(
@@ -213,12 +235,14 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, *, config, num_tokens
         hidden=jnp.where(active_B[:, None], hidden_BD, state.hidden),
         log_survival=jnp.where(pause_B, state.log_survival + log_d_B, 0.0),
         real_cache=real_cache, chain_cache=chain_cache, tokens=tokens, pauses=pauses,
-        step_logits=step_logits)
+        step_logits=step_logits, target_nll=target_nll, target_correct=target_correct)
 
   final = jax.lax.while_loop(not_finished, iterate, state)
   return Generation(tokens=final.tokens, pauses=final.pauses,
                     step_logits=final.step_logits if return_logits else None,
-                    num_queries=final.iteration)
+                    num_queries=final.iteration,
+                    target_nll=final.target_nll if teacher_forced else None,
+                    target_correct=final.target_correct if teacher_forced else None)
 
 
 def generate(params, prompt: jax.Array, config: model_lib.ModelConfig, *, num_tokens: int,
@@ -255,3 +279,32 @@ def generate(params, prompt: jax.Array, config: model_lib.ModelConfig, *, num_to
                    jnp.asarray(q, jnp.float32), jnp.asarray(temperature, jnp.float32), config=config,
                    num_tokens=num_tokens, policy=policy, num_pauses=num_pauses,
                    return_logits=return_logits)
+
+
+def teacher_forced(params, tokens_BN: jax.Array, config: model_lib.ModelConfig, *, num_pauses: int,
+                   policy: str = "threshold", tau: float = 0.5, q: float = 0.5,
+                   rng: Optional[jax.Array] = None) -> Generation:
+  """Inference on given text: pauses where `policy` decides, but every emitted token is the text's own.
+
+  tokens_BN: int `[B, N]`, N >= 2; the first token is the prompt, and slot i of the result (i < N - 1)
+  is the prediction of tokens_BN[:, i + 1] in the context inference builds: with
+  `pause_context="stream"` the pauses enter the stream only after `<dk>` (DESIGN.md section 3), unlike
+  the training rollout, which puts K after every token. Returns a `Generation` whose `pauses`,
+  `target_nll` and `target_correct` (`[B, N-1, ...]`) are what eval reports in the inference context.
+  Raises ValueError for a bad policy or argument, as `generate`.
+  """
+  if tokens_BN.ndim != 2 or tokens_BN.shape[1] < 2:
+    raise ValueError(f"tokens must have shape [B, N] with N >= 2, got {tokens_BN.shape}")
+  if not isinstance(num_pauses, (int, np.integer)) or not 0 <= num_pauses <= config.max_pauses:
+    raise ValueError(f"num_pauses must be an integer in [0, model.max_pauses = {config.max_pauses}], "
+                     f"got {num_pauses!r}")
+  policies.check_policy(policy, tau=tau, q=q)
+  num_tokens = tokens_BN.shape[1] - 1
+  per_token = num_pauses + 1 if config.pause_context == "stream" else 1
+  # The cache holds up to 1 + (N-1)(K+1) entries of a stream; max_len bounds nothing else at inference.
+  config = dataclasses.replace(config, max_len=max(config.max_len, 1 + num_tokens * per_token))
+  tokens_BN = jnp.asarray(tokens_BN, jnp.int32)
+  return _generate(params, tokens_BN[:, :1], jax.random.PRNGKey(0) if rng is None else rng,
+                   jnp.asarray(tau, jnp.float32), jnp.asarray(q, jnp.float32), jnp.zeros((), jnp.float32),
+                   tokens_BN[:, 1:], config=config, num_tokens=num_tokens, policy=policy,
+                   num_pauses=num_pauses, return_logits=False, teacher_forced=True)

@@ -1,0 +1,70 @@
+"""Eval of a `pause_context="stream"` model reports what inference does (DESIGN.md section 3): the policy's
+pauses enter the stream only where it paused, with the training rollout's numbers labelled beside."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cyb_jax import model as model_lib
+from cyb_jax.evaluation import evaluate
+from cyb_jax.inference import generate
+
+CONFIG = model_lib.ModelConfig(vocab_size=11, width=12, num_layers=2, num_heads=2, mlp_hidden=14, max_len=64,
+                               max_pauses=2, dk_init_prob=0.5, pause_context="stream")
+K = 2
+B, N = 3, 9
+
+
+def _params(config):
+  params = model_lib.init(config, jax.random.PRNGKey(2))
+  # A <dk> direction, so d varies with the context and the threshold policy pauses on some tokens only.
+  params["dk_head"]["kernel"] = 2.0 * jax.random.normal(jax.random.PRNGKey(102), (config.width,))
+  return params
+
+
+def _batch():
+  stream = np.asarray(jax.random.randint(jax.random.PRNGKey(7), (B, N + 1), 0, CONFIG.vocab_size))
+  mask = np.ones((B, N), bool)
+  mask[:, :2] = False  # some positions carry no loss
+  return {"inputs": stream[:, :-1].astype(np.int32), "targets": stream[:, 1:].astype(np.int32),
+          "loss_mask": mask}
+
+
+def _evaluate(config, params, policy):
+  return evaluate.evaluate(params, [_batch()], config, K, policy=policy, tau=0.5)
+
+
+def test_stream_headline_is_teacher_forced_inference_and_differs_from_the_rollout():
+  params = _params(CONFIG)
+  result = _evaluate(CONFIG, params, "threshold")
+  assert result["context"] == "inference"
+  # Independently: inference on the same text, read at each token's own stop, over the loss tokens.
+  batch = _batch()
+  tokens = np.concatenate([batch["inputs"][:, :1], batch["targets"]], axis=1)
+  forced = generate.teacher_forced(params, tokens, CONFIG, num_pauses=K, policy="threshold", tau=0.5)
+  stops = np.asarray(forced.pauses)
+  nll = np.take_along_axis(np.asarray(forced.target_nll), stops[..., None], -1)[..., 0]
+  mask = batch["loss_mask"]
+  assert result["nll_policy"] == pytest.approx(float(nll[mask].mean()), rel=1e-6)
+  assert result["mean_pauses"] == pytest.approx(float(stops[mask].mean()))
+  assert result["pause_histogram"] == np.bincount(stops[mask], minlength=K + 1).tolist()
+  assert 0 < result["mean_pauses"] < K  # the policy pauses on some tokens only
+  # The training context (K pauses after every token) is reported beside it, and here it differs.
+  training = result["training_context"]
+  assert abs(training["nll_policy"] - result["nll_policy"]) > 1e-4
+
+
+def test_stream_with_policy_always_agrees_in_both_contexts():
+  result = _evaluate(CONFIG, _params(CONFIG), "always")
+  assert result["mean_pauses"] == K and result["training_context"]["mean_pauses"] == K
+  assert result["nll_policy"] == pytest.approx(result["training_context"]["nll_policy"], abs=1e-5)
+  assert result["accuracy"] == result["training_context"]["accuracy"]
+
+
+def test_private_chains_have_one_context():
+  config = dataclasses.replace(CONFIG, pause_context="private")
+  result = _evaluate(config, _params(config), "threshold")
+  assert result["context"] == "rollout" and "training_context" not in result
