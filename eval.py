@@ -32,12 +32,13 @@ def main(argv):
   cli.quiet_libraries()
   from cyb_jax import configuration  # pylint: disable=g-import-not-at-top
   from cyb_jax.evaluation import eval_checkpoint  # pylint: disable=g-import-not-at-top
+  from cyb_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   try:
     result = eval_checkpoint.evaluate_checkpoint(
         config, _WORKDIR.value, step=_CHECKPOINT.value, policy=_POLICY.value, tau=_TAU.value,
         q=_Q.value, max_batches=_MAX_BATCHES.value, batch_size=_BATCH_SIZE.value,
         num_samples=_SAMPLES.value, out_dir=_OUT.value)
-  except configuration.ConfigError as error:
+  except (configuration.ConfigError, checkpointing.CheckpointError) as error:
     sys.exit(f"eval error: {error}")
   print(f"{result['policy']}: nll_policy {result['nll_policy']:.4f}, accuracy {result['accuracy']:.4f}, "
         f"mean pauses {result['mean_pauses']:.3f}, over {result['num_tokens']} tokens; report in "

@@ -20,11 +20,14 @@ def main(argv):
   config = cli.loaded_config(_CONFIG)
   cli.quiet_libraries()
   from cyb_jax import configuration  # pylint: disable=g-import-not-at-top  (jax is slow to import)
+  from cyb_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   from cyb_jax.training import trainer  # pylint: disable=g-import-not-at-top
   try:
     trainer.train(config, _WORKDIR.value)
   except configuration.ConfigError as error:
     sys.exit(f"config error: {error}")
+  except checkpointing.CheckpointError as error:
+    sys.exit(f"checkpoint error: {error}")
 
 
 if __name__ == "__main__":

@@ -297,13 +297,6 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
     info = data_pipeline.data_info(data)
   except (FileNotFoundError, ImportError, ValueError) as error:
     raise ConfigError(f"config.data: {error}") from None
-  if data.name == data_pipeline.TEXT_FILE:
-    # Both splits now, not the eval split after the last training step.
-    for split in data_pipeline.SPLITS:
-      try:
-        data_pipeline.make_source(data, split)
-      except ValueError as error:
-        raise ConfigError(f"config.data.seq_len = {info.seq_len}: {error}") from None
   model = model_config(config, info)
   if init_from_hf(config) and info.vocab_size > model.vocab_size:
     # Added tokens past the embedding (Gemma 3's) are allowed; ordinary vocabulary there is not.
@@ -313,6 +306,13 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
       raise ConfigError(f"config.data.tokenizer: {error}") from None
     data = dataclasses.replace(data, vocab_limit=model.vocab_size)
     info = data_pipeline.data_info(data)
+  if data.name == data_pipeline.TEXT_FILE:
+    # Both splits now, not the eval split after the last training step.
+    for split in data_pipeline.SPLITS:
+      try:
+        data_pipeline.make_source(data, split)
+      except ValueError as error:
+        raise ConfigError(f"config.data.seq_len = {info.seq_len}: {error}") from None
   _require(num_pauses <= model.max_pauses, "num_pauses",
            f"= {num_pauses} exceeds config.model.max_pauses = {model.max_pauses}")
   objective = objective_settings(config, num_pauses)

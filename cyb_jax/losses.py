@@ -247,7 +247,7 @@ def geometric_prior(num_steps: int, p: float) -> np.ndarray:
   p is the probability of stopping at each step given the step is reached; p = 0.7 with S = 4 gives a mean
   of about 0.4 pauses.
   """
-  if int(num_steps) != num_steps or num_steps < 1:
+  if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or num_steps < 1:
     raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
   _check_scalar("p", p, low=0.0, high=1.0, low_open=True, high_open=False)
   weights = p * (1.0 - p) ** np.arange(num_steps, dtype=np.float64)

@@ -68,3 +68,119 @@ def test_the_same_process_restores_onto_other_shardings(tmp_path):
   assert restored["params"]["embed"].sharding == one_device
   np.testing.assert_array_equal(np.asarray(restored["params"]["blocks"][0]["w"]),
                                 np.asarray(state["params"]["blocks"][0]["w"]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resuming state whose meaning depends on settings; unreadable checkpoints; failed saves.
+
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+
+from cyb_jax import configuration  # noqa: E402
+from cyb_jax.evaluation import eval_checkpoint  # noqa: E402
+from cyb_jax.training import trainer  # noqa: E402
+from helpers import forbid_compilation  # noqa: E402
+from helpers import tiny  # noqa: E402
+
+
+def _meta(process_count=1, **config):
+  base = {"data": {"name": "pointer_chasing", "seq_len": None, "eval_examples": 1024},
+          "train": {"batch_size": 8, "num_steps": 10}, "seed": 0, "num_pauses": 1,
+          "objective": {"name": "cyb_dp", "budget": 0.25, "gamma": 0.9}}
+  for dotted, value in config.items():
+    *parents, leaf = dotted.split("__")
+    node = base
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return {"config": base, "process_count": process_count}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data__seq_len": 64}, "config.data.seq_len is 64 here but None in the checkpoint"),
+    ({"train__batch_size": 16}, "config.train.batch_size is 16 here but 8 in the checkpoint"),
+    ({"seed": 3}, "config.seed is 3 here but 0 in the checkpoint"),
+    ({"objective__budget": 0.5}, "config.objective.budget is 0.5 here but 0.25 in the checkpoint"),
+    ({"objective__name": "cyb_ap"}, "config.objective.name is 'cyb_ap' here but 'cyb_dp' in the checkpoint"),
+    ({"process_count": 2}, "process count is 2 here but 1 in the checkpoint"),
+])
+def test_resuming_with_a_setting_that_changes_the_saved_states_meaning_is_refused(change, message):
+  process_count = change.pop("process_count", 1)
+  with pytest.raises(configuration.ConfigError) as error:
+    trainer.check_resumable(_meta(), _meta(process_count, **change), 40, "W")
+  assert str(error.value).startswith(message + " (step 40) in 'W'")
+  assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("change", [{"train__num_steps": 20}, {"objective__gamma": 0.5},
+                                    {"data__eval_examples": 64}])
+def test_resuming_with_other_settings_changed_is_allowed(change):
+  trainer.check_resumable(_meta(), _meta(**change), 40, "W")  # no error
+
+
+def test_a_checkpoint_older_than_a_setting_is_not_compared_on_it():
+  old = _meta()
+  del old["process_count"]
+  del old["config"]["objective"]["budget"]
+  trainer.check_resumable(old, _meta(2, objective__budget=0.5), 40, "W")  # no error
+
+
+def test_resume_check_runs_before_compiling(tmp_path, monkeypatch):
+  workdir = tmp_path / "run"
+  trainer.train(tiny("nopause", {"train.num_steps": 2, "train.eval_every": 100}), str(workdir))
+  forbid_compilation(monkeypatch)
+  with pytest.raises(configuration.ConfigError, match=r"^config\.seed is 5 here but 0 in the checkpoint"):
+    trainer.train(tiny("nopause", {"train.num_steps": 4, "train.eval_every": 100, "seed": 5}), str(workdir))
+
+
+def test_an_unreadable_checkpoint_names_itself_and_the_newest_intact_one(tmp_path):
+  workdir = tmp_path / "run"
+  config = tiny("nopause", {"train.num_steps": 3, "train.checkpoint_every": 1, "train.eval_every": 100,
+                            "train.keep_checkpoints": 3})
+  trainer.train(config, str(workdir))
+  broken = workdir / "checkpoints" / "3"
+  shutil.rmtree(broken / "state")  # e.g. a copy cut short, or files lost
+  with pytest.raises(checkpointing.CheckpointError) as error:
+    trainer.train(tiny("nopause", {"train.num_steps": 5, "train.checkpoint_every": 1, "train.eval_every": 100,
+                                   "train.keep_checkpoints": 3}), str(workdir))
+  message = str(error.value)
+  assert message.startswith(f"checkpoint 3 in {workdir / 'checkpoints'} cannot be read (")
+  assert message.endswith(f"the newest intact checkpoint is step 2: move {broken} away to use it")
+  assert "\n" not in message
+  # eval.py's reader says the same.
+  with pytest.raises(checkpointing.CheckpointError, match="newest intact checkpoint is step 2"):
+    eval_checkpoint.load_params(str(workdir))
+
+
+class _FailingManager:
+  """A CheckpointManager stand-in whose saves fail as a full disk does: at once, or in the background."""
+
+  def __init__(self, at_once: bool):
+    self.at_once, self.in_flight = at_once, False
+
+  def save(self, step, args=None, force=False):
+    if self.at_once:
+      raise OSError(28, "No space left on device")
+    self.in_flight = True
+    return True
+
+  def wait_until_finished(self):
+    if self.in_flight:
+      self.in_flight = False
+      raise OSError(28, "No space left on device")
+
+  def close(self):
+    pass
+
+
+@pytest.mark.parametrize("at_once", [True, False], ids=["failing_save", "failing_background_write"])
+def test_a_failed_save_names_its_step_in_one_line(tmp_path, at_once):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / "run"))
+  checkpointer.manager = _FailingManager(at_once)
+  expected = (f"saving checkpoint 7 to {checkpointer.directory} failed: OSError: [Errno 28] No space left "
+              "on device")
+  with pytest.raises(checkpointing.CheckpointError) as error:
+    checkpointer.save(7, {}, {}, {})
+    checkpointer.save(8, {}, {}, {})  # a background failure of 7 surfaces here, named as 7
+  assert str(error.value) == expected

@@ -107,3 +107,15 @@ def test_experiment_summary_reads_baselines_beyond_the_budget_and_picks_the_best
   assert result["baseline_final_multiple"]["ce"]["cyb_ap"] == pytest.approx(20 / needed)
   for suffix in (".json", ".md", ".png"):
     assert os.path.getsize(tmp_path / f"data_efficiency_toy{suffix}") > 0
+
+
+@pytest.mark.parametrize("tokens, nll, target, match", [
+    ([1.0, 2.0], [3.0, 2.0], float("nan"), "must be finite"),
+    ([1.0, 2.0], [3.0, float("nan")], 2.5, "must be finite"),
+    ([1.0, float("inf")], [3.0, 2.0], 2.5, "tokens must be finite"),
+])
+def test_nan_arguments_are_rejected_not_read_as_never_reached(tokens, nll, target, match):
+  with pytest.raises(ValueError, match=match):
+    efficiency.tokens_to_reach(tokens, nll, target)
+  with pytest.raises(ValueError, match="model_tokens"):
+    efficiency.data_efficiency_multiple([1.0, 2.0], [3.0, 2.0], float("nan"), 2.5)

@@ -686,3 +686,9 @@ def test_objective_loss_aux():
     np.testing.assert_allclose(aux.nll_at_step, masked_mean(ref["nll"], mask), **TOL, err_msg=name)
     np.testing.assert_allclose(aux.halt_distribution, masked_mean(ref["h"], mask), **TOL, err_msg=name)
     assert float(aux.num_tokens) == mask.sum(), name
+
+
+@pytest.mark.parametrize("num_steps, p", [(float("nan"), 0.5), (2.5, 0.5), (3, float("nan"))])
+def test_geometric_prior_rejects_nan_and_fractional_arguments(num_steps, p):
+  with pytest.raises(ValueError, match="num_steps|p must lie"):
+    losses.geometric_prior(num_steps, p)

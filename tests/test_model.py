@@ -337,6 +337,14 @@ def test_extend_params_keeps_step0(no_pause, feedback):
   np.testing.assert_allclose(logits, ref.batched_rollout(extended, config, _tokens(), K), **TOL)
 
 
+def test_extend_params_rejects_a_non_finite_dk_bias(no_pause):
+  config0, params0, _ = no_pause
+  config = dataclasses.replace(config0, max_pauses=K)
+  for bad in (float("nan"), float("inf")):
+    with pytest.raises(ValueError, match="dk_bias must be finite"):
+      model.extend_params(params0, config, jax.random.key(7), dk_bias=bad)
+
+
 def test_extend_params_sets_the_initial_dk_probability_of_a_trained_model(no_pause):
   # A trained head's real-vocabulary log-normaliser u is far from the log V a fresh head has; the <dk> bias
   # must be set against the model's own u (measured on data), or the initial <dk> probability is wrong.

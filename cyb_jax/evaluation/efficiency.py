@@ -42,8 +42,11 @@ def tokens_to_reach(tokens: Sequence[float], nll: Sequence[float], target: float
   """
   if len(tokens) != len(nll) or not tokens:
     raise ValueError("tokens and nll must be non-empty and of equal length")
-  if any(t <= 0 for t in tokens) or any(b <= a for a, b in zip(tokens, tokens[1:])):
-    raise ValueError("tokens must be positive and increasing")
+  if not all(math.isfinite(t) and t > 0 for t in tokens) or any(b <= a for a, b in zip(tokens, tokens[1:])):
+    raise ValueError("tokens must be finite, positive and increasing")
+  # A NaN nll or target compares False everywhere and would read as "never reached".
+  if not all(math.isfinite(y) for y in nll) or not math.isfinite(target):
+    raise ValueError(f"nll values and the target must be finite, got nll {list(nll)} and target {target!r}")
   if nll[0] <= target:
     return float(tokens[0]), "<="
   for (t0, y0), (t1, y1) in zip(zip(tokens, nll), zip(tokens[1:], nll[1:])):
@@ -58,6 +61,8 @@ def tokens_to_reach(tokens: Sequence[float], nll: Sequence[float], target: float
 def data_efficiency_multiple(baseline_tokens: Sequence[float], baseline_nll: Sequence[float],
                              model_tokens: float, model_final_nll: float) -> Multiple:
   """How many times more training tokens the baseline needs to match the model's final nll."""
+  if not (math.isfinite(model_tokens) and model_tokens > 0):
+    raise ValueError(f"model_tokens must be a finite positive number, got {model_tokens!r}")
   needed, bound = tokens_to_reach(baseline_tokens, baseline_nll, model_final_nll)
   return Multiple(needed / model_tokens, bound)
 

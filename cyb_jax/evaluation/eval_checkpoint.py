@@ -42,9 +42,10 @@ def load_params(workdir: str, step: Optional[int] = None) -> tuple[dict, dict, i
     step = max(available)
   elif step not in available:
     raise configuration.ConfigError(f"--checkpoint {step} is not in {workdir!r}; available: {sorted(available)}")
-  meta = checkpointer.restore_meta(step)
-  params = checkpointer.restore_params(step)
-  checkpointer.close()
+  try:
+    meta, params = checkpointer.params_or_explain(step)
+  finally:
+    checkpointer.close()
   return params, meta, step
 
 

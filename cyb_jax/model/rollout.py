@@ -105,6 +105,8 @@ def extend_params(no_pause_params: Params, config: ModelConfig, rng: jax.Array, 
   """
   if config.max_pauses < 1:
     raise ValueError("extend_params needs a config with model.max_pauses >= 1")
+  if dk_bias is not None and not np.isfinite(np.asarray(dk_bias, np.float64)).all():
+    raise ValueError(f"dk_bias must be finite, got {dk_bias!r}")
   shared_keys = set(plain_keys(config))
   missing = sorted(shared_keys - set(no_pause_params))
   if missing:

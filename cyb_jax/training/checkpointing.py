@@ -19,6 +19,15 @@ import orbax.checkpoint as ocp
 ITEMS = ("state", "meta", "data")
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be written or read; the one-line message names it and what to do."""
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
 class Checkpointer:
   """A thin wrapper over `ocp.CheckpointManager` for the three items of a cyb_jax checkpoint."""
 
@@ -41,9 +50,28 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict, data_state: Any, force: bool = False) -> bool:
-    return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
-        data=ocp.args.JsonSave(data_state if data_state is not None else {})), force=force)
+    """Starts saving `step` (asynchronously). Raises CheckpointError naming the step whose save failed:
+    this one, or the previous one, whose background write reports its failure here."""
+    self._raise_pending_failure()
+    try:
+      saved = self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
+          data=ocp.args.JsonSave(data_state if data_state is not None else {})), force=force)
+    except Exception as error:  # pylint: disable=broad-except  (storage errors have many types)
+      raise CheckpointError(f"saving checkpoint {step} to {self.directory} failed: {_first_line(error)}") \
+          from error
+    if saved:
+      self._pending = step
+    return saved
+
+  def _raise_pending_failure(self) -> None:
+    """Waits for the save in flight; a failure there becomes a CheckpointError naming its step."""
+    pending, self._pending = getattr(self, "_pending", None), None
+    try:
+      self.manager.wait_until_finished()
+    except Exception as error:  # pylint: disable=broad-except
+      step = f"checkpoint {pending}" if pending is not None else "a checkpoint"
+      raise CheckpointError(f"saving {step} to {self.directory} failed: {_first_line(error)}") from error
 
   def restore_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
@@ -75,12 +103,44 @@ class Checkpointer:
       params["blocks"] = [params["blocks"][str(i)] for i in range(len(params["blocks"]))]
     return params
 
+  def restore_or_explain(self, step: int, abstract_state: Any) -> tuple[Any, dict, Any]:
+    """`restore`, or CheckpointError naming the unreadable step and the newest older one that reads."""
+    return self._explained(step, lambda s: self.restore(s, abstract_state))
+
+  def params_or_explain(self, step: int) -> tuple[dict, Any]:
+    """(meta, params) of `step` (see `restore_params`), or CheckpointError as `restore_or_explain`."""
+    return self._explained(step, lambda s: (self.restore_meta(s), self.restore_params(s)))
+
+  def meta_or_explain(self, step: int) -> dict:
+    """`restore_meta`, or CheckpointError as `restore_or_explain`."""
+    return self._explained(step, self.restore_meta)
+
+  def _explained(self, step: int, read):
+    try:
+      return read(step)
+    except Exception as error:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+      intact = None
+      for older in sorted((s for s in self.all_steps() if s < step), reverse=True):
+        try:
+          read(older)
+          intact = older
+          break
+        except Exception:  # pylint: disable=broad-except
+          continue
+      advice = (f"the newest intact checkpoint is step {intact}: move {os.path.join(self.directory, str(step))} "
+                "away to use it" if intact is not None else "no older checkpoint reads either")
+      raise CheckpointError(f"checkpoint {step} in {self.directory} cannot be read ({_first_line(error)}); "
+                            f"{advice}") from error
+
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the save in flight; raises CheckpointError if it failed."""
+    self._raise_pending_failure()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self._raise_pending_failure()
+    finally:
+      self.manager.close()
 
 
 def replicated_sharding() -> jax.sharding.Sharding:

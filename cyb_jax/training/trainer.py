@@ -182,7 +182,7 @@ def _load_init_params(init_dir: str, model_config: model_lib.ModelConfig) -> Any
   step = source.latest_step()
   if step is None:
     raise configuration.ConfigError(f"config.init_from = {init_dir!r} holds no checkpoint")
-  meta = source.restore_meta(step)
+  meta, params = source.params_or_explain(step)
   saved = meta["model"]
   if saved["vocab_size"] != model_config.vocab_size:
     raise configuration.ConfigError(
@@ -194,7 +194,6 @@ def _load_init_params(init_dir: str, model_config: model_lib.ModelConfig) -> Any
     if key not in ("max_pauses", "pause_feedback") and value != wanted_shapes[key]:
       raise configuration.ConfigError(
           f"config.init_from: model {key} is {value} in {init_dir!r}, {wanted_shapes[key]} in this config")
-  params = source.restore_params(step)
   source.close()
   if saved["max_pauses"] > 0:
     params = {k: params[k] for k in model_lib.plain_keys(model_config)}
@@ -236,6 +235,51 @@ class _Window:
     return mean
 
 
+# Settings that decide what a checkpoint's saved state means beyond the parameters: where the saved
+# data-iterator position points (the data, the global batch, the shuffling seed, the number of processes,
+# each with its own iterator), and the objective's carried state (CYB-DP's dual cost and its budget).
+# Resuming with any of them changed would continue from a position or a cost that means something else.
+RESUME_SENSITIVE = ("data", "train.batch_size", "seed", "num_pauses", "objective.name", "objective.budget",
+                    "process_count")
+# data.* fields that do not touch the training stream (eval-only, where it is read from, how fast).
+RESUME_FREE = ("data.eval_seed", "data.eval_examples", "data.tfds_eval_split", "data.tfds_data_dir",
+               "data.read_threads", "data.prefetch_batches")
+
+
+def _lookup(tree: dict, dotted: str):
+  node = tree
+  for part in dotted.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return _MISSING
+    node = node[part]
+  return node
+
+
+_MISSING = object()
+
+
+def check_resumable(saved_meta: dict, meta: dict, step: int, workdir: str) -> None:
+  """Raises ConfigError naming the first setting in RESUME_SENSITIVE whose value differs between the
+  checkpoint (`saved_meta`) and this run (`meta`), with both values. Settings a checkpoint predates are
+  not compared."""
+  saved = {**saved_meta.get("config", {}), "process_count": saved_meta.get("process_count", _MISSING)}
+  current = {**meta["config"], "process_count": meta["process_count"]}
+  for key in RESUME_SENSITIVE:
+    before, now = _lookup(saved, key), _lookup(current, key)
+    if isinstance(before, dict) and isinstance(now, dict):
+      pairs = [(f"{key}.{k}", before.get(k, _MISSING), now.get(k, _MISSING)) for k in sorted(set(before) | set(now))]
+    else:
+      pairs = [(key, before, now)]
+    for name, old, new in pairs:
+      if old is _MISSING or new is _MISSING or name in RESUME_FREE:
+        continue
+      if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
+        what = "process count" if name == "process_count" else f"config.{name}"
+        raise configuration.ConfigError(
+            f"{what} is {new!r} here but {old!r} in the checkpoint (step {step}) in {workdir!r}: resuming "
+            f"would misread its saved data position or objective state; use {old!r} or a new --workdir")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir` and returns the final eval results."""
   if config.distributed:
@@ -257,6 +301,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state_shardings = sharding.state_shardings(abstract_state, mesh)
   checkpointer = checkpointing.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
   meta = {"config": configuration.as_json_dict(config), "model": dataclasses.asdict(model_config),
+          "process_count": jax.process_count(),
           "data_info": {"vocab_size": settings.data_info.vocab_size,
                         "seq_len": settings.data_info.seq_len,
                         "difficulty_names": settings.data_info.difficulty_names}}
@@ -268,12 +313,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   latest = checkpointer.latest_step()
   data_state = None
   if latest is not None:
-    saved_shape = configuration.model_shape(model_lib.ModelConfig(**checkpointer.restore_meta(latest)["model"]))
+    saved_meta = checkpointer.meta_or_explain(latest)
+    saved_shape = configuration.model_shape(model_lib.ModelConfig(**saved_meta["model"]))
     if saved_shape != configuration.model_shape(model_config):
       raise configuration.ConfigError(
           f"work directory {workdir!r} holds a checkpoint (step {latest}) of a different model shape: "
           f"{saved_shape} vs this config's {configuration.model_shape(model_config)}; use a new --workdir")
-    state, _, data_state = checkpointer.restore(latest, state_spec)
+    check_resumable(saved_meta, meta, latest, workdir)
+    state, _, data_state = checkpointer.restore_or_explain(latest, state_spec)
     log.info("resumed from %s at step %d", checkpointer.directory, latest)
   elif config.init_from or configuration.init_from_hf(config):
     params = _initial_params(config, settings, mesh, rng)
