@@ -86,6 +86,8 @@ def unknown_key_message(section: str, unknown: list, known) -> str:
 def _default_keys() -> dict:
   """{section: set of keys} of configs/default.py, the schema every config file derives from."""
   from cyb_jax import cli  # pylint: disable=g-import-not-at-top  (absl only)
+  if not os.path.isfile(cli.DEFAULT_CONFIG):  # installed without the repository's configs/
+    return {"": None}
   spec = importlib.util.spec_from_file_location("_cyb_default_config", cli.DEFAULT_CONFIG)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -103,9 +105,10 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
   nothing reads, silently. `model.*` and `data.*` are checked against their dataclasses' fields."""
   schema = _default_keys()
   values = config.to_dict()
-  unknown = sorted(set(values) - schema[""])
-  if unknown:
-    raise ConfigError(unknown_key_message("", unknown, schema[""]))
+  if schema[""] is not None:
+    unknown = sorted(set(values) - schema[""])
+    if unknown:
+      raise ConfigError(unknown_key_message("", unknown, schema[""]))
   sections = {section: known for section, known in schema.items() if section}
   sections["model"] = {f.name for f in dataclasses.fields(model_lib.ModelConfig)}
   sections["data"] = {f.name for f in dataclasses.fields(data_pipeline.DataConfig)}
@@ -194,6 +197,8 @@ def data_config(config: ml_collections.ConfigDict, workdir: Optional[str] = None
            f"must be one of {data_pipeline.known_sources()}, got {data.name!r}")
   if data.name == data_pipeline.TEXT_FILE:
     _require(bool(data.text_path), "data.text_path", "is required for data.name='text_file'")
+    _require(isinstance(data.eval_fraction, (int, float)) and 0.0 < data.eval_fraction < 1.0,
+             "data.eval_fraction", f"must lie in (0, 1), got {data.eval_fraction!r}")
     if not os.path.isfile(data.text_path):
       raise ConfigError(f"config.data.text_path: no such file {data.text_path!r}")
     if os.path.getsize(data.text_path) == 0:
@@ -312,7 +317,8 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
       try:
         data_pipeline.make_source(data, split)
       except ValueError as error:
-        raise ConfigError(f"config.data.seq_len = {info.seq_len}: {error}") from None
+        raise ConfigError(f"config.data.seq_len = {info.seq_len} with data.eval_fraction = "
+                          f"{data.eval_fraction}: {error}") from None
   _require(num_pauses <= model.max_pauses, "num_pauses",
            f"= {num_pauses} exceeds config.model.max_pauses = {model.max_pauses}")
   objective = objective_settings(config, num_pauses)

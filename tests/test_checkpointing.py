@@ -119,6 +119,16 @@ def test_resuming_with_other_settings_changed_is_allowed(change):
   trainer.check_resumable(_meta(), _meta(**change), 40, "W")  # no error
 
 
+def test_nested_settings_are_compared_leaf_by_leaf():
+  saved, now = _meta(), _meta()
+  saved["config"]["data"]["task"] = {"num_symbols": 10}
+  now["config"]["data"]["task"] = {"num_symbols": 10, "new_field_added_later": 3}
+  trainer.check_resumable(saved, now, 40, "W")  # a field the checkpoint predates: not compared
+  now["config"]["data"]["task"]["num_symbols"] = 12
+  with pytest.raises(configuration.ConfigError, match=r"^config\.data\.task\.num_symbols is 12 here but 10"):
+    trainer.check_resumable(saved, now, 40, "W")
+
+
 def test_a_checkpoint_older_than_a_setting_is_not_compared_on_it():
   old = _meta()
   del old["process_count"]

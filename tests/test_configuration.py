@@ -179,8 +179,8 @@ def test_a_text_file_too_short_for_its_eval_split_fails_before_training(tmp_path
   config = tiny(overrides={"data.name": "text_file", "data.text_path": str(corpus), "data.task": {},
                            "data.seq_len": 32})
   message = train_error(config, tmp_path / "run", monkeypatch)
-  assert message == (f"config.data.seq_len = 32: text file {corpus}: its eval split has 30 tokens, fewer "
-                     "than one window of 33")
+  assert message == (f"config.data.seq_len = 32 with data.eval_fraction = 0.1: text file {corpus}: its eval "
+                     "split has 30 tokens, fewer than one window of 33")
 
 
 def test_a_work_directory_that_cannot_be_created_fails_before_anything(tmp_path, monkeypatch):

@@ -68,3 +68,10 @@ def test_private_chains_have_one_context():
   config = dataclasses.replace(CONFIG, pause_context="private")
   result = _evaluate(config, _params(config), "threshold")
   assert result["context"] == "rollout" and "training_context" not in result
+
+
+def test_stream_on_packed_rows_reports_the_rollout_and_says_so():
+  batch = {**_batch(), "segment_ids": np.ones((B, N), np.int32)}
+  result = evaluate.evaluate(_params(CONFIG), [batch], CONFIG, K, policy="threshold", tau=0.5)
+  assert result["context"] == "rollout" and "training_context" not in result
+  assert "packed rows" in result["context_note"]

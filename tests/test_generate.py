@@ -471,3 +471,93 @@ def test_teacher_forced_private_chains_equal_the_rollout_on_any_text():
       assert int(forced.pauses[b, i]) == stop
       nll, _ = _nll_and_correct(z[:stop + 1], tokens[b, i + 1])
       np.testing.assert_allclose(np.asarray(forced.target_nll)[b, i, :stop + 1], nll, atol=1e-4, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ragged prompts, stop tokens, top-k / top-p (the sampling CLI's library features).
+
+
+@pytest.mark.parametrize("variant", ["plain", "stream", "gemma_like"])
+def test_a_ragged_batch_generates_what_each_prompt_generates_alone(variant):
+  lengths = [5, 2, 4, 1]
+  alone = [generate.generate(params_for(variant), PROMPTS[b:b + 1, :n], CONFIGS[variant],
+                             num_tokens=NUM_TOKENS, num_pauses=K, policy="threshold", tau=TAU)
+           for b, n in enumerate(lengths)]
+  # Left-padded with a token that is not pad-aware anywhere (7), so leaking padding would show.
+  padded = np.full((BATCH, PROMPT_LEN), 7, np.int32)
+  for b, n in enumerate(lengths):
+    padded[b, PROMPT_LEN - n:] = np.asarray(PROMPTS[b, :n])
+  together = generate.generate(params_for(variant), padded, CONFIGS[variant], num_tokens=NUM_TOKENS,
+                               num_pauses=K, policy="threshold", tau=TAU, prompt_lengths=lengths)
+  for b in range(BATCH):
+    np.testing.assert_array_equal(together.tokens[b], alone[b].tokens[0])
+    np.testing.assert_array_equal(together.pauses[b], alone[b].pauses[0])
+    np.testing.assert_allclose(np.exp(together.dk_log_probs[b]), np.exp(alone[b].dk_log_probs[0]),
+                               atol=1e-5)
+
+
+def test_stop_tokens_end_each_sequence_where_it_emits_one():
+  free = generated("plain", "threshold")
+  stop = int(free.tokens[0, 2])
+  stopped = generate.generate(params_for("plain"), PROMPTS, CONFIG, num_tokens=NUM_TOKENS, num_pauses=K,
+                              policy="threshold", tau=TAU, stop_tokens=[stop])
+  for b in range(BATCH):
+    row = np.asarray(free.tokens[b])
+    hits = np.nonzero(row == stop)[0]
+    length = int(hits[0]) + 1 if hits.size else NUM_TOKENS
+    assert int(stopped.lengths[b]) == length
+    np.testing.assert_array_equal(stopped.tokens[b, :length], row[:length])
+    np.testing.assert_array_equal(stopped.pauses[b, :length], free.pauses[b, :length])
+  assert int(stopped.lengths[0]) == 3 and np.asarray(free.lengths).tolist() == [NUM_TOKENS] * BATCH
+
+
+def test_dk_probs_are_those_of_the_steps_taken():
+  gen = generated("plain", "threshold")
+  logits = np.asarray(gen.step_logits, np.float64)
+  top = logits.max(-1, keepdims=True)
+  log_d = logits[..., V] - (np.log(np.exp(logits - top).sum(-1)) + top[..., 0])
+  taken = np.arange(K + 1)[None, None, :] <= np.asarray(gen.pauses)[..., None]
+  np.testing.assert_allclose(np.asarray(gen.dk_log_probs)[taken], log_d[taken], atol=1e-5)
+  assert np.isnan(np.asarray(gen.dk_log_probs)[~taken]).all()
+
+
+@pytest.mark.parametrize("kwargs", [dict(top_k=1), dict(top_p=1e-6), dict(top_k=3, top_p=1e-6)])
+def test_top_k_one_and_a_vanishing_nucleus_are_greedy(kwargs):
+  greedy = generated("plain", "threshold")
+  sampled = generate.generate(params_for("plain"), PROMPTS, CONFIG, num_tokens=NUM_TOKENS, num_pauses=K,
+                              policy="threshold", tau=TAU, temperature=1.5, rng=jax.random.PRNGKey(11),
+                              **kwargs)
+  np.testing.assert_array_equal(sampled.tokens, greedy.tokens)
+  np.testing.assert_array_equal(sampled.pauses, greedy.pauses)
+
+
+def test_filter_logits_keeps_the_top_k_and_the_nucleus():
+  logits = jnp.log(jnp.asarray([[0.5, 0.05, 0.3, 0.15]]))
+  kept = lambda k, p: np.isfinite(np.asarray(generate.filter_logits(logits, jnp.asarray(k), jnp.asarray(p))))[0]
+  assert kept(2, 1.0).tolist() == [True, False, True, False]
+  assert kept(0, 0.5).tolist() == [True, False, False, False]     # 0.5 alone reaches 0.5
+  assert kept(0, 0.6).tolist() == [True, False, True, False]      # 0.5 + 0.3 reaches 0.6
+  assert kept(0, 0.9).tolist() == [True, False, True, True]       # 0.95 with 0.15
+  assert kept(0, 1.0).tolist() == [True, True, True, True]
+
+
+def test_seeded_sampling_is_reproducible_and_follows_the_models_distribution():
+  """Chi-square goodness of fit of 4000 first tokens (policy never, temperature 0.8) against the
+  rollout's softmax(a_0 / 0.8), restricted to the top 5 tokens (top_k=5)."""
+  params, temperature, rows = params_for("plain"), 0.8, 4000
+  prompt = jnp.tile(PROMPTS[:1], (rows, 1))
+  run = lambda seed: generate.generate(params, prompt, CONFIG, num_tokens=1, num_pauses=0, policy="never",
+                                       temperature=temperature, top_k=5, rng=jax.random.PRNGKey(seed))
+  first, again = run(3), run(3)
+  np.testing.assert_array_equal(first.tokens, again.tokens)
+  assert not np.array_equal(first.tokens, run(4).tokens)
+  logits = np.asarray(rollout(params, PROMPTS[:1], CONFIG, 0), np.float64)[0, -1, 0, :V] / temperature
+  top5 = np.argsort(-logits)[:5]
+  probs = np.zeros(V)
+  probs[top5] = np.exp(logits[top5] - logits[top5].max())
+  probs /= probs.sum()
+  counts = np.bincount(np.asarray(first.tokens[:, 0]), minlength=V)
+  assert counts[probs == 0].sum() == 0                       # nothing outside the top 5
+  expected = rows * probs[top5]
+  chi2 = float(((counts[top5] - expected) ** 2 / expected).sum())
+  assert chi2 < 18.5  # chi-square, 4 degrees of freedom: P(chi2 > 18.5) = 0.001

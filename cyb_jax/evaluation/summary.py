@@ -29,10 +29,13 @@ def format_summary(results: dict, settings) -> str:
   ]
   training = results.get("training_context")
   if training:
-    lines[2] = "inference context: " + lines[2]
+    # nll_marginal and dk_auroc come from the rollout: they go on the training-context line.
+    lines[2] = (f"inference context: nll_policy {_fmt(results['nll_policy'])}   accuracy "
+                f"{_fmt(results['accuracy'])}   mean pauses {_fmt(results['mean_pauses'], 2)}")
     lines.insert(3, f"training context (rollout, K pauses after every token): nll_policy "
                  f"{_fmt(training['nll_policy'])}   accuracy {_fmt(training['accuracy'])}   mean pauses "
-                 f"{_fmt(training['mean_pauses'], 2)}")
+                 f"{_fmt(training['mean_pauses'], 2)}   nll_marginal {_fmt(results['nll_marginal'])}   "
+                 f"dk_auroc {_fmt(results['dk_auroc'])}")
   if "pause_rate_by_difficulty" in results:
     header = (f"{'difficulty':<12}{'tokens':>8}{'paused':>8}{'pauses':>8}{'acc':>8}"
               f"{'acc@0':>8}{'acc@K':>8}")

@@ -20,10 +20,11 @@ import dataclasses
 import functools
 import math
 import numbers
-from typing import Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.struct
 import jax
+import jax.experimental
 import jax.numpy as jnp
 import numpy as np
 
@@ -42,6 +43,10 @@ class Generation:
   target_nll, target_correct: float32 / bool `[B, M, S]` (only from `teacher_forced`): -log P(target |
     answer at step j) over the real vocabulary and whether its argmax is the target, at each realised
     (token, step); steps never reached hold NaN / False.
+  lengths: int32 `[B]`, tokens each sequence emitted (a stop token included); `tokens[b, lengths[b]:]`
+    are not part of its output.
+  dk_log_probs: float32 `[B, M, S]`, log of the `<dk>` probability at each step taken for each token
+    (NaN for steps not taken).
   """
 
   tokens: jax.Array
@@ -50,6 +55,8 @@ class Generation:
   num_queries: jax.Array
   target_nll: Optional[jax.Array] = None
   target_correct: Optional[jax.Array] = None
+  lengths: Optional[jax.Array] = None
+  dk_log_probs: Optional[jax.Array] = None
 
 
 @flax.struct.dataclass
@@ -71,6 +78,8 @@ class _State:
   step_logits: jax.Array    # [B, M, S, V+1] or a dummy [B, 1, 1, 1]
   target_nll: jax.Array     # [B, M, S] when teacher-forced, else a dummy [B, 1, 1]
   target_correct: jax.Array  # [B, M, S] when teacher-forced, else a dummy [B, 1, 1]
+  stopped: jax.Array        # [B] emitted a stop token
+  dk_log_probs: jax.Array   # [B, M, S]
 
 
 def _write_rows(cache_BCHd: jax.Array, rows_BHd: jax.Array, index_B: jax.Array,
@@ -120,10 +129,31 @@ def _query(params, config: model_lib.ModelConfig, x_BD, position_B, real_cache, 
   return x_B1D[:, 0], new_real, new_chain
 
 
+def filter_logits(logits_BV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+  """Logits `[B, V]` with tokens outside the top-k and the top-p nucleus set to -inf.
+
+  top_k: keep the k largest (0 = all). top_p: keep the smallest set of most likely tokens whose
+  probability reaches top_p (Holtzman et al. 2020; the most likely token always stays; 1 = all). Both are
+  traced scalars, so changing them does not recompile. Ties at the cut-off are kept together.
+  """
+  vocab = logits_BV.shape[-1]
+  descending_BV = -jnp.sort(-logits_BV, axis=-1)
+  k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+  kth_B1 = jnp.take_along_axis(descending_BV, jnp.broadcast_to(k - 1, (logits_BV.shape[0], 1)), axis=-1)
+  descending_BV = jnp.where(descending_BV >= kth_B1, descending_BV, -jnp.inf)
+  probs_BV = jax.nn.softmax(descending_BV, axis=-1)
+  before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV  # probability of the more likely tokens
+  keep_BV = (before_BV < top_p) & jnp.isfinite(descending_BV)
+  keep_BV = keep_BV.at[:, 0].set(True)
+  cutoff_B1 = jnp.min(jnp.where(keep_BV, descending_BV, jnp.inf), axis=-1, keepdims=True)
+  return jnp.where(logits_BV >= cutoff_B1, logits_BV, -jnp.inf)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "num_tokens", "policy", "num_pauses",
-                                             "return_logits", "teacher_forced"))
-def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM=None, *, config, num_tokens, policy,
-              num_pauses, return_logits, teacher_forced=False):
+                                             "return_logits", "teacher_forced", "on_token"))
+def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM, prompt_lengths_B, stop_ids, top_k,
+              top_p, *, config, num_tokens, policy, num_pauses, return_logits, teacher_forced=False,
+              on_token=None):
   batch, prompt_len = prompt_BT.shape
   stream = config.pause_context == "stream"
   vocab = config.vocab_size
@@ -132,7 +162,10 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM=None, *, co
   max_iterations = num_tokens * (num_pauses + 1) + 1
 
   # Prefill: a plain causal pass over the prompt gives the real cache and the first step-0 output.
-  positions_BT = jnp.broadcast_to(jnp.arange(prompt_len), (batch, prompt_len))
+  # Ragged prompts are left-padded: each sequence's tokens take positions 0..length-1 at the right end,
+  # and padding sits at a position beyond every query, so no real query (now or later) ever sees it.
+  positions_BT = jnp.arange(prompt_len)[None, :] - (prompt_len - prompt_lengths_B)[:, None]
+  positions_BT = jnp.where(positions_BT >= 0, positions_BT, attention.UNWRITTEN_POSITION)
   hidden_BTD, prompt_kv = model_lib.causal_forward(
       params, model_lib.embed_tokens(params, prompt_BT, config), positions_BT, config)
   pad = [(0, 0), (0, cache_len - prompt_len), (0, 0), (0, 0)]
@@ -148,7 +181,7 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM=None, *, co
   zeros_B = jnp.zeros((batch,), jnp.int32)
   state = _State(
       iteration=jnp.zeros((), jnp.int32), emitted=zeros_B, step=zeros_B,
-      query_position=jnp.full((batch,), prompt_len - 1, jnp.int32),
+      query_position=(prompt_lengths_B - 1).astype(jnp.int32),
       cache_length=jnp.full((batch,), prompt_len, jnp.int32), cache_positions=cache_positions_BC,
       current_token=prompt_BT[:, -1],
       logits=model_lib.output_logits(params, last_hidden_BD, config), hidden=last_hidden_BD,
@@ -156,13 +189,15 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM=None, *, co
       tokens=jnp.zeros((batch, num_tokens), jnp.int32), pauses=jnp.zeros((batch, num_tokens), jnp.int32),
       step_logits=jnp.full(logits_shape, jnp.nan, jnp.float32),
       target_nll=jnp.full(forced_shape, jnp.nan, jnp.float32),
-      target_correct=jnp.zeros(forced_shape, bool))
+      target_correct=jnp.zeros(forced_shape, bool),
+      stopped=jnp.zeros((batch,), bool),
+      dk_log_probs=jnp.full((batch, num_tokens, num_pauses + 1), jnp.nan, jnp.float32))
 
   def not_finished(state: _State):
-    return jnp.any(state.emitted < num_tokens) & (state.iteration < max_iterations)
+    return jnp.any((state.emitted < num_tokens) & ~state.stopped) & (state.iteration < max_iterations)
 
   def iterate(state: _State) -> _State:
-    active_B = state.emitted < num_tokens
+    active_B = (state.emitted < num_tokens) & ~state.stopped
     key = jax.random.fold_in(rng, state.iteration)
     pause_key, token_key = jax.random.split(key)
     log_d_B = policies.log_dk(state.logits)
@@ -172,6 +207,9 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM=None, *, co
     slot_B = jnp.minimum(state.emitted, num_tokens - 1)
     batch_index = jnp.arange(batch)
 
+    where_taken = (batch_index, slot_B, state.step)
+    dk_log_probs = state.dk_log_probs.at[where_taken].set(
+        jnp.where(active_B, log_d_B, state.dk_log_probs[where_taken]))
     step_logits = state.step_logits
     if return_logits:
       recorded = step_logits[batch_index, slot_B, state.step]
@@ -192,8 +230,12 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM=None, *, co
       target_correct = target_correct.at[where].set(
           jnp.where(active_B, greedy == new_token_B, target_correct[where]))
     else:
-      sampled = jax.random.categorical(token_key, real_logits / jnp.maximum(temperature, 1e-6))
+      filtered = filter_logits(real_logits.astype(jnp.float32) / jnp.maximum(temperature, 1e-6), top_k, top_p)
+      sampled = jax.random.categorical(token_key, filtered)
       new_token_B = jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+    stopped_B = state.stopped | (answer_B & jnp.any(new_token_B[:, None] == stop_ids[None, :], axis=-1))
+    if on_token is not None:
+      jax.experimental.io_callback(on_token, None, new_token_B[0], state.step[0], answer_B[0], ordered=True)
     tokens = state.tokens.at[batch_index, slot_B].set(
         jnp.where(answer_B, new_token_B, state.tokens[batch_index, slot_B]))
     pauses = state.pauses.at[batch_index, slot_B].set(
@@ -235,26 +277,36 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM=None, *, co
         hidden=jnp.where(active_B[:, None], hidden_BD, state.hidden),
         log_survival=jnp.where(pause_B, state.log_survival + log_d_B, 0.0),
         real_cache=real_cache, chain_cache=chain_cache, tokens=tokens, pauses=pauses,
-        step_logits=step_logits, target_nll=target_nll, target_correct=target_correct)
+        step_logits=step_logits, target_nll=target_nll, target_correct=target_correct, stopped=stopped_B,
+        dk_log_probs=dk_log_probs)
 
   final = jax.lax.while_loop(not_finished, iterate, state)
   return Generation(tokens=final.tokens, pauses=final.pauses,
                     step_logits=final.step_logits if return_logits else None,
                     num_queries=final.iteration,
                     target_nll=final.target_nll if teacher_forced else None,
-                    target_correct=final.target_correct if teacher_forced else None)
+                    target_correct=final.target_correct if teacher_forced else None,
+                    lengths=final.emitted, dk_log_probs=final.dk_log_probs)
 
 
 def generate(params, prompt: jax.Array, config: model_lib.ModelConfig, *, num_tokens: int,
              num_pauses: Optional[int] = None, policy: str = "threshold", tau: float = 0.5,
              q: float = 0.5, temperature: float = 0.0, rng: Optional[jax.Array] = None,
-             return_logits: bool = False) -> Generation:
-  """Generates `num_tokens` tokens after each prompt, pausing as `policy` decides.
+             return_logits: bool = False, prompt_lengths: Optional[Sequence[int]] = None,
+             stop_tokens: Sequence[int] = (), top_k: int = 0, top_p: float = 1.0,
+             on_token: Optional[Callable[[Any, Any, Any], None]] = None) -> Generation:
+  """Generates up to `num_tokens` tokens after each prompt, pausing as `policy` decides.
 
-  prompt: int `[B, T]`, all prompts of one length T >= 1. num_pauses: K, at most `config.max_pauses`
-  (default: `config.max_pauses`). temperature 0 emits the argmax of a_j, otherwise samples from a_j.
-  The compiled function is cached per (config, shapes, policy, K); tau, q and temperature are traced, so a
-  sweep over them does not recompile.
+  prompt: int `[B, T]`, T >= 1. prompt_lengths: optional `[B]` lengths of ragged prompts, each
+  left-padded to T (its tokens are prompt[b, T - length:]); the tokens are then those of generating each
+  prompt alone. num_pauses: K, at most `config.max_pauses` (default: `config.max_pauses`).
+  temperature 0 emits the argmax of a_j; otherwise samples from a_j / temperature restricted to the
+  `top_k` most likely tokens (0 = all) and the `top_p` nucleus (1 = all). stop_tokens: ids that end a
+  sequence once emitted (the stop token is kept; see `Generation.lengths`). on_token: optional
+  `f(token, pauses, emitted)` called on the host as sequence 0 advances (streaming at batch 1).
+  The compiled function is cached per (config, shapes, policy, K); tau, q, temperature, top-k, top-p,
+  stop tokens and prompt lengths are traced, so changing them does not recompile.
+  Raises ValueError for an argument out of range (NaN included) or a prompt too long for `max_len`.
   """
   num_pauses = config.max_pauses if num_pauses is None else num_pauses
   if not isinstance(num_pauses, (int, np.integer)) or isinstance(num_pauses, bool):
@@ -267,18 +319,35 @@ def generate(params, prompt: jax.Array, config: model_lib.ModelConfig, *, num_to
                      f"got {num_pauses}")
   if not isinstance(num_tokens, (int, np.integer)) or isinstance(num_tokens, bool) or num_tokens < 1:
     raise ValueError(f"num_tokens must be a positive integer, got {num_tokens!r}")
+  if prompt_lengths is None:
+    prompt_lengths = np.full((prompt.shape[0],), prompt.shape[1], np.int32)
+  prompt_lengths = np.asarray(prompt_lengths)
+  if (prompt_lengths.shape != (prompt.shape[0],) or not np.issubdtype(prompt_lengths.dtype, np.integer)
+      or prompt_lengths.min() < 1 or prompt_lengths.max() > prompt.shape[1]):
+    raise ValueError(f"prompt_lengths must be [B] integers in [1, T = {prompt.shape[1]}], got "
+                     f"{prompt_lengths.tolist()}")
   per_token = num_pauses + 1 if config.pause_context == "stream" else 1
-  if prompt.shape[1] + num_tokens * per_token > config.max_len:
-    raise ValueError(f"prompt length {prompt.shape[1]} + {num_tokens} generated tokens "
+  if int(prompt_lengths.max()) + num_tokens * per_token > config.max_len:
+    raise ValueError(f"prompt length {int(prompt_lengths.max())} + {num_tokens} generated tokens "
                      f"(x{per_token} cache entries each) exceeds model.max_len = {config.max_len}")
   if not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0:
     raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+  if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
+    raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+  if not isinstance(top_p, numbers.Real) or not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p must lie in (0, 1] (1 = off), got {top_p!r}")
+  stop_ids = np.asarray(list(stop_tokens) or [-1], np.int64)
+  if stop_ids.ndim != 1 or (stop_ids.size and stop_tokens and
+                            (stop_ids.min() < 0 or stop_ids.max() >= config.vocab_size)):
+    raise ValueError(f"stop_tokens must be token ids in [0, {config.vocab_size}), got {list(stop_tokens)}")
   if rng is None:
     rng = jax.random.PRNGKey(0)
   return _generate(params, jnp.asarray(prompt, jnp.int32), rng, jnp.asarray(tau, jnp.float32),
-                   jnp.asarray(q, jnp.float32), jnp.asarray(temperature, jnp.float32), config=config,
-                   num_tokens=num_tokens, policy=policy, num_pauses=num_pauses,
-                   return_logits=return_logits)
+                   jnp.asarray(q, jnp.float32), jnp.asarray(temperature, jnp.float32),
+                   jnp.zeros((prompt.shape[0], 1), jnp.int32), jnp.asarray(prompt_lengths, jnp.int32),
+                   jnp.asarray(stop_ids, jnp.int32), jnp.asarray(top_k, jnp.int32),
+                   jnp.asarray(top_p, jnp.float32), config=config, num_tokens=num_tokens, policy=policy,
+                   num_pauses=num_pauses, return_logits=return_logits, on_token=on_token)
 
 
 def teacher_forced(params, tokens_BN: jax.Array, config: model_lib.ModelConfig, *, num_pauses: int,
@@ -295,7 +364,8 @@ def teacher_forced(params, tokens_BN: jax.Array, config: model_lib.ModelConfig, 
   """
   if tokens_BN.ndim != 2 or tokens_BN.shape[1] < 2:
     raise ValueError(f"tokens must have shape [B, N] with N >= 2, got {tokens_BN.shape}")
-  if not isinstance(num_pauses, (int, np.integer)) or not 0 <= num_pauses <= config.max_pauses:
+  if (not isinstance(num_pauses, (int, np.integer)) or isinstance(num_pauses, bool)
+      or not 0 <= num_pauses <= config.max_pauses):
     raise ValueError(f"num_pauses must be an integer in [0, model.max_pauses = {config.max_pauses}], "
                      f"got {num_pauses!r}")
   policies.check_policy(policy, tau=tau, q=q)
@@ -304,7 +374,9 @@ def teacher_forced(params, tokens_BN: jax.Array, config: model_lib.ModelConfig, 
   # The cache holds up to 1 + (N-1)(K+1) entries of a stream; max_len bounds nothing else at inference.
   config = dataclasses.replace(config, max_len=max(config.max_len, 1 + num_tokens * per_token))
   tokens_BN = jnp.asarray(tokens_BN, jnp.int32)
+  batch = tokens_BN.shape[0]
   return _generate(params, tokens_BN[:, :1], jax.random.PRNGKey(0) if rng is None else rng,
                    jnp.asarray(tau, jnp.float32), jnp.asarray(q, jnp.float32), jnp.zeros((), jnp.float32),
-                   tokens_BN[:, 1:], config=config, num_tokens=num_tokens, policy=policy,
+                   tokens_BN[:, 1:], jnp.ones((batch,), jnp.int32), jnp.full((1,), -1, jnp.int32),
+                   jnp.zeros((), jnp.int32), jnp.ones((), jnp.float32), config=config, num_tokens=num_tokens, policy=policy,
                    num_pauses=num_pauses, return_logits=False, teacher_forced=True)

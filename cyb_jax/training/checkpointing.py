@@ -86,11 +86,12 @@ class Checkpointer:
   def restore_raw_state(self, step: int, sharding: Optional[jax.sharding.Sharding] = None) -> Any:
     """The saved state as nested dicts of arrays, placed on this process's devices (for `init_from`, eval).
 
-    Every array is restored with `sharding` (default: replicated over all current devices), whatever
+    Every array is restored with `sharding` (default: whole, on this process's first device), whatever
     devices and mesh it was saved from: a checkpoint written on 8 devices reads on 1 and vice versa.
+    Callers place the result where they need it (the trainer on its fsdp shardings).
     """
     if sharding is None:
-      sharding = replicated_sharding()
+      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     saved = self.manager.item_metadata(step)["state"]
     saved = getattr(saved, "tree", saved)
     target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), saved)

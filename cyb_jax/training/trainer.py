@@ -129,6 +129,7 @@ def _settings(config: ml_collections.ConfigDict, workdir: str, is_main: bool) ->
   """Validated settings; files the run creates before training (a BPE tokenizer) are written by the
   first process, which the others wait for."""
   kwargs = dict(device_count=jax.device_count(), process_count=jax.process_count(), workdir=workdir)
+  configuration.check_output_dir(workdir, "--workdir")  # on every process, before any waits for another
   if jax.process_count() == 1:
     return configuration.settings_from_config(config, **kwargs)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -258,6 +259,14 @@ def _lookup(tree: dict, dotted: str):
 _MISSING = object()
 
 
+def _leaf_pairs(key: str, before, now) -> list:
+  """(dotted key, saved value, current value) for every leaf, recursing into dicts both sides have."""
+  if isinstance(before, dict) and isinstance(now, dict):
+    return [pair for k in sorted(set(before) | set(now))
+            for pair in _leaf_pairs(f"{key}.{k}", before.get(k, _MISSING), now.get(k, _MISSING))]
+  return [(key, before, now)]
+
+
 def check_resumable(saved_meta: dict, meta: dict, step: int, workdir: str) -> None:
   """Raises ConfigError naming the first setting in RESUME_SENSITIVE whose value differs between the
   checkpoint (`saved_meta`) and this run (`meta`), with both values. Settings a checkpoint predates are
@@ -266,10 +275,7 @@ def check_resumable(saved_meta: dict, meta: dict, step: int, workdir: str) -> No
   current = {**meta["config"], "process_count": meta["process_count"]}
   for key in RESUME_SENSITIVE:
     before, now = _lookup(saved, key), _lookup(current, key)
-    if isinstance(before, dict) and isinstance(now, dict):
-      pairs = [(f"{key}.{k}", before.get(k, _MISSING), now.get(k, _MISSING)) for k in sorted(set(before) | set(now))]
-    else:
-      pairs = [(key, before, now)]
+    pairs = _leaf_pairs(key, before, now)
     for name, old, new in pairs:
       if old is _MISSING or new is _MISSING or name in RESUME_FREE:
         continue
