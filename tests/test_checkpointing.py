@@ -22,8 +22,10 @@ import sys
 import numpy as np
 import jax
 from cyb_jax.training import checkpointing
+from cyb_jax.evaluation import eval_checkpoint
+params, meta, step = eval_checkpoint.load_params(sys.argv[1])  # what eval.py, init_from and sample.py read
+assert step == 1
 checkpointer = checkpointing.Checkpointer(sys.argv[1], read_only=True)
-params = checkpointer.restore_params(1)
 state = checkpointer.restore_raw_state(1)
 print(json.dumps({"devices": jax.device_count(), "blocks_1_w": np.asarray(params["blocks"][1]["w"]).tolist(),
                   "embed": np.asarray(params["embed"]).tolist(), "step": int(state["step"])}))
@@ -136,24 +138,29 @@ def test_a_checkpoint_older_than_a_setting_is_not_compared_on_it():
   trainer.check_resumable(old, _meta(2, objective__budget=0.5), 40, "W")  # no error
 
 
-def test_resume_check_runs_before_compiling(tmp_path, monkeypatch):
-  workdir = tmp_path / "run"
-  trainer.train(tiny("nopause", {"train.num_steps": 2, "train.eval_every": 100}), str(workdir))
+RUN = {"train.checkpoint_every": 1, "train.eval_every": 100, "train.keep_checkpoints": 3}
+
+
+@pytest.fixture(scope="module")
+def three_steps(tmp_path_factory):
+  """A tiny run with checkpoints at steps 1, 2, 3 (shared: each test below reads it its own way)."""
+  workdir = tmp_path_factory.mktemp("three_steps") / "run"
+  trainer.train(tiny("nopause", {"train.num_steps": 3, **RUN}), str(workdir))
+  return workdir
+
+
+def test_resume_check_runs_before_compiling(three_steps, monkeypatch):
   forbid_compilation(monkeypatch)
   with pytest.raises(configuration.ConfigError, match=r"^config\.seed is 5 here but 0 in the checkpoint"):
-    trainer.train(tiny("nopause", {"train.num_steps": 4, "train.eval_every": 100, "seed": 5}), str(workdir))
+    trainer.train(tiny("nopause", {"train.num_steps": 4, **RUN, "seed": 5}), str(three_steps))
 
 
-def test_an_unreadable_checkpoint_names_itself_and_the_newest_intact_one(tmp_path):
-  workdir = tmp_path / "run"
-  config = tiny("nopause", {"train.num_steps": 3, "train.checkpoint_every": 1, "train.eval_every": 100,
-                            "train.keep_checkpoints": 3})
-  trainer.train(config, str(workdir))
+def test_an_unreadable_checkpoint_names_itself_and_the_newest_intact_one(three_steps):
+  workdir = three_steps
   broken = workdir / "checkpoints" / "3"
   shutil.rmtree(broken / "state")  # e.g. a copy cut short, or files lost
   with pytest.raises(checkpointing.CheckpointError) as error:
-    trainer.train(tiny("nopause", {"train.num_steps": 5, "train.checkpoint_every": 1, "train.eval_every": 100,
-                                   "train.keep_checkpoints": 3}), str(workdir))
+    trainer.train(tiny("nopause", {"train.num_steps": 5, **RUN}), str(workdir))
   message = str(error.value)
   assert message.startswith(f"checkpoint 3 in {workdir / 'checkpoints'} cannot be read (")
   assert message.endswith(f"the newest intact checkpoint is step 2: move {broken} away to use it")

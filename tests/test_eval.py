@@ -173,3 +173,27 @@ def test_text_shown_to_people_is_decoded_in_runs_not_byte_by_byte(tmp_path):
   assert names == {f"<0x{i:02X}>" for i in set(ids.tolist()) if i >= 0x80}
   assert "\ufffd" not in "".join(names)
   assert display.token(ord("s")) == "s"
+
+
+def test_sampling_a_synthetic_task_answers_its_eval_prompts(trained):
+  """sample.py's library on a synthetic run: prompts cut right before answers, in the id notation, and
+  each answer's pauses follow the threshold rule read back from its <dk> probabilities."""
+  from cyb_jax.inference import sampling  # pylint: disable=g-import-not-at-top
+  _, workdir = trained
+  sampler = sampling.load_sampler(workdir)
+  assert not sampler.is_text
+  prompts, labels = sampling.eval_prompts(sampler, 3)
+  assert len(prompts) == 3 and all("hops" in label for label in labels)
+  records, stats = sampling.sample(sampler, prompts, sampling.Settings(max_new_tokens=1, tau=0.5))
+  assert [r["prompt"] for r in records] == [" ".join(map(str, p)) for p in prompts]
+  assert stats["tokens"] == 3
+  for record in records:
+    [token] = record["tokens"]
+    assert len(token["dk_probs"]) == token["pauses"] + 1
+    assert all(d > 0.5 for d in token["dk_probs"][:-1])
+    assert token["pauses"] == sampler.num_pauses or token["dk_probs"][-1] <= 0.5
+  assert sampling.encode_prompt(sampler, records[0]["prompt"]) == prompts[0]  # the notation round-trips
+  with pytest.raises(ValueError, match="notation"):
+    sampling.encode_prompt(sampler, "three four")
+  with pytest.raises(ValueError, match=r"outside \[0, 26\)"):
+    sampling.encode_prompt(sampler, "3 99")

@@ -221,3 +221,17 @@ def test_bpe_tokenizer_is_trained_into_the_run_and_reused(tmp_path):
   os.remove(path)
   with pytest.raises(configuration.ConfigError, match=r"'bpe'.*tokenizer.json.*does not exist"):
     eval_checkpoint.evaluate_checkpoint(tiny("nopause", overrides), workdir, progress=False)
+
+
+def test_sampling_a_pretrained_fine_tune_uses_its_tokenizer_and_bos(finetuned):
+  from cyb_jax.inference import sampling  # pylint: disable=g-import-not-at-top
+  sampler = sampling.load_sampler(finetuned["workdir"])
+  tokenizer = tokenizer_lib.load_pretrained_tokenizer(LLAMA)
+  ids = sampling.encode_prompt(sampler, "The quick brown")
+  assert ids == tokenizer.encode_document("The quick brown").tolist()  # the model's BOS rule
+  assert ids[0] == tokenizer.bos_id and tokenizer.add_bos
+  records, _ = sampling.sample(sampler, [ids], sampling.Settings(max_new_tokens=4, stop_tokens=[]))
+  record = records[0]
+  assert record["prompt"].endswith("The quick brown")
+  assert record["completion"] == "".join(t["text"] for t in record["tokens"])
+  assert len(record["tokens"]) == 4 and all(len(t["dk_probs"]) == t["pauses"] + 1 for t in record["tokens"])

@@ -434,7 +434,7 @@ def _nll_and_correct(logits_SV1, target):
   return lse - real[..., target], np.argmax(real, -1) == target
 
 
-@pytest.mark.parametrize("variant", ["plain", "stream", "gemma_like_stream"])
+@pytest.mark.parametrize("variant", ["stream", "gemma_like_stream"])
 def test_teacher_forced_on_generations_own_tokens_repeats_it(variant):
   """Forcing the tokens greedy generation chose must reproduce its pauses and, at every realised
   (token, step), the NLL and correctness read from its logits (generation is checked against explicit
@@ -477,9 +477,10 @@ def test_teacher_forced_private_chains_equal_the_rollout_on_any_text():
 # Ragged prompts, stop tokens, top-k / top-p (the sampling CLI's library features).
 
 
-@pytest.mark.parametrize("variant", ["plain", "stream", "gemma_like"])
+@pytest.mark.parametrize("variant", ["stream", "gemma_like"])
 def test_a_ragged_batch_generates_what_each_prompt_generates_alone(variant):
-  lengths = [5, 2, 4, 1]
+  # Two distinct lengths keep the solo runs to two compiled shapes; rows 0/2 and 1/3 differ in content.
+  lengths = [5, 1, 5, 1]
   alone = [generate.generate(params_for(variant), PROMPTS[b:b + 1, :n], CONFIGS[variant],
                              num_tokens=NUM_TOKENS, num_pauses=K, policy="threshold", tau=TAU)
            for b, n in enumerate(lengths)]

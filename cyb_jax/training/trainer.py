@@ -158,7 +158,12 @@ def _initial_params(config: ml_collections.ConfigDict, settings: configuration.S
     assert plain_config == dataclasses.replace(model_config, max_pauses=0)
     log.info("loaded the pretrained model in %s", hf_dir)
   else:
+    # Restored whole on one device (whatever devices wrote it); placed on this run's fsdp shardings.
     params = _load_init_params(config.init_from, model_config)
+    fsdp = mesh.shape[sharding.FSDP]
+    params = jax.tree.map(
+        lambda x: jax.device_put(x, jax.sharding.NamedSharding(mesh, sharding.fsdp_spec(x.shape, fsdp))),
+        params)
     log.info("loaded the no-pause checkpoint in %s", config.init_from)
   if model_config.max_pauses == 0:
     return params
