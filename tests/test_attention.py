@@ -178,13 +178,12 @@ def test_model_blockwise_equals_dense(name):
   params = _model_params(name)
   results = {}
   for implementation in ("dense", "blockwise"):
+    # The loss reads every step's statistics at P positions, so equal losses and gradients pin the
+    # forward values as well (the logits themselves are compared op by op above, without the compile).
     config = dataclasses.replace(MODEL_VARIANTS[name], attention=implementation)
-    logits = jax.jit(lambda p: model.rollout(p, tokens, config, 2, segment_ids))(params)
-    loss_and_grads = jax.jit(jax.value_and_grad(functools.partial(_stats_loss, config)))(
+    results[implementation] = jax.jit(jax.value_and_grad(functools.partial(_stats_loss, config)))(
         params, tokens, targets, mask, positions, segment_ids)
-    results[implementation] = (logits, loss_and_grads)
-  np.testing.assert_allclose(results["blockwise"][0], results["dense"][0], rtol=1e-5, atol=2e-5)
-  (loss_b, grads_b), (loss_d, grads_d) = results["blockwise"][1], results["dense"][1]
+  (loss_b, grads_b), (loss_d, grads_d) = results["blockwise"], results["dense"]
   np.testing.assert_allclose(loss_b, loss_d, rtol=1e-5)
   for got, want in zip(jax.tree.leaves(grads_b), jax.tree.leaves(grads_d)):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
@@ -219,7 +218,7 @@ def test_packed_documents_do_not_see_each_other(name):
 
 
 def _temp_bytes(implementation, seq_len):
-  config = model.ModelConfig(vocab_size=64, width=64, num_layers=2, num_heads=4, mlp_hidden=128,
+  config = model.ModelConfig(vocab_size=64, width=64, num_layers=1, num_heads=4, mlp_hidden=128,
                              max_len=seq_len, max_pauses=1, pause_feedback=True, attention=implementation,
                              attention_block=128)
   params = jax.eval_shape(functools.partial(model.init, config), jax.random.key(0))
