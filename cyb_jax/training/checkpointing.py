@@ -97,9 +97,20 @@ class Checkpointer:
     target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), saved)
     return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
 
-  def restore_params(self, step: int) -> Any:
-    """The saved model parameters as jax arrays, without a target (for `init_from` and eval)."""
-    params = jax.tree.map(jnp.asarray, self.restore_raw_state(step)["params"])
+  def restore_params(self, step: int, sharding: Optional[jax.sharding.Sharding] = None) -> Any:
+    """The saved model parameters only (not the optimiser state), whole on `sharding` (default: this
+    process's first device), whatever devices wrote them (for eval, `init_from` and sampling)."""
+    if sharding is None:
+      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    path = os.path.join(self.directory, str(step), "state")
+    reader = ocp.PyTreeCheckpointer()
+    saved = reader.metadata(path).item_metadata
+    saved = getattr(saved, "tree", saved)
+    target = {"params": jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                                     saved["params"])}
+    restored = reader.restore(path, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+    params = jax.tree.map(jnp.asarray, restored["params"])
     if isinstance(params["blocks"], dict):  # orbax may hand a list back keyed "0", "1", ...
       params["blocks"] = [params["blocks"][str(i)] for i in range(len(params["blocks"]))]
     return params
