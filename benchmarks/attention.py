@@ -25,9 +25,7 @@ import dataclasses
 import functools
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,6 +40,7 @@ from cyb_jax import losses  # noqa: E402
 from cyb_jax import model as model_lib  # noqa: E402
 from cyb_jax.data import example as example_lib  # noqa: E402
 from cyb_jax.data import pipeline as data_pipeline  # noqa: E402
+from rollout import time_interleaved  # noqa: E402  (benchmarks/rollout.py: warm-up, then interleaved medians)
 
 GIB = 2 ** 30
 MEMORY_MODEL = dict(vocab_size=256, width=384, num_layers=6, num_heads=6, mlp_hidden=1536, max_pauses=3,
@@ -91,19 +90,7 @@ def train_step_runner(config, num_pauses, batch: dict, with_positions: bool):
   def run():
     state["params"], state["opt"], loss = compiled(state["params"], state["opt"], inputs)
     jax.block_until_ready(loss)
-  run()  # warm-up
   return run
-
-
-def time_interleaved(runners: dict, repeats: int) -> dict:
-  """Median seconds per call of each runner, calling them in turn in every repetition."""
-  times = {name: [] for name in runners}
-  for _ in range(repeats):
-    for name, run in runners.items():
-      start = time.perf_counter()
-      run()
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(values) for name, values in times.items()}
 
 
 def memory_table(lengths) -> dict:

@@ -289,6 +289,16 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM, prompt_len
                     lengths=final.emitted, dk_log_probs=final.dk_log_probs)
 
 
+def _check_pause_arguments(num_pauses, config: model_lib.ModelConfig, policy: str, tau, q) -> None:
+  """ValueError for a K that is not an integer in [0, max_pauses], or a bad policy or parameter."""
+  if not isinstance(num_pauses, (int, np.integer)) or isinstance(num_pauses, bool):
+    raise ValueError(f"num_pauses must be an integer, got {num_pauses!r}")
+  policies.check_policy(policy, tau=tau, q=q)
+  if not 0 <= num_pauses <= config.max_pauses:
+    raise ValueError(f"num_pauses must lie in [0, model.max_pauses = {config.max_pauses}], "
+                     f"got {num_pauses}")
+
+
 def generate(params, prompt: jax.Array, config: model_lib.ModelConfig, *, num_tokens: int,
              num_pauses: Optional[int] = None, policy: str = "threshold", tau: float = 0.5,
              q: float = 0.5, temperature: float = 0.0, rng: Optional[jax.Array] = None,
@@ -309,14 +319,9 @@ def generate(params, prompt: jax.Array, config: model_lib.ModelConfig, *, num_to
   Raises ValueError for an argument out of range (NaN included) or a prompt too long for `max_len`.
   """
   num_pauses = config.max_pauses if num_pauses is None else num_pauses
-  if not isinstance(num_pauses, (int, np.integer)) or isinstance(num_pauses, bool):
-    raise ValueError(f"num_pauses must be an integer, got {num_pauses!r}")
-  policies.check_policy(policy, tau=tau, q=q)
+  _check_pause_arguments(num_pauses, config, policy, tau, q)
   if prompt.ndim != 2 or prompt.shape[1] < 1:
     raise ValueError(f"prompt must have shape [B, T] with T >= 1, got {prompt.shape}")
-  if not 0 <= num_pauses <= config.max_pauses:
-    raise ValueError(f"num_pauses must lie in [0, model.max_pauses = {config.max_pauses}], "
-                     f"got {num_pauses}")
   if not isinstance(num_tokens, (int, np.integer)) or isinstance(num_tokens, bool) or num_tokens < 1:
     raise ValueError(f"num_tokens must be a positive integer, got {num_tokens!r}")
   if prompt_lengths is None:
@@ -364,11 +369,7 @@ def teacher_forced(params, tokens_BN: jax.Array, config: model_lib.ModelConfig, 
   """
   if tokens_BN.ndim != 2 or tokens_BN.shape[1] < 2:
     raise ValueError(f"tokens must have shape [B, N] with N >= 2, got {tokens_BN.shape}")
-  if (not isinstance(num_pauses, (int, np.integer)) or isinstance(num_pauses, bool)
-      or not 0 <= num_pauses <= config.max_pauses):
-    raise ValueError(f"num_pauses must be an integer in [0, model.max_pauses = {config.max_pauses}], "
-                     f"got {num_pauses!r}")
-  policies.check_policy(policy, tau=tau, q=q)
+  _check_pause_arguments(num_pauses, config, policy, tau, q)
   num_tokens = tokens_BN.shape[1] - 1
   per_token = num_pauses + 1 if config.pause_context == "stream" else 1
   # The cache holds up to 1 + (N-1)(K+1) entries of a stream; max_len bounds nothing else at inference.

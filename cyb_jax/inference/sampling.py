@@ -30,7 +30,6 @@ from cyb_jax.evaluation import report
 from cyb_jax.inference import generate
 from cyb_jax.inference import policies
 
-PAUSE_MARK = report.PAUSE_MARK
 
 
 @dataclasses.dataclass
@@ -254,8 +253,8 @@ def _record(sampler: Sampler, prompt: Sequence[int], tokens: list, pauses: list,
 
 
 def render(record: dict) -> str:
-  """The completion with PAUSE_MARK written once per pause before the token that took it."""
-  return "".join(PAUSE_MARK * t["pauses"] + t["text"] for t in record["tokens"])
+  """The completion with `report.PAUSE_MARK` written once per pause before the token that took it."""
+  return report.render_sample([t["text"] for t in record["tokens"]], [t["pauses"] for t in record["tokens"]])
 
 
 def read_prompts_file(path: str) -> list[str]:

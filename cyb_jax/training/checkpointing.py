@@ -13,7 +13,6 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 ITEMS = ("state", "meta", "data")
@@ -42,6 +41,7 @@ class Checkpointer:
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
                 "data": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self._pending: Optional[int] = None  # the step whose asynchronous save is in flight
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -66,7 +66,7 @@ class Checkpointer:
 
   def _raise_pending_failure(self) -> None:
     """Waits for the save in flight; a failure there becomes a CheckpointError naming its step."""
-    pending, self._pending = getattr(self, "_pending", None), None
+    pending, self._pending = self._pending, None
     try:
       self.manager.wait_until_finished()
     except Exception as error:  # pylint: disable=broad-except
@@ -90,24 +90,15 @@ class Checkpointer:
     devices and mesh it was saved from: a checkpoint written on 8 devices reads on 1 and vice versa.
     Callers place the result where they need it (the trainer on its fsdp shardings).
     """
-    if sharding is None:
-      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    saved = self.manager.item_metadata(step)["state"]
-    saved = getattr(saved, "tree", saved)
-    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), saved)
+    target = _target(self.manager.item_metadata(step)["state"], sharding)
     return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
 
   def restore_params(self, step: int, sharding: Optional[jax.sharding.Sharding] = None) -> Any:
     """The saved model parameters only (not the optimiser state), whole on `sharding` (default: this
     process's first device), whatever devices wrote them (for eval, `init_from` and sampling)."""
-    if sharding is None:
-      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     path = os.path.join(self.directory, str(step), "state")
     reader = ocp.PyTreeCheckpointer()
-    saved = reader.metadata(path).item_metadata
-    saved = getattr(saved, "tree", saved)
-    target = {"params": jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                                     saved["params"])}
+    target = {"params": _target(reader.metadata(path).item_metadata, sharding)["params"]}
     restored = reader.restore(path, args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
     params = jax.tree.map(jnp.asarray, restored["params"])
@@ -155,7 +146,10 @@ class Checkpointer:
       self.manager.close()
 
 
-def replicated_sharding() -> jax.sharding.Sharding:
-  """A full copy on every current device (all processes')."""
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("devices",))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+def _target(saved_metadata: Any, sharding: Optional[jax.sharding.Sharding]) -> Any:
+  """Restore targets for a saved tree's metadata: its shapes and dtypes on `sharding` (default: whole, on
+  this process's first device) instead of the devices it was saved from."""
+  if sharding is None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  tree = getattr(saved_metadata, "tree", saved_metadata)
+  return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), tree)

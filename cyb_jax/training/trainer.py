@@ -160,10 +160,7 @@ def _initial_params(config: ml_collections.ConfigDict, settings: configuration.S
   else:
     # Restored whole on one device (whatever devices wrote it); placed on this run's fsdp shardings.
     params = _load_init_params(config.init_from, model_config)
-    fsdp = mesh.shape[sharding.FSDP]
-    params = jax.tree.map(
-        lambda x: jax.device_put(x, jax.sharding.NamedSharding(mesh, sharding.fsdp_spec(x.shape, fsdp))),
-        params)
+    params = jax.device_put(params, sharding.state_shardings(params, mesh))
     log.info("loaded the no-pause checkpoint in %s", config.init_from)
   if model_config.max_pauses == 0:
     return params
