@@ -5,7 +5,6 @@ Writes DIR/eval/report.json, report.md and PNG plots (see cyb_jax/report.py). Th
 and eval settings; the model comes from the checkpoint.
 """
 
-import os
 import sys
 
 from absl import app
@@ -42,7 +41,7 @@ def main(argv):
     sys.exit(f"eval error: {error}")
   print(f"{result['policy']}: nll_policy {result['nll_policy']:.4f}, accuracy {result['accuracy']:.4f}, "
         f"mean pauses {result['mean_pauses']:.3f}, over {result['num_tokens']} tokens; report in "
-        f"{os.path.dirname(result['files']['report.md'])}")
+        f"{result['out_dir']}")
 
 
 if __name__ == "__main__":

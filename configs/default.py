@@ -171,7 +171,14 @@ def get_config(task: str = "pointer_chasing") -> ml_collections.ConfigDict:
   config.mesh.data = -1
   config.mesh.fsdp = 1
   config.mesh.num_devices = -1          # use the first n devices (-1 = all), e.g. to compare 1 vs 8
-  config.distributed = False            # call jax.distributed.initialize() (multi-host TPU/GPU)
+  # Several processes (hosts): join JAX's multi-controller runtime (jax.distributed.initialize). On TPU
+  # pod slices and SLURM/MPI/Kubernetes clusters JAX discovers the cluster settings; elsewhere give them.
+  # `python -m cyb_jax.launch` sets them for local processes (see README and cyb_jax/parallel/runtime.py).
+  config.distributed = False
+  config.cluster = ml_collections.ConfigDict()
+  config.cluster.coordinator_address = ""  # "host:port" of process 0 ("" = discovered)
+  config.cluster.num_processes = 0      # 0 = discovered
+  config.cluster.process_id = -1        # -1 = discovered
 
   # Start from a no-pause (max_pauses = 0) checkpoint's work directory: its parameters are extended
   # with fresh <dk> and pause parameters (the published fine-tuning setting).

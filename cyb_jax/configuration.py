@@ -292,6 +292,9 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
   num_devices = int(_get(config, "mesh.num_devices"))
   _require(num_devices == -1 or 1 <= num_devices <= device_count, "mesh.num_devices",
            f"must be -1 or in [1, {device_count}] (the devices there are), got {num_devices}")
+  _require(process_count == 1 or num_devices in (-1, device_count), "mesh.num_devices",
+           f"must be -1 (all devices) with {process_count} processes, got {num_devices}: every process "
+           "must own devices of the mesh")
   if num_devices != -1:
     device_count = num_devices
   num_pauses = _get(config, "num_pauses")

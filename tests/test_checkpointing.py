@@ -40,7 +40,7 @@ def _saved_on_eight_devices(workdir):
   state = {"params": {"embed": embed, "blocks": [{"w": embed * 2}, {"w": embed - 1}]},
            "step": jnp.asarray(7)}
   checkpointer = checkpointing.Checkpointer(workdir)
-  checkpointer.save(1, state, {"model": {}}, {}, force=True)
+  checkpointer.save(1, state, {"model": {}}, force=True)
   checkpointer.close()
   return state
 
@@ -198,6 +198,6 @@ def test_a_failed_save_names_its_step_in_one_line(tmp_path, at_once):
   expected = (f"saving checkpoint 7 to {checkpointer.directory} failed: OSError: [Errno 28] No space left "
               "on device")
   with pytest.raises(checkpointing.CheckpointError) as error:
-    checkpointer.save(7, {}, {}, {})
-    checkpointer.save(8, {}, {}, {})  # a background failure of 7 surfaces here, named as 7
+    checkpointer.save(7, {}, {})
+    checkpointer.save(8, {}, {})  # a background failure of 7 surfaces here, named as 7
   assert str(error.value) == expected

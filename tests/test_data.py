@@ -307,14 +307,23 @@ def test_synthetic_batches_layout(name):
     assert set(np.unique(batch["difficulty"][batch["loss_mask"]])) <= set(info.difficulty_names)
 
 
-def test_train_sharding_gives_disjoint_slices():
-  config = {"name": "addition", "task": {"num_digits": 3}}
-  hosts = [take(iter(data.make_dataset(config, "train", batch_size=6, seed=9,
-                                       process_index=p, process_count=3)), 3)
-           for p in range(3)]
-  rows = [set(row_keys(batches)) for batches in hosts]
-  assert all(len(r) == 6 for r in rows)  # 3 batches of 6 // 3 rows
-  assert not (rows[0] & rows[1]) and not (rows[0] & rows[2]) and not (rows[1] & rows[2])
+@pytest.mark.parametrize("config,split", [({"name": "addition", "task": {"num_digits": 3}}, "train"),
+                                          ({"name": "set_sum", "eval_examples": 18}, "eval"),
+                                          ("text", "train")])
+def test_hosts_rows_side_by_side_are_the_one_process_batch(config, split, tmp_path):
+  # DESIGN.md section 10: each host reads its block of every global batch, so the global arrays (the
+  # hosts' rows in process order) are the same whatever the number of processes.
+  if config == "text":
+    config = {"name": "text_file", "seq_len": 16,
+              "text_path": write_text(tmp_path, "t.txt", random_text(3000, seed=2))}
+  one = take(iter(data.make_dataset(config, split, batch_size=6, seed=9)), 3)
+  hosts = [take(iter(data.make_dataset(config, split, batch_size=6, seed=9, process_index=p,
+                                       process_count=3)), 3) for p in range(3)]
+  for step in range(3):
+    for key in one[step]:
+      assert all(h[step][key].shape[0] == 2 for h in hosts)
+      np.testing.assert_array_equal(np.concatenate([h[step][key] for h in hosts]), one[step][key])
+  assert len(set(row_keys(one))) == 18  # 18 different rows: the comparison is not between copies
 
 
 def test_synthetic_eval_is_finite_padded_and_shared_across_hosts():

@@ -564,7 +564,7 @@ def test_sharded_batch_matches_unsharded():
 def test_fsdp_sharded_parameters_give_the_same_rollout():
   # The trainer's fsdp rule shards every large parameter (grouped q/kv kernels, the tied table, the MLP)
   # over 8 devices; the model must not care how its parameters are laid out.
-  from cyb_jax import sharding  # pylint: disable=import-outside-toplevel
+  from cyb_jax.parallel import sharding  # pylint: disable=import-outside-toplevel
   config = dataclasses.replace(VARIANTS["gemma_like_feedback"], width=24, mlp_hidden=32, vocab_size=16)
   params = _perturb(model.init(config, jax.random.key(31)), 32)
   num_pauses = 1

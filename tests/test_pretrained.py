@@ -21,7 +21,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from cyb_jax import model
-from cyb_jax import sharding
+from cyb_jax.parallel import sharding
 from cyb_jax.pretrained import load_hf_checkpoint, model_config_from_hf, read_hf_config, sharded_place
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")

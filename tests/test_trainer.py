@@ -1,8 +1,9 @@
-"""End-to-end tests of cyb_jax/trainer.py (and train.py) on tiny configs (tests/tiny_config.py).
+"""End-to-end tests of cyb_jax/trainer.py on tiny configs (tests/tiny_config.py).
 
-Every run here is a real `trainer.train` (or `python train.py`) on 8 fake CPU devices unless noted. Runs
-with the same shapes share one compiled train step through a persistent compilation cache in a temporary
-directory (the subprocesses read it too), so a resume or a rerun costs seconds, not a compilation.
+Every run here is a real `trainer.train` on 8 fake CPU devices unless noted. Runs with the same shapes
+share one compiled train step through a persistent compilation cache in a temporary directory, so a
+resume or a rerun costs seconds, not a compilation. `python train.py` itself, killed and preempted, is
+run in tests/test_multiprocess.py (as two processes) and tests/test_configuration.py (its errors).
 """
 
 from __future__ import annotations
@@ -14,84 +15,44 @@ import math
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
-from cyb_jax.training import checkpointing
 from cyb_jax import configuration
 from cyb_jax import model as model_lib
-from cyb_jax import sharding
+from cyb_jax.parallel import sharding
 from cyb_jax.training import trainer
 from cyb_jax.data import pipeline as data_pipeline
-from helpers import forbid_compilation
+from helpers import (assert_bitwise_equal, checkpoint_steps, forbid_compilation, latest_by_step,
+                     records, saved_params, saved_state)
 from helpers import tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 NUM_STEPS = 12          # tiny_config's train.num_steps
 NUM_DEVICES = 8         # conftest.py's fake CPU devices
-SUBPROCESS_TIMEOUT = 300
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers.
 
 
-def records(workdir, kind: str = "train") -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    complete = f.read().split("\n")[:-1]  # a line another process is still writing has no newline yet
-  return [record for record in map(json.loads, complete) if record["kind"] == kind]
 
 
-def latest_by_step(workdir, key: str = "loss") -> dict[int, float]:
-  """`key` of each step's train record; a step logged twice (a crash after it) keeps the last."""
-  return {record["step"]: record[key] for record in records(workdir)}
 
 
-def checkpoint_steps(workdir) -> list[int]:
-  """Steps of the complete checkpoints (orbax renames a finished save to its bare step number)."""
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
-def saved_state(workdir, step: int) -> dict:
-  """The train state saved at `step`, as nested dicts of numpy arrays."""
-  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
-  try:
-    state = checkpointer.restore_raw_state(step)
-  finally:
-    checkpointer.close()
-  return jax.tree.map(np.asarray, state)
 
 
-def saved_params(workdir, step: int) -> dict:
-  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
-  try:
-    return checkpointer.restore_params(step)
-  finally:
-    checkpointer.close()
 
 
 def all_finite(tree) -> bool:
   return all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(tree))
 
 
-def assert_bitwise_equal(tree_a, tree_b) -> None:
-  leaves_a, treedef_a = jax.tree_util.tree_flatten_with_path(tree_a)
-  leaves_b, treedef_b = jax.tree_util.tree_flatten_with_path(tree_b)
-  assert treedef_a == treedef_b
-  for (path, a), (_, b) in zip(leaves_a, leaves_b):
-    a, b = np.asarray(a), np.asarray(b)
-    assert (a.dtype, a.shape) == (b.dtype, b.shape), jax.tree_util.keystr(path)
-    assert a.tobytes() == b.tobytes(), (
-        f"{jax.tree_util.keystr(path)} differs: max |a - b| = {np.max(np.abs(a - b))}")
 
 
 def model_config(config) -> model_lib.ModelConfig:
@@ -110,17 +71,6 @@ def record_meshes(monkeypatch) -> list:
   return meshes
 
 
-def wait_for(condition, process: subprocess.Popen, what: str, stderr_path, timeout=SUBPROCESS_TIMEOUT):
-  """Polls `condition()` until true; fails with the process's stderr if it exits first."""
-  deadline = time.monotonic() + timeout
-  while not condition():
-    if process.poll() is not None:
-      with open(stderr_path, encoding="utf-8") as f:
-        pytest.fail(f"train.py exited ({process.returncode}) before {what}:\n{f.read()[-3000:]}")
-    if time.monotonic() > deadline:
-      process.kill()
-      pytest.fail(f"timed out waiting for {what}")
-    time.sleep(0.02)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -256,53 +206,6 @@ def test_resume_after_sigterm_in_process_is_bitwise_identical(reference, tmp_pat
   # Training moved the parameters, so the equality above is not the trivial one.
   with pytest.raises(AssertionError):
     assert_bitwise_equal(saved_params(reference.workdir, 4), saved_params(reference.workdir, NUM_STEPS))
-
-
-def test_train_py_killed_then_preempted_then_resumed_is_bitwise_identical(reference, compile_cache_dir,
-                                                                            tmp_path):
-  """`python train.py` killed with SIGKILL mid-run, rerun and stopped with SIGTERM, then finished."""
-  workdir = str(tmp_path / "run")
-  env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"],
-             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compile_cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  # A checkpoint every step paces the run (each save waits for the previous one), so the signals land
-  # mid-run; checkpoint_every does not change the arithmetic.
-  command = [sys.executable, "train.py", "--config=tests/tiny_config.py",
-             "--config.train.checkpoint_every=1", f"--workdir={workdir}"]
-
-  def start(name):
-    stderr_path = tmp_path / f"{name}.stderr"
-    with open(stderr_path, "w", encoding="utf-8") as stderr:
-      process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    return process, stderr_path
-
-  # 1. SIGKILL as soon as some checkpoint is complete.
-  process, stderr_path = start("killed")
-  wait_for(lambda: checkpoint_steps(workdir), process, "the first checkpoint", stderr_path)
-  os.kill(process.pid, signal.SIGKILL)
-  assert process.wait(timeout=SUBPROCESS_TIMEOUT) == -signal.SIGKILL  # it was still running
-  killed_at = checkpoint_steps(workdir)[-1]
-  assert killed_at < NUM_STEPS
-
-  # 2. Rerun: it resumes from the last complete checkpoint; SIGTERM once it has taken a step.
-  logged = len(records(workdir))
-  process, stderr_path = start("preempted")
-  wait_for(lambda: len(records(workdir)) > logged, process, "a step after the restart", stderr_path)
-  assert records(workdir)[logged]["step"] == killed_at + 1
-  process.send_signal(signal.SIGTERM)
-  assert process.wait(timeout=SUBPROCESS_TIMEOUT) == 0
-  stopped_at = checkpoint_steps(workdir)[-1]
-  assert killed_at < stopped_at < NUM_STEPS
-  with open(stderr_path, encoding="utf-8") as f:
-    assert f"SIGTERM: saved step {stopped_at}" in f.read()
-  assert records(workdir)[-1]["step"] == stopped_at
-
-  # 3. Finish in-process; compare with the uninterrupted run.
-  logged = len(records(workdir))
-  trainer.train(tiny(), workdir)
-  assert records(workdir)[logged]["step"] == stopped_at + 1
-  assert latest_by_step(workdir) == latest_by_step(reference.workdir)
-  assert_bitwise_equal(saved_state(workdir, NUM_STEPS), saved_state(reference.workdir, NUM_STEPS))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -267,32 +267,37 @@ def make_dataset(config_like, split: str, batch_size: int, seed: int = 0,
   if not 0 <= seed < 2**32:
     raise ValueError(f"seed must be in [0, 2**32), got {seed}")
   host_batch = batch_size // process_count
-  host_slice = slice(process_index, None, process_count)
 
   if config.name == TFDS:
-    return _tfds_dataset(config, split, batch_size, seed, host_batch, host_slice)
+    # Documents are dealt out to hosts, each packing its own: hosts then advance through their documents
+    # at different rates (each one's data-iterator state is checkpointed under its own index).
+    return _tfds_dataset(config, split, batch_size, seed, host_batch,
+                         host_slice=slice(process_index, None, process_count))
 
+  # Global batch t is examples [t B, (t + 1) B) of one order, and host p reads its p-th block of B / P of
+  # them: laid side by side in process order (as `make_array_from_process_local_data` assembles them) the
+  # hosts' rows are exactly the one-process batch, so results do not depend on the number of processes.
+  host_batches = slice(process_index, None, process_count)
   read_options = grain.ReadOptions(num_threads=config.read_threads,
                                    prefetch_buffer_size=config.prefetch_batches)
   source = make_source(config, split, seed)
   if split == "eval":
     padded_length = math.ceil(len(source) / batch_size) * batch_size
-    dataset = grain.MapDataset.source(_PaddedSource(source, padded_length))[host_slice]
-    dataset = dataset.batch(host_batch, drop_remainder=True)
+    dataset = grain.MapDataset.source(_PaddedSource(source, padded_length))
+    dataset = dataset.batch(host_batch, drop_remainder=True)[host_batches]
     return dataset.to_iter_dataset(read_options)
 
-  dataset = grain.MapDataset.source(source)[host_slice]
-  if len(dataset) < host_batch:
-    raise ValueError(f"{source!r} gives host {process_index} only {len(dataset)} examples, "
-                     f"fewer than one batch of {host_batch}")
+  dataset = grain.MapDataset.source(source)
+  if len(dataset) < batch_size:
+    raise ValueError(f"{source!r} gives only {len(dataset)} examples, fewer than one batch of {batch_size}")
   if config.name not in tasks.TASKS:
     # Per-epoch reshuffle: ShuffleMapDataset re-seeds by epoch as repeat runs past its end.
     dataset = dataset.shuffle(seed)
-  dataset = dataset.repeat().batch(host_batch, drop_remainder=True)
+  dataset = dataset.repeat().batch(host_batch, drop_remainder=True)[host_batches]
   return dataset.to_iter_dataset(read_options)
 
 
-def _tfds_dataset(config: DataConfig, split: str, batch_size: int, seed: int, host_batch: int,
+def _tfds_dataset(config: DataConfig, split: str, batch_size: int, seed: int, host_batch: int, *,
                   host_slice: slice) -> grain.IterDataset:
   seq_len = _text_seq_len(config)
   tfds_split = config.tfds_train_split if split == "train" else config.tfds_eval_split

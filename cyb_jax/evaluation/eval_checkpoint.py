@@ -12,6 +12,7 @@ import logging
 import os
 from typing import Optional
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -21,6 +22,7 @@ from cyb_jax.evaluation import evaluate
 from cyb_jax.inference import generate
 from cyb_jax import model as model_lib
 from cyb_jax.inference import policies
+from cyb_jax.parallel import runtime
 from cyb_jax.evaluation import report
 from cyb_jax.data import example as example_lib
 from cyb_jax.data import pipeline as data_pipeline
@@ -100,7 +102,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
                         policy: Optional[str] = None, tau: Optional[float] = None, q: Optional[float] = None,
                         max_batches: int = 0, batch_size: int = 0, num_samples: int = 4,
                         out_dir: Optional[str] = None, progress: bool = True) -> dict:
-  """Evaluates a checkpoint of `workdir` and writes `out_dir` (default `workdir/eval`). Returns the report."""
+  """Evaluates a checkpoint of `workdir` and writes `out_dir` (default `workdir/eval`). Returns the report.
+
+  In a multi-process run (`config.distributed`, or under `python -m cyb_jax.launch`) each process reads
+  its block of every eval batch and the metrics are gathered, so every process computes the report a
+  single process would; process 0 writes it.
+  """
+  try:
+    runtime.initialize(config)
+  except runtime.RuntimeConfigError as error:
+    raise configuration.ConfigError(str(error)) from None
+  is_main = jax.process_index() == 0
   eval_config = config.copy_and_resolve_references()
   with eval_config.unlocked():
     if policy is not None:
@@ -113,7 +125,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
       eval_config.train.batch_size = batch_size
     eval_config.mesh.num_devices = 1
   settings = configuration.settings_from_config(eval_config, device_count=1, workdir=workdir,
-                                                write_files=False)
+                                                process_count=jax.process_count(), write_files=False)
   out_dir = out_dir or os.path.join(workdir, "eval")
   configuration.check_output_dir(out_dir, "eval output directory")  # before the evaluation, not after
   params, meta, step = load_params(workdir, step)
@@ -132,9 +144,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
   others = [p for p in policies.POLICIES if p != chosen] if num_pauses > 0 else []
   tau_sweep = evaluate.DEFAULT_TAU_SWEEP if num_pauses > 0 else ()
 
-  batches = data_pipeline.make_dataset(settings.data, "eval", int(eval_config.train.batch_size), seed=0)
+  batches = data_pipeline.make_dataset(settings.data, "eval", int(eval_config.train.batch_size), seed=0,
+                                       process_index=jax.process_index(), process_count=jax.process_count())
   bar = None
-  if progress:
+  if progress and is_main:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(desc="eval", unit="batch", total=max_batches or None)
   is_text = settings.data_info.difficulty_names is None
@@ -153,6 +166,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
             "objective": meta["config"].get("objective", {}).get("name"),
             "data": settings.data.name, "text_data": is_text,
             "model": dataclasses.asdict(model_config), "config": configuration.as_json_dict(eval_config)}
-  written = report.write_report(out_dir, result, header=header, samples=samples, decode=display.token)
-  log.info("wrote %s", ", ".join(sorted(written)))
-  return {**header, **result, "samples": samples, "files": written}
+  written = {}
+  if is_main:
+    written = report.write_report(out_dir, result, header=header, samples=samples, decode=display.token)
+    log.info("wrote %s", ", ".join(sorted(written)))
+  return {**header, **result, "samples": samples, "files": written, "out_dir": out_dir}

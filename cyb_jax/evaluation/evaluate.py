@@ -264,6 +264,29 @@ def _inference_context(params, device_batch: dict, config: model_lib.ModelConfig
   return jax.device_get(result)
 
 
+def _in_lockstep(batches: Iterable[dict]):
+  """`batches`, run for as many steps as the process with the most batches has (a source whose hosts
+  pack their own documents ends at different steps on different hosts): a host whose batches are over
+  runs copies of its last one carrying no loss, so every host takes part in every gather."""
+  if jax.process_count() == 1:
+    yield from batches
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  iterator, last = iter(batches), None
+  while True:
+    batch = next(iterator, None)
+    more = multihost_utils.process_allgather(np.array([batch is not None]))
+    if not more.any():
+      return
+    if batch is None:
+      if last is None:
+        raise ValueError(f"process {jax.process_index()} has no eval batch while others have; give the "
+                         "eval split more documents")
+      batch = example_lib.masked_copy(last)
+    last = batch
+    yield batch
+
+
 def evaluate(params, batches: Iterable[dict], config: model_lib.ModelConfig, num_pauses: int, *,
              policy: str = "threshold", tau: float = 0.5, q: float = 0.5,
              difficulty_names: Optional[dict] = None, max_batches: int = 0, put_batch=None,
@@ -284,7 +307,7 @@ def evaluate(params, batches: Iterable[dict], config: model_lib.ModelConfig, num
   # DESIGN.md section 3: a stream model's headline numbers come from inference's own context.
   inference_context = config.pause_context == "stream" and num_pauses > 0
   packed = False
-  for index, batch in enumerate(batches):
+  for index, batch in enumerate(_in_lockstep(batches)):
     if max_batches and index >= max_batches:
       break
     if inference_context and example_lib.SEGMENT_IDS in batch:

@@ -1,7 +1,10 @@
 """Checkpoints of a run: train state, config and data-iterator state, saved together by orbax.
 
-Layout: `workdir/checkpoints/<step>/{state,meta,data}`. `meta` is JSON: the run's config and the resolved
-model config (the shapes a later resume or fine-tune must match). Saves are asynchronous and atomic: a
+Layout: `workdir/checkpoints/<step>/{state,meta,iterators}`. `meta` is JSON: the run's config and the
+resolved model config (the shapes a later resume or fine-tune must match). `iterators` holds every
+process's data-iterator state in its own file, `process_<i>-of-<n>.json` (grain's orbax handler), so each
+process resumes its own data stream wherever it stands (checkpoints before this layout hold one `data`
+item, read on resume by a single process). Saves are asynchronous and atomic: a
 save cut off by a crash leaves only a temporary directory that orbax ignores, so the latest complete
 checkpoint is always the one restored.
 """
@@ -11,11 +14,13 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+import grain
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-ITEMS = ("state", "meta", "data")
+ITEMS = ("state", "meta", "iterators")
+_LEGACY_DATA = "data"  # one JSON data-iterator state (checkpoints written before per-process states)
 
 
 class CheckpointError(RuntimeError):
@@ -39,7 +44,7 @@ class Checkpointer:
                                            read_only=read_only)
     # Handlers named up front so a read-only manager can read the saved arrays' metadata (shapes, dtypes).
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
-                "data": ocp.JsonCheckpointHandler()}
+                "iterators": grain.checkpoint.CheckpointHandler(), _LEGACY_DATA: ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     self._pending: Optional[int] = None  # the step whose asynchronous save is in flight
 
@@ -49,14 +54,17 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def save(self, step: int, state: Any, meta: dict, data_state: Any, force: bool = False) -> bool:
-    """Starts saving `step` (asynchronously). Raises CheckpointError naming the step whose save failed:
-    this one, or the previous one, whose background write reports its failure here."""
+  def save(self, step: int, state: Any, meta: dict, data_iterator: Any = None, force: bool = False) -> bool:
+    """Starts saving `step` (the arrays asynchronously; `data_iterator`'s state, a grain DatasetIterator
+    of this process, is written before this returns, so the iterator may move on). Every process calls
+    this. Raises CheckpointError naming the step whose save failed: this one, or the previous one, whose
+    background write reports its failure here."""
     self._raise_pending_failure()
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    if data_iterator is not None:
+      items["iterators"] = grain.checkpoint.CheckpointSave(data_iterator)
     try:
-      saved = self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
-          data=ocp.args.JsonSave(data_state if data_state is not None else {})), force=force)
+      saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
     except Exception as error:  # pylint: disable=broad-except  (storage errors have many types)
       raise CheckpointError(f"saving checkpoint {step} to {self.directory} failed: {_first_line(error)}") \
           from error
@@ -76,12 +84,21 @@ class Checkpointer:
   def restore_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
-  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, Any]:
-    """The state (laid out like `abstract_state`, shardings included), meta and data-iterator state."""
+  def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> tuple[Any, dict]:
+    """The state (laid out like `abstract_state`, shardings included) and meta; `data_iterator` (this
+    process's grain DatasetIterator, if given) is moved to where this process's stream stood."""
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore(),
-        data=ocp.args.JsonRestore()))
-    return restored.state, restored.meta, restored.data
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    if data_iterator is not None:
+      saved_items = os.listdir(os.path.join(self.directory, str(step)))
+      if "iterators" in saved_items:
+        self.manager.restore(step, args=ocp.args.Composite(
+            iterators=grain.checkpoint.CheckpointRestore(data_iterator)))
+      elif _LEGACY_DATA in saved_items:
+        legacy = self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
+        if legacy:
+          data_iterator.set_state(legacy)
+    return restored.state, restored.meta
 
   def restore_raw_state(self, step: int, sharding: Optional[jax.sharding.Sharding] = None) -> Any:
     """The saved state as nested dicts of arrays, placed on this process's devices (for `init_from`, eval).
@@ -106,9 +123,9 @@ class Checkpointer:
       params["blocks"] = [params["blocks"][str(i)] for i in range(len(params["blocks"]))]
     return params
 
-  def restore_or_explain(self, step: int, abstract_state: Any) -> tuple[Any, dict, Any]:
+  def restore_or_explain(self, step: int, abstract_state: Any, data_iterator: Any = None) -> tuple[Any, dict]:
     """`restore`, or CheckpointError naming the unreadable step and the newest older one that reads."""
-    return self._explained(step, lambda s: self.restore(s, abstract_state))
+    return self._explained(step, lambda s: self.restore(s, abstract_state, data_iterator))
 
   def params_or_explain(self, step: int) -> tuple[dict, Any]:
     """(meta, params) of `step` (see `restore_params`), or CheckpointError as `restore_or_explain`."""

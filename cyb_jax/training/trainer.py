@@ -8,7 +8,8 @@
   4. loop: one step per batch; every `log_every` steps fetch the metrics of the whole window at once (the
      device never waits for the host in between), stop on a non-finite loss naming the step; evaluate
      every `eval_every`; checkpoint every `checkpoint_every` (only after the window's losses were checked,
-     so no bad state is ever saved); on SIGTERM save and return;
+     so no bad state is ever saved), with each process's data-iterator state; on SIGTERM (to any process
+     of a multi-process run: they agree on the step) save and return;
   5. evaluate the final model on the eval split and print a summary.
 """
 
@@ -19,7 +20,6 @@ import functools
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from typing import Any, Optional
@@ -37,7 +37,8 @@ from cyb_jax import losses
 from cyb_jax.training import metrics_writer
 from cyb_jax import model as model_lib
 from cyb_jax import pretrained
-from cyb_jax import sharding
+from cyb_jax.parallel import runtime
+from cyb_jax.parallel import sharding
 from cyb_jax.evaluation import summary as summary_lib
 from cyb_jax.training import train_state as train_state_lib
 from cyb_jax.data import example as example_lib
@@ -95,28 +96,6 @@ def train_step(state: train_state_lib.TrainState, batch: dict, *, model_config: 
   return new_state, metrics
 
 
-class _StopFlag:
-  """Set by SIGTERM (preemption): the loop saves a checkpoint and returns."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    def handler(signum, frame):
-      del signum, frame
-      self.requested = True
-    try:
-      self._previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: no handler, nothing to restore
-      self._previous = None
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def _log_start(settings: configuration.Settings, mesh) -> None:
   log.info("jax %s, %d process(es), %d device(s) (%s), mesh %s", jax.__version__, jax.process_count(),
            jax.device_count(), jax.devices()[0].platform, dict(mesh.shape))
@@ -160,7 +139,7 @@ def _initial_params(config: ml_collections.ConfigDict, settings: configuration.S
   else:
     # Restored whole on one device (whatever devices wrote it); placed on this run's fsdp shardings.
     params = _load_init_params(config.init_from, model_config)
-    params = jax.device_put(params, sharding.state_shardings(params, mesh))
+    params = sharding.put_global(params, sharding.state_shardings(params, mesh))
     log.info("loaded the no-pause checkpoint in %s", config.init_from)
   if model_config.max_pauses == 0:
     return params
@@ -290,8 +269,10 @@ def check_resumable(saved_meta: dict, meta: dict, step: int, workdir: str) -> No
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir` and returns the final eval results."""
-  if config.distributed:
-    jax.distributed.initialize()
+  try:
+    distributed = runtime.initialize(config)
+  except runtime.RuntimeConfigError as error:
+    raise configuration.ConfigError(str(error)) from None
   is_main = jax.process_index() == 0
   settings = _settings(config, workdir, is_main)
   mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.num_devices))
@@ -318,8 +299,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # step is compiled for this, so a resumed run compiles exactly what a fresh one did.
   state_spec = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
                             abstract_state, state_shardings)
+  batch_size = int(config.train.batch_size)
+  train_data = iter(data_pipeline.make_dataset(
+      settings.data, "train", batch_size, seed=int(config.seed), process_index=jax.process_index(),
+      process_count=jax.process_count()))
   latest = checkpointer.latest_step()
-  data_state = None
   if latest is not None:
     saved_meta = checkpointer.meta_or_explain(latest)
     saved_shape = configuration.model_shape(model_lib.ModelConfig(**saved_meta["model"]))
@@ -328,7 +312,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"work directory {workdir!r} holds a checkpoint (step {latest}) of a different model shape: "
           f"{saved_shape} vs this config's {configuration.model_shape(model_config)}; use a new --workdir")
     check_resumable(saved_meta, meta, latest, workdir)
-    state, _, data_state = checkpointer.restore_or_explain(latest, state_spec)
+    state, _ = checkpointer.restore_or_explain(latest, state_spec, train_data)
     log.info("resumed from %s at step %d", checkpointer.directory, latest)
   elif config.init_from or configuration.init_from_hf(config):
     params = _initial_params(config, settings, mesh, rng)
@@ -337,12 +321,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     state = jax.jit(init_state, out_shardings=state_shardings)(rng)
 
-  batch_size = int(config.train.batch_size)
-  train_data = iter(data_pipeline.make_dataset(
-      settings.data, "train", batch_size, seed=int(config.seed), process_index=jax.process_index(),
-      process_count=jax.process_count()))
-  if data_state:
-    train_data.set_state(data_state)
   batch_sharding = sharding.batch_sharding(mesh)
   put_batch = functools.partial(sharding.global_batch, sharding=batch_sharding)
 
@@ -369,7 +347,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     nonlocal last_saved
     if last_saved == step:
       return
-    checkpointer.save(step, state, meta, train_data.get_state(), force=force)
+    checkpointer.save(step, state, meta, train_data, force=force)
     last_saved = step
 
   def flush(step: int) -> None:
@@ -381,17 +359,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          tok_s=f"{mean['tokens_per_s']:.0f}", refresh=False)
 
   try:
-    with _StopFlag() as stop:
+    with runtime.StopFlag(distributed) as stop:
       for step in range(start_step + 1, num_steps + 1):
         batch = next(train_data)
         state, metrics = compiled_step(state, put_batch({k: batch[k] for k in keys}))
         window.add(step, metrics)
         progress.update(1)
         is_last = step == num_steps
-        if stop.requested or step % config.train.log_every == 0 or is_last or \
+        stop_now = stop.requested()
+        if stop_now or step % config.train.log_every == 0 or is_last or \
             step % config.train.checkpoint_every == 0:
           flush(step)
-        if stop.requested:
+        if stop_now:
           save(step, force=True)
           checkpointer.wait()
           log.warning("SIGTERM: saved step %d to %s; exiting", step, checkpointer.directory)

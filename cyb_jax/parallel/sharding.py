@@ -60,3 +60,12 @@ def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
   """Assembles each host's rows into global arrays (one host: a plain device_put with the sharding)."""
   return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
           for key, value in local_batch.items()}
+
+
+def put_global(tree: Any, shardings: Any) -> Any:
+  """`tree`'s arrays (the same values on every process, e.g. read whole from a checkpoint) placed on
+  `shardings`, which may span other processes' devices: each process builds its own shards."""
+  def put(value, leaf_sharding):
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, leaf_sharding, lambda index: host[index])
+  return jax.tree.map(put, tree, shardings)
