@@ -143,13 +143,15 @@ def compare_reports(one, two, path="report") -> None:
 
 
 TFDS_STEPS = 12
+MOCK_DOCUMENTS = 30  # per split
 
 
 def tfds_flags(workdir: str, paced: bool = False) -> list[str]:
   # Rows of 32 bytes hold two or three mock documents, so the processes' packers take documents at
-  # different rates from step 4 on. A checkpoint every step (`paced`) slows the run (each save waits for
+  # different rates from step 4 on. Of the 30 test documents each process packs 15, process 0 into three
+  # eval batches and process 1 into two. A checkpoint every step (`paced`) slows the run (each save waits for
   # the one before), so signals land mid-run; how often checkpoints are saved does not change the numbers.
-  return ["tests/mock_tfds_run.py", "40", *tiny_flags(
+  return ["tests/mock_tfds_run.py", str(MOCK_DOCUMENTS), *tiny_flags(
       workdir, "--config.data.name=tfds", "--config.data.tfds_name=lm1b", "--config.data.seq_len=32",
       f"--config.train.num_steps={TFDS_STEPS}", f"--config.train.checkpoint_every={1 if paced else TFDS_STEPS}",
       f"--config.train.eval_every={TFDS_STEPS}")]
@@ -167,6 +169,14 @@ def iterator_states(workdir: str, step: int) -> list[dict]:
 def test_killed_then_preempted_two_process_run_resumes_bitwise(launch_env, tmp_path):
   reference = str(tmp_path / "reference")
   run_launch(launch_env, 2, 2, *tfds_flags(reference))
+  # The final eval, gathered from processes that pack their own documents (and run out of batches at
+  # different steps), counts every test document once: [BOS] + its bytes cut to seq_len + 1 tokens gives
+  # min(bytes, seq_len) targets with loss.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=MOCK_DOCUMENTS):
+    texts = [r["text"] for r in tfds.data_source("lm1b", split="test", download=False)]
+  with open(os.path.join(reference, "summary.json"), encoding="utf-8") as f:
+    assert json.load(f)["num_tokens"] == sum(min(len(t.encode()), 32) for t in texts)
   workdir = str(tmp_path / "run")
 
   def start(name):

@@ -223,23 +223,6 @@ def test_one_device_gives_the_losses_of_eight(reference, tmp_path, monkeypatch):
   np.testing.assert_allclose(final["nll_policy"], reference.final["nll_policy"], rtol=0, atol=1e-5)
 
 
-def test_tfds_source_with_mock_data(tmp_path):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  seq_len = 16
-  config = tiny("nopause", {"data.name": "tfds", "data.tfds_name": "lm1b", "data.seq_len": seq_len,
-                            "data.task": {}, "train.num_steps": 4, "train.checkpoint_every": 2,
-                            "train.eval_every": 2})
-  with tfds.testing.mock_data(num_examples=20):
-    final = trainer.train(config, str(tmp_path))
-    texts = [r["text"] for r in tfds.data_source("lm1b", split="test", download=False)]
-  assert [r["step"] for r in records(str(tmp_path))] == [1, 2, 3, 4]
-  assert all(math.isfinite(r["loss"]) for r in records(str(tmp_path)))
-  assert checkpoint_steps(str(tmp_path)) == [2, 4]
-  # Each test document is [BOS] + its bytes cut to seq_len + 1 tokens, evaluated once: min(bytes, N)
-  # targets with loss per document.
-  assert final["num_tokens"] == sum(min(len(t.encode()), seq_len) for t in texts)
-
-
 def test_text_file_source(tmp_path):
   path = tmp_path / "corpus.txt"
   words = ["pause", "think", "answer", "token", "budget", "halt", "step", "chain"]
