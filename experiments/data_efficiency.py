@@ -244,7 +244,13 @@ def summarize(name: str, quick: bool, runs: dict, timings: dict, cyb_steps: int,
   # Every number compared at equal data is read at the CYB runs' last step.
   at_budget = {run: _at_step(v["records"], cyb_steps) for run, v in runs.items()}
   budget_tokens = at_budget[BASELINES[0]]["tokens"]
-  cyb_runs = {c: [run for run, v in runs.items() if v["objective"] == c] for c in CYB}
+  # The CYB objectives that have runs (`--runs` may train a subset); every table below covers these.
+  cyb_runs = {c: names for c in CYB if (names := [run for run, v in runs.items() if v["objective"] == c])}
+  if not cyb_runs:
+    raise ValueError(f"no CYB run to summarize among {sorted(runs)}")
+  missing = [b for b in BASELINES if b not in runs]
+  if missing:
+    raise ValueError(f"the baselines {missing} have no run; every summary compares against both")
   best = {c: min(names, key=lambda run: at_budget[run]["nll_policy"]) for c, names in cyb_runs.items()}
 
   def multiples_for(run: str) -> tuple[dict, dict]:
@@ -260,8 +266,8 @@ def summarize(name: str, quick: bool, runs: dict, timings: dict, cyb_steps: int,
     return forward, converse
 
   per_run = {run: multiples_for(run) for run in runs if runs[run]["objective"] in CYB}
-  multiples = {b: {c: per_run[best[c]][0][b] for c in CYB} for b in BASELINES}
-  converse = {b: {c: per_run[best[c]][1][b] for c in CYB} for b in BASELINES}
+  multiples = {b: {c: per_run[best[c]][0][b] for c in best} for b in BASELINES}
+  converse = {b: {c: per_run[best[c]][1][b] for c in best} for b in BASELINES}
   headline = {**{b: b for b in BASELINES}, **best}  # objective -> the run reported for it
   result = {
       "setting": name, "quick": quick, "seed": seed,
@@ -333,7 +339,8 @@ def write_outputs(result: dict, multiples: dict, converse: dict, per_run: dict, 
            "nll_policy (all settings in the last table).", "",
            "| objective | run | nll_policy | accuracy | mean pauses | baseline nll at its end | train seconds |",
            "|---|---|---|---|---|---|---|"]
-  for objective in OBJECTIVES:
+  cyb = [c for c in CYB if c in result["best_run"]]
+  for objective in [*BASELINES, *cyb]:
     run = result["best_run"].get(objective, objective)
     end = result["baseline_end_nll_policy"].get(objective)
     lines.append(f"| {objective} | {run} | {result['final_nll_policy'][objective]:.4f} | "
@@ -342,14 +349,14 @@ def write_outputs(result: dict, multiples: dict, converse: dict, per_run: dict, 
   lines += ["", "Multiple = tokens the baseline needs to reach the CYB model's nll_policy / tokens the CYB model "
             "used (>= : the baseline never got there in its longer run; <= : it was already there at its "
             "first checkpoint). Targets: >= 3 against ce, >= 2 against pause_ce.", "",
-            "| baseline | " + " | ".join(CYB) + " |", "|---|" + "---|" * len(CYB)]
+            "| baseline | " + " | ".join(cyb) + " |", "|---|" + "---|" * len(cyb)]
   for baseline, row in multiples.items():
-    lines.append(f"| {baseline} | " + " | ".join(str(row[c]) for c in CYB) + " |")
+    lines.append(f"| {baseline} | " + " | ".join(str(row[c]) for c in cyb) + " |")
   lines += ["", "Converse: budget / tokens the CYB model needed to reach the baseline's nll_policy at the same "
             "budget (<= : the CYB model never got there).", "",
-            "| baseline | " + " | ".join(CYB) + " |", "|---|" + "---|" * len(CYB)]
+            "| baseline | " + " | ".join(cyb) + " |", "|---|" + "---|" * len(cyb)]
   for baseline, row in converse.items():
-    lines.append(f"| {baseline} | " + " | ".join(str(row[c]) for c in CYB) + " |")
+    lines.append(f"| {baseline} | " + " | ".join(str(row[c]) for c in cyb) + " |")
   lines += ["", "Every CYB setting tried:", "",
             "| run | hyperparameters | nll_policy | mean pauses | multiple vs ce | multiple vs pause_ce |",
             "|---|---|---|---|---|---|"]

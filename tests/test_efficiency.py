@@ -109,6 +109,28 @@ def test_experiment_summary_reads_baselines_beyond_the_budget_and_picks_the_best
     assert os.path.getsize(tmp_path / f"data_efficiency_toy{suffix}") > 0
 
 
+def test_experiment_summary_of_a_subset_of_objectives(tmp_path):
+  """`--runs=cyb_va@beta.03,cyb_dp` (no cyb_ap) summarises the objectives it has."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+  import data_efficiency  # pylint: disable=g-import-not-at-top
+
+  runs = {
+      "ce": {"objective": "ce", "hparams": {}, "records": _records([1, 2, 4], [3.0, 2.0, 1.0])},
+      "pause_ce": {"objective": "pause_ce", "hparams": {}, "records": _records([1, 2, 4], [3.0, 2.5, 2.0])},
+      "cyb_va@beta.03": {"objective": "cyb_va", "hparams": {"objective.beta": 0.03},
+                         "records": _records([1, 2], [2.9, 2.0])},
+      "cyb_dp": {"objective": "cyb_dp", "hparams": {}, "records": _records([1, 2], [2.9, 1.0])},
+  }
+  result = data_efficiency.summarize("toy", False, runs, {}, 2, str(tmp_path))
+  assert result["best_run"] == {"cyb_va": "cyb_va@beta.03", "cyb_dp": "cyb_dp"}
+  # ce is at 2.0 at 20 tokens, as cyb_va: multiple 1; it reaches cyb_dp's 1.0 at 40 tokens: multiple 2.
+  assert result["multiple"]["ce"] == pytest.approx({"cyb_va": 1.0, "cyb_dp": 2.0})
+  table = (tmp_path / "data_efficiency_toy.md").read_text(encoding="utf-8")
+  assert "| baseline | cyb_va | cyb_dp |" in table and "cyb_ap" not in table
+  with pytest.raises(ValueError, match="no CYB run"):
+    data_efficiency.summarize("toy", False, {k: runs[k] for k in ("ce", "pause_ce")}, {}, 2, str(tmp_path))
+
+
 @pytest.mark.parametrize("tokens, nll, target, match", [
     ([1.0, 2.0], [3.0, 2.0], float("nan"), "must be finite"),
     ([1.0, 2.0], [3.0, float("nan")], 2.5, "must be finite"),

@@ -8,6 +8,7 @@ its 8 fake devices.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,12 +16,17 @@ import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
+from cyb_jax import configuration
+from cyb_jax import model as model_lib
 from cyb_jax.evaluation import eval_checkpoint
 from cyb_jax.parallel import launcher
 from cyb_jax.parallel import runtime
+from cyb_jax.training import checkpointing
+from cyb_jax.training import train_state as train_state_lib
 from cyb_jax.training import trainer
 from helpers import assert_bitwise_equal, checkpoint_steps, latest_by_step, saved_params, tiny, wait_for
 
@@ -58,13 +64,22 @@ def tiny_flags(workdir: str, *extra: str) -> list[str]:
 # processes; the 1-process run is data-parallel.
 
 MLP_HIDDEN = 64
+PRETRAINED_STEP = 1
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
+  """A no-pause checkpoint to fine-tune from: fresh parameters, saved as the trainer saves them (init_from
+  reads the parameters and the model config)."""
   workdir = str(tmp_path_factory.mktemp("pretrained"))
-  trainer.train(tiny("nopause", {"train.num_steps": 4, "train.eval_every": 4,
-                                 "model.mlp_hidden": MLP_HIDDEN}), workdir)
+  config = tiny("nopause", {"model.mlp_hidden": MLP_HIDDEN})
+  model_config = configuration.settings_from_config(config, device_count=1).model
+  state = train_state_lib.create(model_lib.init(model_config, jax.random.PRNGKey(3)),
+                                 train_state_lib.make_optimizer(config.optim, 1), 0.0)
+  checkpointer = checkpointing.Checkpointer(workdir)
+  checkpointer.save(PRETRAINED_STEP, state, {"config": configuration.as_json_dict(config),
+                                             "model": dataclasses.asdict(model_config)}, force=True)
+  checkpointer.close()
   return workdir
 
 
@@ -91,7 +106,7 @@ def test_two_processes_give_the_losses_and_parameters_of_one(two_process_run, pr
   for a, b in zip(*(jax_leaves(p) for p in (two_params, one_params))):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
   # Training moved the parameters away from the pretrained ones: the agreement is not the trivial one.
-  assert not np.allclose(two_params["embed"], saved_params(pretrained, 4)["embed"], atol=1e-3)
+  assert not np.allclose(two_params["embed"], saved_params(pretrained, PRETRAINED_STEP)["embed"], atol=1e-3)
   # Each process saved its own data-iterator state; only process 0 wrote the summary and metrics once.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints", str(NUM_STEPS), "iterators"))) == [
       "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
@@ -101,7 +116,6 @@ def test_two_processes_give_the_losses_and_parameters_of_one(two_process_run, pr
 
 
 def jax_leaves(tree):
-  import jax  # pylint: disable=g-import-not-at-top
   return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
 
 
@@ -142,7 +156,7 @@ def compare_reports(one, two, path="report") -> None:
 # Crashes and preemption with a source whose processes are not in lockstep (each packs its own documents).
 
 
-TFDS_STEPS = 12
+TFDS_STEPS = 10
 MOCK_DOCUMENTS = 30  # per split
 
 
@@ -168,7 +182,7 @@ def iterator_states(workdir: str, step: int) -> list[dict]:
 
 def test_killed_then_preempted_two_process_run_resumes_bitwise(launch_env, tmp_path):
   reference = str(tmp_path / "reference")
-  run_launch(launch_env, 2, 2, *tfds_flags(reference))
+  run_launch(launch_env, 2, 1, *tfds_flags(reference))
   # The final eval, gathered from processes that pack their own documents (and run out of batches at
   # different steps), counts every test document once: [BOS] + its bytes cut to seq_len + 1 tokens gives
   # min(bytes, seq_len) targets with loss.
@@ -182,7 +196,7 @@ def test_killed_then_preempted_two_process_run_resumes_bitwise(launch_env, tmp_p
   def start(name):
     stderr_path = tmp_path / f"{name}.stderr"
     with open(stderr_path, "w", encoding="utf-8") as stderr:
-      process = subprocess.Popen(launch_command(2, 2, *tfds_flags(workdir, paced=True)), cwd=REPO, env=launch_env,
+      process = subprocess.Popen(launch_command(2, 1, *tfds_flags(workdir, paced=True)), cwd=REPO, env=launch_env,
                                  stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     return process, stderr_path
 
@@ -217,7 +231,7 @@ def test_killed_then_preempted_two_process_run_resumes_bitwise(launch_env, tmp_p
   assert killed_at < stopped_at < TFDS_STEPS
 
   # 3. Finish: bitwise the uninterrupted run, each process's stream where the uninterrupted one was.
-  run_launch(launch_env, 2, 2, *tfds_flags(workdir))
+  run_launch(launch_env, 2, 1, *tfds_flags(workdir))
   assert latest_by_step(workdir) == latest_by_step(reference)
   assert iterator_states(workdir, TFDS_STEPS) == iterator_states(reference, TFDS_STEPS)
   assert_bitwise_equal(saved_params(workdir, TFDS_STEPS), saved_params(reference, TFDS_STEPS))

@@ -324,9 +324,7 @@ def evaluate(params, batches: Iterable[dict], config: model_lib.ModelConfig, num
       # Each host holds its own rows; gather all of them (in process order, as the global arrays are laid
       # out) so every host reports the same numbers.
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      metrics = multihost_utils.process_allgather(metrics, tiled=True)
-      host = {k: None if v is None else multihost_utils.process_allgather(v, tiled=True)
-              for k, v in host.items()}
+      metrics, host = multihost_utils.process_allgather((metrics, host), tiled=True)
     accumulator.add(metrics, host[example_lib.LOSS_MASK], host[example_lib.DIFFICULTY],
                     host[example_lib.TARGETS])
     if inference_context:
