@@ -21,9 +21,15 @@ from jax.experimental.compilation_cache import compilation_cache  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_compilation_cache(tmp_path_factory):
-  """One persistent compilation cache for the whole run: a train step, eval step or rollout compiled by
-  one test (or by a resumed run) is read back, not compiled again, by the next that needs the same one."""
-  cache_dir = str(tmp_path_factory.mktemp("jax_session_cache"))
+  """One persistent compilation cache for the whole run, shared by the xdist workers and the processes
+  tests start: a train step, eval step or rollout compiled by one test (or by a resumed run) is read back,
+  not compiled again, by the next that needs the same one. (JAX writes an entry in place; a worker that
+  reads one half-written fails to decompress it and compiles instead, with a warning.)"""
+  base = tmp_path_factory.getbasetemp()
+  shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's directory
+  cache_dir = shared / "jax_session_cache"
+  cache_dir.mkdir(exist_ok=True)
+  cache_dir = str(cache_dir)
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   compilation_cache.reset_cache()

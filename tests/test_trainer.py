@@ -1,8 +1,8 @@
 """End-to-end tests of cyb_jax/trainer.py on tiny configs (tests/tiny_config.py).
 
 Every run here is a real `trainer.train` on 8 fake CPU devices unless noted. Runs with the same shapes
-share one compiled train step through a persistent compilation cache in a temporary directory, so a
-resume or a rerun costs seconds, not a compilation. `python train.py` itself, killed and preempted, is
+share one compiled train step through the session's persistent compilation cache (tests/conftest.py),
+so a resume or a rerun costs seconds, not a compilation. `python train.py` itself, killed and preempted, is
 run in tests/test_multiprocess.py (as two processes) and tests/test_configuration.py (its errors).
 """
 
@@ -17,7 +17,6 @@ import re
 import signal
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
@@ -71,26 +70,8 @@ def record_meshes(monkeypatch) -> list:
   return meshes
 
 
-
-
 # ----------------------------------------------------------------------------------------------------------
-# Fixtures: a persistent compilation cache and the runs that several tests read.
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache_dir(tmp_path_factory):
-  """A compilation cache for this module's runs (and its subprocesses); the jax settings are restored."""
-  cache_dir = str(tmp_path_factory.mktemp("jax_cache"))
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  saved = {name: jax.config.values[name] for name in names}
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  compilation_cache.reset_cache()
-  yield cache_dir
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
+# Fixtures: the runs that several tests read.
 
 
 class Run:

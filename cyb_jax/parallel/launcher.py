@@ -84,8 +84,9 @@ def launch(script_args: Sequence[str], num_processes: int, devices_per_process: 
   for index in range(num_processes):
     log_path = os.path.join(log_dir, f"process_{index}.log")
     output = None if index == 0 else open(log_path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
+    # A session of its own: Ctrl-C in a terminal reaches the launcher, which passes it on once.
     process = subprocess.Popen([sys.executable, *script_args], stdout=output,
-                               stderr=subprocess.STDOUT if output else None,
+                               stderr=subprocess.STDOUT if output else None, start_new_session=True,
                                env=process_env(index, num_processes, devices_per_process, port))
     processes.append(process)
     logs.append(log_path if output else None)
