@@ -184,9 +184,10 @@ def check_against_rollout(variant, policy, gen, prompts, *, greedy, num_pauses=K
 
 @pytest.mark.parametrize("variant,policy", [
     # "never" is the plain LM's generation, compared with transformers in test_pretrained.py.
-    ("plain", "threshold"), ("plain", "cumulative"), ("plain", "always"), ("plain", "sample"),
-    # Feedback changes what a pause step computes, not the policies: two policies suffice.
-    ("feedback", "threshold"), ("feedback", "always"),
+    # "cumulative" runs on the Gemma-like variant below.
+    ("plain", "threshold"), ("plain", "always"), ("plain", "sample"),
+    # Feedback changes what a pause step computes, not the policies: one policy suffices.
+    ("feedback", "threshold"),
     # Block options: the KV cache, grouped heads, windows and soft-caps under adaptive pausing.
     ("llama_like", "threshold"), ("gemma_like", "threshold"), ("gemma_like_feedback", "cumulative"),
 ])
