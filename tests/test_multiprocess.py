@@ -55,8 +55,14 @@ def run_launch(env, num_processes: int, devices: int, *script: str) -> subproces
   return result
 
 
+# One pause step (tiny_config has two): what these tests check does not depend on it, and a smaller
+# program is quicker to trace in every process.
+ONE_PAUSE = {"num_pauses": 1, "model.max_pauses": 1}
+
+
 def tiny_flags(workdir: str, *extra: str) -> list[str]:
-  return ["train.py", "--config=tests/tiny_config.py", f"--workdir={workdir}", *extra]
+  return ["train.py", "--config=tests/tiny_config.py", f"--workdir={workdir}",
+          *(f"--config.{key}={value}" for key, value in ONE_PAUSE.items()), *extra]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -89,7 +95,8 @@ def two_process_run(tmp_path_factory, launch_env, pretrained):
   workdir = str(tmp_path_factory.mktemp("two_processes"))
   result = run_launch(launch_env, 2, 2, *tiny_flags(workdir, f"--config.init_from={pretrained}",
                                                     f"--config.model.mlp_hidden={MLP_HIDDEN}",
-                                                    "--config.mesh.fsdp=4", f"--config.train.eval_every={NUM_STEPS}"))
+                                                    "--config.mesh.fsdp=4",
+                                                    f"--config.train.eval_every={NUM_STEPS}"))
   return workdir, result
 
 
@@ -97,7 +104,7 @@ def test_two_processes_give_the_losses_and_parameters_of_one(two_process_run, pr
   workdir, result = two_process_run
   assert "2 process(es), 4 device(s) (cpu), mesh {'data': 1, 'fsdp': 4}" in result.stderr
   one = str(tmp_path / "one")
-  trainer.train(tiny(overrides={"init_from": pretrained, "mesh.num_devices": 4,
+  trainer.train(tiny(overrides={"init_from": pretrained, "mesh.num_devices": 4, **ONE_PAUSE,
                                 "model.mlp_hidden": MLP_HIDDEN, "train.eval_every": NUM_STEPS}), one)
   two_losses, one_losses = latest_by_step(workdir), latest_by_step(one)
   assert sorted(two_losses) == sorted(one_losses) == list(range(1, NUM_STEPS + 1))
@@ -123,10 +130,11 @@ def jax_leaves(tree):
 def test_eval_of_a_two_process_checkpoint_in_one_and_in_two_processes(two_process_run, launch_env,
                                                                       tmp_path):
   workdir, _ = two_process_run
-  config = tiny(overrides={"model.mlp_hidden": MLP_HIDDEN})
+  config = tiny(overrides={"model.mlp_hidden": MLP_HIDDEN, **ONE_PAUSE})
   one = eval_checkpoint.evaluate_checkpoint(config, workdir, out_dir=str(tmp_path / "one"), num_samples=0,
                                             progress=False)
   run_launch(launch_env, 2, 1, "eval.py", "--config=tests/tiny_config.py", f"--workdir={workdir}",
+             *(f"--config.{key}={value}" for key, value in ONE_PAUSE.items()),
              f"--config.model.mlp_hidden={MLP_HIDDEN}", f"--out={tmp_path / 'two'}", "--num_samples=0")
   with open(tmp_path / "two" / "report.json", encoding="utf-8") as f:
     two = json.load(f)
@@ -168,7 +176,8 @@ def tfds_flags(workdir: str, paced: bool = False) -> list[str]:
   # the one before), so signals land mid-run; how often checkpoints are saved does not change the numbers.
   return ["tests/mock_tfds_run.py", str(MOCK_DOCUMENTS), *tiny_flags(
       workdir, "--config.data.name=tfds", "--config.data.tfds_name=lm1b", "--config.data.seq_len=32",
-      f"--config.train.num_steps={TFDS_STEPS}", f"--config.train.checkpoint_every={1 if paced else TFDS_STEPS}",
+      f"--config.train.num_steps={TFDS_STEPS}",
+      f"--config.train.checkpoint_every={1 if paced else TFDS_STEPS}",
       f"--config.train.eval_every={TFDS_STEPS}")]
 
 
@@ -200,8 +209,8 @@ def test_killed_then_preempted_two_process_run_resumes_bitwise(launch_env, tmp_p
   def start(name):
     stderr_path = tmp_path / f"{name}.stderr"
     with open(stderr_path, "w", encoding="utf-8") as stderr:
-      process = subprocess.Popen(launch_command(2, 1, *tfds_flags(workdir, paced=True)), cwd=REPO, env=launch_env,
-                                 stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+      process = subprocess.Popen(launch_command(2, 1, *tfds_flags(workdir, paced=True)), cwd=REPO,
+                                 env=launch_env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     return process, stderr_path
 
   def pids(stderr_path):

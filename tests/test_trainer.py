@@ -194,24 +194,6 @@ def test_resume_after_sigterm_in_process_is_bitwise_identical(reference, tmp_pat
 # process x 4 devices and on 2 processes x 2 devices, fsdp-sharded, and compares the losses.)
 
 
-def test_text_file_source(tmp_path):
-  path = tmp_path / "corpus.txt"
-  words = ["pause", "think", "answer", "token", "budget", "halt", "step", "chain"]
-  text = "\n".join(" ".join(words[(i * j) % len(words)] for j in range(7)) for i in range(60))
-  path.write_text(text, encoding="utf-8")
-  seq_len = 16
-  config = tiny("nopause", {"data.name": "text_file", "data.text_path": str(path), "data.seq_len": seq_len,
-                            "data.task": {}, "train.num_steps": 4, "train.checkpoint_every": 2,
-                            "train.eval_every": 2})
-  final = trainer.train(config, str(tmp_path / "run"))
-  assert [r["step"] for r in records(str(tmp_path / "run"))] == [1, 2, 3, 4]
-  assert checkpoint_steps(str(tmp_path / "run")) == [2, 4]
-  # Eval = the last 10% of the bytes, cut into windows of seq_len targets (the tail is dropped).
-  num_bytes = len(text.encode())
-  eval_bytes = num_bytes - int(round(num_bytes * 0.9))
-  assert final["num_tokens"] == (eval_bytes - 1) // seq_len * seq_len
-
-
 def test_non_finite_training_stops_naming_the_first_bad_step(tmp_path):
   # A huge learning rate: step 1 has lr 0 (warm-up), then the parameters blow up.
   blow_up = {"optim.learning_rate": 1e30}
