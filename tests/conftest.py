@@ -34,3 +34,15 @@ def _session_compilation_cache(tmp_path_factory):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   compilation_cache.reset_cache()
   yield cache_dir
+
+
+# The longest files first: xdist (--dist loadfile) hands files to workers in collection order, so the
+# workers then finish close together instead of one running a long file alone at the end.
+_LONGEST_FIRST = ("test_multiprocess.py", "test_trainer.py", "test_generate.py", "test_model.py",
+                  "test_attention.py", "test_finetune_hf.py", "test_sampling.py", "test_eval.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {name: index for index, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's order is kept
