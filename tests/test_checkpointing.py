@@ -201,3 +201,34 @@ def test_a_failed_save_names_its_step_in_one_line(tmp_path, at_once):
     checkpointer.save(7, {}, {})
     checkpointer.save(8, {}, {})  # a background failure of 7 surfaces here, named as 7
   assert str(error.value) == expected
+
+
+def _data_iterator(steps_taken: int):
+  from cyb_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  iterator = iter(pipeline.make_dataset({"name": "addition", "read_threads": 0}, "train", 4, seed=1))
+  for _ in range(steps_taken):
+    next(iterator)
+  return iterator
+
+
+def test_data_iterator_state_restores_from_both_layouts(tmp_path):
+  # Per-process files (grain's handler) now; one JSON `data` item in checkpoints written before.
+  state = {"w": jnp.arange(3.0)}
+  expected = next(_data_iterator(5))["inputs"]
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / "now"))
+  checkpointer.save(5, state, {"model": {}}, _data_iterator(5), force=True)
+  checkpointer.close()
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  older = checkpointing.Checkpointer(str(tmp_path / "older"))
+  older.manager.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({}),
+                                                data=ocp.args.JsonSave(_data_iterator(5).get_state())))
+  older.close()
+  for name in ("now", "older"):
+    reader = checkpointing.Checkpointer(str(tmp_path / name))
+    resumed = _data_iterator(0)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored, _ = reader.restore(5, abstract, resumed)
+    reader.close()
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    np.testing.assert_array_equal(next(resumed)["inputs"], expected)
+  assert not np.array_equal(next(_data_iterator(0))["inputs"], expected)  # the position matters

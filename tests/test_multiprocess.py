@@ -111,7 +111,7 @@ def test_two_processes_give_the_losses_and_parameters_of_one(two_process_run, pr
   np.testing.assert_allclose([two_losses[s] for s in range(1, NUM_STEPS + 1)],
                              [one_losses[s] for s in range(1, NUM_STEPS + 1)], rtol=0, atol=1e-5)
   two_params, one_params = saved_params(workdir, NUM_STEPS), saved_params(one, NUM_STEPS)
-  for a, b in zip(*(jax_leaves(p) for p in (two_params, one_params))):
+  for a, b in zip(jax.tree.leaves(two_params), jax.tree.leaves(one_params)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
   # Training moved the parameters away from the pretrained ones: the agreement is not the trivial one.
   assert not np.allclose(two_params["embed"], saved_params(pretrained, PRETRAINED_STEP)["embed"], atol=1e-3)
@@ -121,10 +121,6 @@ def test_two_processes_give_the_losses_and_parameters_of_one(two_process_run, pr
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     steps = [json.loads(line)["step"] for line in f if '"train"' in line]
   assert steps == list(range(1, NUM_STEPS + 1))
-
-
-def jax_leaves(tree):
-  return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
 
 
 def test_eval_of_a_two_process_checkpoint_in_one_and_in_two_processes(two_process_run, launch_env,

@@ -108,10 +108,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
   its block of every eval batch and the metrics are gathered, so every process computes the report a
   single process would; process 0 writes it.
   """
-  try:
-    runtime.initialize(config)
-  except runtime.RuntimeConfigError as error:
-    raise configuration.ConfigError(str(error)) from None
+  runtime.initialize(config)
   is_main = jax.process_index() == 0
   eval_config = config.copy_and_resolve_references()
   with eval_config.unlocked():

@@ -71,9 +71,14 @@ def cluster_settings(config) -> Optional[ClusterSettings]:
 
 def initialize(config) -> bool:
   """Joins the multi-process run described by `config` and the environment (see the module docstring).
-  Returns True when the runtime is up (it then stays up for the life of the process). Idempotent."""
+  Returns True when the runtime is up (it then stays up for the life of the process). Idempotent.
+  Raises configuration.ConfigError naming a bad `config.cluster` key."""
   global _initialized
-  settings = cluster_settings(config)
+  try:
+    settings = cluster_settings(config)
+  except RuntimeConfigError as error:  # the entry points report config errors in one line
+    from cyb_jax import configuration  # pylint: disable=g-import-not-at-top  (heavy; the launcher skips it)
+    raise configuration.ConfigError(str(error)) from None
   if settings is None or _initialized:
     return _initialized
   import jax  # pylint: disable=g-import-not-at-top  (the launcher imports this module without jax)

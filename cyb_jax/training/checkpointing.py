@@ -87,17 +87,15 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> tuple[Any, dict]:
     """The state (laid out like `abstract_state`, shardings included) and meta; `data_iterator` (this
     process's grain DatasetIterator, if given) is moved to where this process's stream stood."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    if data_iterator is not None:
-      saved_items = os.listdir(os.path.join(self.directory, str(step)))
-      if "iterators" in saved_items:
-        self.manager.restore(step, args=ocp.args.Composite(
-            iterators=grain.checkpoint.CheckpointRestore(data_iterator)))
-      elif _LEGACY_DATA in saved_items:
-        legacy = self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
-        if legacy:
-          data_iterator.set_state(legacy)
+    items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+    saved_items = os.listdir(os.path.join(self.directory, str(step)))
+    if data_iterator is not None and "iterators" in saved_items:
+      items["iterators"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    elif data_iterator is not None and _LEGACY_DATA in saved_items:
+      items[_LEGACY_DATA] = ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    if _LEGACY_DATA in items and restored[_LEGACY_DATA]:
+      data_iterator.set_state(restored[_LEGACY_DATA])
     return restored.state, restored.meta
 
   def restore_raw_state(self, step: int, sharding: Optional[jax.sharding.Sharding] = None) -> Any:

@@ -269,10 +269,7 @@ def check_resumable(saved_meta: dict, meta: dict, step: int, workdir: str) -> No
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir` and returns the final eval results."""
-  try:
-    distributed = runtime.initialize(config)
-  except runtime.RuntimeConfigError as error:
-    raise configuration.ConfigError(str(error)) from None
+  distributed = runtime.initialize(config)
   is_main = jax.process_index() == 0
   settings = _settings(config, workdir, is_main)
   mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.num_devices))
