@@ -165,6 +165,9 @@ def get_config(task: str = "pointer_chasing") -> ml_collections.ConfigDict:
   config.eval.policy = "threshold"
   config.eval.tau = 0.5
   config.eval.q = 0.5
+  # Thresholds replayed on the same eval forward passes during training (threshold policy, K > 0): each
+  # eval record gains "tau_sweep", the quality-versus-pauses curve. Empty = none.
+  config.eval.tau_sweep = ()
 
   # Devices: a mesh of (data, fsdp); -1 = all remaining devices.
   config.mesh = ml_collections.ConfigDict()

@@ -349,6 +349,8 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
     policies.check_policy(config.eval.policy, tau=config.eval.tau, q=config.eval.q)
   except ValueError as error:
     raise ConfigError(f"config.eval: {error}") from None
+  _require(all(0 < float(t) < 1 for t in config.eval.tau_sweep), "eval.tau_sweep",
+           f"must hold thresholds in (0, 1), got {tuple(config.eval.tau_sweep)}")
 
   mesh_data, mesh_fsdp = int(config.mesh.data), int(config.mesh.fsdp)
   _require(mesh_fsdp >= 1 or mesh_fsdp == -1, "mesh.fsdp", f"must be -1 (all devices) or >= 1, got {mesh_fsdp}")

@@ -5,6 +5,8 @@
   python experiments/data_efficiency.py --setting=synthetic --quick  # smoke run, a few minutes
   python experiments/data_efficiency.py --setting=synthetic --seed=1 --runs=cyb_ap,cyb_va@beta.03,cyb_dp
                                                                     # another seed, chosen CYB settings
+  python experiments/data_efficiency.py --setting=synthetic --across_seeds=0,1,2 --runs=cyb_ap,cyb_va@beta.03,cyb_dp
+                                                                    # each seed's multiples and the median
 
 Trains ce, pause_ce, cyb_ap, cyb_va and cyb_dp with the same model, data order and learning-rate
 schedule, evaluates each on the whole eval split at the same training-token checkpoints (nll_policy under
@@ -42,6 +44,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from configs import default as default_config  # noqa: E402
 from cyb_jax import configuration  # noqa: E402
 from cyb_jax.evaluation import efficiency  # noqa: E402
+from cyb_jax.evaluation import evaluate  # noqa: E402
 from cyb_jax.training import metrics_writer  # noqa: E402
 from cyb_jax.training import trainer  # noqa: E402
 
@@ -93,6 +96,23 @@ SETTINGS = {
         "pretrain_steps": 1500, "steps": 1800, "eval_every": 300,
         "quick_pretrain_steps": 30, "quick_steps": 30, "quick_eval_every": 10,
     },
+    # The same text as word pieces: a byte-level BPE of 2048 ids trained on the training split only (each
+    # run trains the same file into its work directory), otherwise the byte setting's model and protocol
+    # with fewer fine-tuning steps (a BPE token carries about 3 bytes, so a step sees about 3x the text).
+    "shakespeare_bpe": {
+        "overrides": {"data.name": "text_file",
+                      "data.text_path": os.path.join(os.path.dirname(ROOT), "shared", "data",
+                                                     "tinyshakespeare.txt"),
+                      "data.tokenizer": "bpe", "data.bpe_vocab_size": 2048,
+                      "data.seq_len": 128, "data.task": {}, "model.width": 128, "model.num_layers": 1,
+                      "model.num_heads": 4, "model.mlp_hidden": 512, "train.batch_size": 16,
+                      "train.log_every": 100, "train.eval_batches": 0},
+        "pretrain_overrides": {"optim.schedule": "cosine"},
+        "finetune_overrides": {"optim.learning_rate": 1e-3, "optim.warmup_steps": 50},
+        "grid": False,
+        "pretrain_steps": 1500, "steps": 1200, "eval_every": 300,
+        "quick_pretrain_steps": 30, "quick_steps": 30, "quick_eval_every": 10,
+    },
 }
 # How many times the CYB runs' steps each baseline trains (see the module docstring).
 BASELINE_FACTOR = {"ce": 3, "pause_ce": 2}
@@ -142,6 +162,8 @@ def make_config(setting: dict, objective: str, steps: int, eval_every: int, quic
   apply_overrides(config, {"train.num_steps": steps, "train.eval_every": eval_every,
                   "train.checkpoint_every": eval_every, "train.eval_batches": 0,
                   "objective.name": objective, "eval.policy": POLICY[objective], **COMMON})
+  if POLICY[objective] == "threshold":  # the quality-versus-pauses curve, for the compute-matched table
+    apply_overrides(config, {"eval.tau_sweep": evaluate.DEFAULT_TAU_SWEEP})
   if quick:
     apply_overrides(config, {"data.eval_examples": 64, "train.log_every": 10})
   apply_overrides(config, OBJECTIVE_OVERRIDES.get(objective, {}) if overrides is None else overrides)
@@ -150,7 +172,7 @@ def make_config(setting: dict, objective: str, steps: int, eval_every: int, quic
 
 # The eval-record fields kept per checkpoint in the results JSON (enough to re-summarize without training).
 KEPT = ("step", "nll_policy", "accuracy", "mean_pauses", "nll_at_step", "accuracy_at_step",
-        "mean_pauses_by_difficulty", "accuracy_by_difficulty")
+        "mean_pauses_by_difficulty", "accuracy_by_difficulty", "tau_sweep")
 
 
 def eval_records(workdir: str, tokens_per_step: int) -> list[dict]:
@@ -220,7 +242,8 @@ def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple
     workdir = os.path.join(run_root, run)
     trainer.train(config, workdir)
     timings[run] = train_seconds(workdir)
-    seq_len = configuration.settings_from_config(config, device_count=1).data_info.seq_len
+    seq_len = configuration.settings_from_config(config, device_count=1, workdir=workdir,
+                                                 write_files=False).data_info.seq_len
     runs[run] = {"objective": objective, "hparams": overrides,
                  "records": eval_records(workdir, config.train.batch_size * seq_len)}
   return summarize(name, quick, runs, timings, steps, out_dir, seed)
@@ -295,8 +318,119 @@ def summarize(name: str, quick: bool, runs: dict, timings: dict, cyb_steps: int,
       "runs": runs,
       "seconds": timings,
   }
+  matched = compute_matched(at_budget, best)
+  if matched:
+    result["compute_matched"] = matched
   write_outputs(result, multiples, converse, per_run, out_dir)
   return result
+
+
+def compute_matched(at_budget: dict, best: dict) -> dict:
+  """Quality at equal inference pauses per token, at the budget (empty without a threshold sweep).
+
+  For each reported CYB run, every point of its threshold sweep (tau, mean pauses, nll_policy) beside
+  the fixed-pause baseline at the same mean pauses: pause_ce forced to stop at j = 0..K pauses
+  (`nll_at_step`), interpolated between neighbouring j (stopping a random fraction of tokens one pause
+  early; efficiency.interpolate_pauses). ce, which never pauses, is the 0-pause reference.
+  """
+  forced = at_budget["pause_ce"].get("nll_at_step")
+  if not forced or not any(at_budget[run].get("tau_sweep") for run in best.values()):
+    return {}
+  steps = list(range(len(forced)))
+  out = {"pause_ce_forced_nll": list(forced), "ce_nll": at_budget["ce"]["nll_policy"], "sweeps": {}}
+  for objective, run in best.items():
+    out["sweeps"][objective] = [
+        {"tau": point["tau"], "mean_pauses": point["mean_pauses"], "nll_policy": point["nll_policy"],
+         "pause_ce_nll": efficiency.interpolate_pauses(steps, forced, min(point["mean_pauses"], steps[-1]))}
+        for point in at_budget[run].get("tau_sweep") or []]
+  return out
+
+
+def summarize_seeds(setting: str, seeds: list[int], out_dir: str, only: tuple[str, ...] = ()) -> dict:
+  """Each seed's multiples for the same CYB runs, and their median, from the seeds' results JSON.
+
+  Reads `out_dir/data_efficiency_<setting>[_seed<s>].json` (written by `summarize`); `only`: the CYB runs
+  to report (default: every run all seeds have). Writes data_efficiency_<setting>_seeds.{json,md}.
+  Raises ValueError naming a missing file or a run some seed lacks.
+  """
+  results = {}
+  for seed in seeds:
+    path = os.path.join(out_dir, f"data_efficiency_{setting}" + _suffix(False, seed) + ".json")
+    if not os.path.exists(path):
+      raise ValueError(f"no results for seed {seed}: {path} does not exist (run the setting with --seed={seed})")
+    with open(path, encoding="utf-8") as f:
+      results[seed] = json.load(f)
+  common = [run for run in results[seeds[0]]["grid"] if all(run in r["grid"] for r in results.values())]
+  chosen = list(only) or common
+  missing = [(run, seed) for run in chosen for seed in seeds if run not in results[seed]["grid"]]
+  if missing:
+    raise ValueError(f"run {missing[0][0]!r} has no results for seed {missing[0][1]}; runs all seeds have: {common}")
+
+  def multiple(seed, run, baseline):
+    row = results[seed]["grid"][run]
+    return efficiency.Multiple(row["multiple"][baseline], row["multiple_bound"][baseline])
+
+  table = {}
+  for run in chosen:
+    table[run] = {"objective": results[seeds[0]]["grid"][run]["objective"]}
+    for baseline in BASELINES:
+      per_seed = [multiple(seed, run, baseline) for seed in seeds]
+      table[run][baseline] = {"per_seed": [m.to_json() for m in per_seed],
+                              "median": efficiency.median_multiple(per_seed).to_json()}
+    table[run]["nll_policy"] = [results[seed]["grid"][run]["nll_policy"] for seed in seeds]
+    table[run]["mean_pauses"] = [results[seed]["grid"][run]["mean_pauses"] for seed in seeds]
+  summary = {"setting": setting, "seeds": seeds, "runs": table,
+             "baseline_nll_policy": {b: [results[seed]["final_nll_policy"][b] for seed in seeds]
+                                     for b in BASELINES},
+             "compute_matched": {seed: results[seed]["compute_matched"] for seed in seeds
+                                 if "compute_matched" in results[seed]}}
+  stem = os.path.join(out_dir, f"data_efficiency_{setting}_seeds")
+  with open(stem + ".json", "w", encoding="utf-8") as f:
+    json.dump(metrics_writer.to_json_types(summary), f, indent=1)
+  shown = lambda m: str(efficiency.Multiple(m["value"], m["bound"]))  # noqa: E731
+  seed_columns = " | ".join(f"seed {seed}" for seed in seeds)
+  lines = [f"# Data efficiency: {setting}, seeds {', '.join(map(str, seeds))}", "",
+           "The same CYB runs on every seed (picked on the first seed's grid, then fixed), so the median is not "
+           "a best-of per seed. "
+           "Multiple as in each seed's table (>= : the baseline never got there; <= : it was there at its "
+           "first checkpoint; ~ : bounds on both sides of the median). Targets: >= 3 against ce, >= 2 against "
+           "pause_ce.", "",
+           f"| run | baseline | {seed_columns} | median |", "|---|---|" + "---|" * len(seeds) + "---|"]
+  for run, row in table.items():
+    for baseline in BASELINES:
+      cells = " | ".join(shown(m) for m in row[baseline]["per_seed"])
+      lines.append(f"| {run} | {baseline} | {cells} | **{shown(row[baseline]['median'])}** |")
+  lines += ["", "nll_policy at the budget (nats/token; mean pauses in brackets for CYB):", "",
+            f"| run | {seed_columns} |", "|---|" + "---|" * len(seeds)]
+  for baseline, values in summary["baseline_nll_policy"].items():
+    lines.append(f"| {baseline} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
+  for run, row in table.items():
+    lines.append(f"| {run} | " + " | ".join(f"{v:.4f} ({p:.2f})" for v, p in zip(row["nll_policy"], row["mean_pauses"]))
+                 + " |")
+  for seed, matched in summary["compute_matched"].items():
+    lines += ["", f"Compute-matched (seed {seed}):", ""] + _matched_lines(matched)
+  with open(stem + ".md", "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+  return summary
+
+
+# Thresholds shown in the compute-matched Markdown table (the JSON keeps the whole sweep).
+MATCHED_TAUS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def _matched_lines(matched: dict) -> list[str]:
+  forced = ", ".join(f"{j} pauses {v:.4f}" for j, v in enumerate(matched["pause_ce_forced_nll"]))
+  lines = [f"pause_ce forced to stop: {forced}; ce (never pauses): {matched['ce_nll']:.4f}. Each CYB threshold "
+           "beside pause_ce at the same mean pauses per token (stopping a random fraction of tokens one pause "
+           "early).", "",
+           "| objective | tau | mean pauses | nll_policy (CYB) | nll (pause_ce, same pauses) |", "|---|---|---|---|---|"]
+  for objective, sweep in matched["sweeps"].items():
+    for point in sweep:
+      if any(abs(point["tau"] - t) < 1e-9 for t in MATCHED_TAUS):
+        lines.append(f"| {objective} | {point['tau']:g} | {point['mean_pauses']:.3f} | {point['nll_policy']:.4f} | "
+                     f"{point['pause_ce_nll']:.4f} |")
+  return lines
 
 
 def resummarize(path: str, out_dir: str) -> dict:
@@ -364,9 +498,31 @@ def write_outputs(result: dict, multiples: dict, converse: dict, per_run: dict, 
     hparams = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in row["hparams"].items())
     lines.append(f"| {run} | {hparams} | {row['nll_policy']:.4f} | {row['mean_pauses']:.3f} | "
                  f"{per_run[run][0]['ce']} | {per_run[run][0]['pause_ce']} |")
+  if "compute_matched" in result:
+    lines += ["", "Quality at equal inference pauses (compute-matched, at the budget):", ""]
+    lines += _matched_lines(result["compute_matched"])
+    _plot_matched(result["compute_matched"], stem + "_compute.png", result["setting"])
   with open(stem + ".md", "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
+
+
+def _plot_matched(matched: dict, path: str, setting: str) -> None:
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  forced = matched["pause_ce_forced_nll"]
+  ax.plot(range(len(forced)), forced, "s--", color="gray", label="pause_ce, forced stops (mixtures between)")
+  ax.plot([0], [matched["ce_nll"]], "kD", label="ce")
+  for objective, sweep in matched["sweeps"].items():
+    ax.plot([p["mean_pauses"] for p in sweep], [p["nll_policy"] for p in sweep], "o-", markersize=3,
+            label=f"{objective}, threshold sweep")
+  ax.set_yscale("log")
+  ax.set_xlabel("mean pauses per token (inference compute)")
+  ax.set_ylabel("eval nll_policy (nats/token)")
+  ax.set_title(f"Quality at equal pauses: {setting}, at the budget")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
 
 
 def main() -> None:
@@ -378,11 +534,21 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0, help="run seed (data order and initialisation)")
   parser.add_argument("--runs", default="", help="comma-separated CYB runs to train, e.g. cyb_ap,cyb_va@beta.03 "
                       "(default: the setting's grid); the baselines always run")
+  parser.add_argument("--across_seeds", default="",
+                      help="comma-separated seeds, e.g. 0,1,2: summarize their results JSON (each seed's median "
+                      "multiple for the --runs CYB runs), no training")
   parser.add_argument("--out", default=os.path.join(ROOT, "results"))
   args = parser.parse_args()
   logging.basicConfig(level=logging.WARNING)
   logging.getLogger("cyb_jax").setLevel(logging.INFO)
   start = time.time()
+  if args.across_seeds:
+    try:
+      seeds = [int(s) for s in args.across_seeds.split(",")]
+      summarize_seeds(args.setting, seeds, args.out, tuple(filter(None, args.runs.split(","))))
+    except ValueError as error:
+      raise SystemExit(f"--across_seeds: {error}") from None
+    return
   if args.resummarize:
     stem = f"data_efficiency_{args.setting}" + _suffix(args.quick, args.seed)
     resummarize(os.path.join(args.out, stem + ".json"), args.out)

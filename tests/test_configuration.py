@@ -48,8 +48,10 @@ def train_error(config, workdir, monkeypatch) -> str:
      rf"^config\.mesh\.num_devices must be -1 or in \[1, {NUM_DEVICES}\] .*got 16$"),
     ({"optim.schedule": "linear"},
      r"^config\.optim\.schedule must be one of \('cosine', 'constant'\), got 'linear'$"),
+    ({"eval.tau_sweep": (0.5, 1.0)},
+     r"^config\.eval\.tau_sweep must hold thresholds in \(0, 1\), got \(0\.5, 1\.0\)$"),
 ], ids=["objective", "task", "negative_num_pauses", "num_pauses_above_max", "negative_budget",
-        "negative_cost", "batch_vs_devices", "too_many_devices", "schedule"])
+        "negative_cost", "batch_vs_devices", "too_many_devices", "schedule", "tau_sweep"])
 def test_bad_config_is_a_one_line_error_before_compiling(overrides, pattern, tmp_path, monkeypatch):
   message = train_error(tiny(overrides=overrides), tmp_path / "run", monkeypatch)
   assert re.search(pattern, message), message

@@ -141,3 +141,97 @@ def test_nan_arguments_are_rejected_not_read_as_never_reached(tokens, nll, targe
     efficiency.tokens_to_reach(tokens, nll, target)
   with pytest.raises(ValueError, match="model_tokens"):
     efficiency.data_efficiency_multiple([1.0, 2.0], [3.0, 2.0], float("nan"), 2.5)
+
+
+M = efficiency.Multiple
+
+
+@pytest.mark.parametrize("multiples, expected", [
+    ([M(1.0, "="), M(3.0, "="), M(2.0, "=")], M(2.0, "=")),
+    ([M(1.2, "="), M(1.5, "="), M(3.0, ">=")], M(1.5, "=")),      # the bound above the middle: exact
+    ([M(1.2, "="), M(3.0, ">="), M(3.0, ">=")], M(3.0, ">=")),    # the middle itself a lower bound
+    ([M(1.0, "<="), M(2.0, "="), M(3.0, ">=")], M(2.0, "=")),
+    ([M(1.0, "<="), M(1.0, "<="), M(2.0, "=")], M(1.0, "<=")),
+    ([M(1.0, "="), M(3.0, ">=")], M(2.0, ">=")),                  # even count: the mean of the middle two
+    ([M(1.0, "<="), M(3.0, ">=")], M(2.0, "~")),                  # can move either way
+    ([M(4.0, ">=")], M(4.0, ">=")),
+])
+def test_median_multiple_by_hand(multiples, expected):
+  assert efficiency.median_multiple(multiples) == expected
+
+
+def test_interpolate_pauses_between_forced_stops():
+  # Forced stops at 0, 1, 2 pauses with nll 0.9, 0.5, 0.4: 0.25 pauses is a quarter of the way to 0.5.
+  assert efficiency.interpolate_pauses([0, 1, 2], [0.9, 0.5, 0.4], 0.25) == pytest.approx(0.8)
+  assert efficiency.interpolate_pauses([0, 1, 2], [0.9, 0.5, 0.4], 1.5) == pytest.approx(0.45)
+  assert efficiency.interpolate_pauses([0, 1, 2], [0.9, 0.5, 0.4], 2.0) == pytest.approx(0.4)
+  with pytest.raises(ValueError, match="outside"):
+    efficiency.interpolate_pauses([0, 1], [0.9, 0.5], 1.5)
+
+
+def _experiment():
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+  import data_efficiency  # pylint: disable=g-import-not-at-top  (a script, not part of the package)
+  return data_efficiency
+
+
+def _toy_runs(cyb_end_nll, sweep=None, forced=None):
+  """ce and pause_ce to step 4 (nll 3, 2, 1 at steps 1, 2, 4) and one CYB run per objective to step 2."""
+  runs = {"ce": {"objective": "ce", "hparams": {}, "records": _records([1, 2, 4], [3.0, 2.0, 1.0])},
+          "pause_ce": {"objective": "pause_ce", "hparams": {}, "records": _records([1, 2, 4], [3.0, 2.5, 2.0])}}
+  if forced:
+    runs["pause_ce"]["records"][1]["nll_at_step"] = forced
+  for objective, end in cyb_end_nll.items():
+    records = _records([1, 2], [2.9, end])
+    if sweep:
+      records[1]["tau_sweep"] = sweep
+    runs[objective] = {"objective": objective, "hparams": {}, "records": records}
+  return runs
+
+
+def test_experiment_summary_compares_at_equal_pauses(tmp_path):
+  """The compute-matched table: each threshold of the sweep beside pause_ce at the same mean pauses."""
+  sweep = [{"tau": 0.1, "mean_pauses": 0.8, "nll_policy": 0.3, "accuracy": 0.9},
+           {"tau": 0.5, "mean_pauses": 0.25, "nll_policy": 0.35, "accuracy": 0.9},
+           {"tau": 0.9, "mean_pauses": 0.0, "nll_policy": 0.6, "accuracy": 0.8}]
+  result = _experiment().summarize("toy", False, _toy_runs({"cyb_dp": 1.0}, sweep, forced=[0.9, 0.5]), {}, 2,
+                                   str(tmp_path))
+  matched = result["compute_matched"]
+  assert matched["pause_ce_forced_nll"] == [0.9, 0.5] and matched["ce_nll"] == 2.0
+  # pause_ce at 0.8 pauses: 0.9 + 0.8 (0.5 - 0.9) = 0.58; at 0.25: 0.8; at 0: its step-0 nll 0.9.
+  assert [p["pause_ce_nll"] for p in matched["sweeps"]["cyb_dp"]] == pytest.approx([0.58, 0.8, 0.9])
+  table = (tmp_path / "data_efficiency_toy.md").read_text(encoding="utf-8")
+  assert "| cyb_dp | 0.5 | 0.250 | 0.3500 | 0.8000 |" in table
+  assert os.path.getsize(tmp_path / "data_efficiency_toy_compute.png") > 0
+  # Without a sweep (ce and pause_ce runs only have their own policies) there is no such table.
+  plain = _experiment().summarize("toy", False, _toy_runs({"cyb_dp": 1.0}), {}, 2, str(tmp_path))
+  assert "compute_matched" not in plain
+
+
+def test_experiment_summary_across_seeds(tmp_path):
+  """Three seeds' summaries, then each seed's multiple and the median for the same runs."""
+  experiment = _experiment()
+  # ce reaches 2.0 at 20 tokens and 1.0 at 40 (log-linear between); pause_ce 2.5 at 20 and 2.0 at 40.
+  ends = {0: {"cyb_va": 2.0, "cyb_dp": 1.0}, 1: {"cyb_va": 1.5, "cyb_dp": 0.5}, 2: {"cyb_va": 2.5, "cyb_dp": 2.0}}
+  for seed, end in ends.items():
+    experiment.summarize("toy", False, _toy_runs(end), {}, 2, str(tmp_path), seed)
+  summary = experiment.summarize_seeds("toy", [0, 1, 2], str(tmp_path))
+  va = summary["runs"]["cyb_va"]
+  # cyb_va against ce: 1 (seed 0), sqrt(20 * 40) / 20 (seed 1: 1.5 is halfway from 2 to 1), and
+  # sqrt(10 * 20) / 20 (seed 2: 2.5 is halfway from ce's 3 at 10 tokens to 2 at 20).
+  assert [m["value"] for m in va["ce"]["per_seed"]] == pytest.approx([1.0, math.sqrt(800) / 20,
+                                                                      math.sqrt(200) / 20])
+  assert [m["bound"] for m in va["ce"]["per_seed"]] == ["=", "=", "="]
+  assert va["ce"]["median"] == {"value": pytest.approx(1.0), "bound": "="}
+  # cyb_dp against pause_ce: 1.0 and 0.5 are beyond pause_ce's whole run (>= 2), 2.0 at 40 tokens (2).
+  dp = summary["runs"]["cyb_dp"]
+  assert [(m["value"], m["bound"]) for m in dp["pause_ce"]["per_seed"]] == [(2.0, ">="), (2.0, ">="),
+                                                                            (pytest.approx(2.0), "=")]
+  assert dp["pause_ce"]["median"] == {"value": 2.0, "bound": ">="}
+  assert dp["nll_policy"] == [1.0, 0.5, 2.0]
+  table = (tmp_path / "data_efficiency_toy_seeds.md").read_text(encoding="utf-8")
+  assert "| cyb_dp | pause_ce | >= 2.00 | >= 2.00 | 2.00 | **>= 2.00** |" in table
+  with pytest.raises(ValueError, match="seed 3"):
+    experiment.summarize_seeds("toy", [0, 3], str(tmp_path))
+  with pytest.raises(ValueError, match="'cyb_ap' has no results for seed 0"):
+    experiment.summarize_seeds("toy", [0, 1], str(tmp_path), ("cyb_ap",))

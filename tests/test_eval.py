@@ -61,7 +61,9 @@ def _reference(config, workdir, tau):
     stop = next(j for j in range(num_pauses + 1) if j == num_pauses or not d[j] > tau)
     survive = np.concatenate([[1.0], np.cumprod(d[:-1])])
     halt = survive * (1 - d)
-    rows.append(dict(stop=stop, a=a, correct=correct, d0=p[0, vocab], halt=halt,
+    answer0 = p[0, :vocab] / p[0, :vocab].sum()      # the step-0 answer distribution
+    entropy0 = -np.sum(answer0 * np.log(answer0))
+    rows.append(dict(stop=stop, a=a, correct=correct, d0=p[0, vocab], halt=halt, entropy0=entropy0,
                      label=settings.data_info.difficulty_names[int(difficulty[b, n])]))
   ref = {
       "num_tokens": len(rows),
@@ -80,6 +82,14 @@ def _reference(config, workdir, tau):
   ref["dk_auroc"] = float(np.mean(pairs)) if pairs else float("nan")
   labels = sorted({r["label"] for r in rows})
   ref["pause_rate_by_difficulty"] = {l: np.mean([r["stop"] > 0 for r in rows if r["label"] == l]) for l in labels}
+  # Step-0 entropy bins, edges (0.1, 0.5, 1, 2, 3, 4) nats: [tokens, paused] per bin with tokens.
+  edges = [0.0, 0.1, 0.5, 1.0, 2.0, 3.0, 4.0, np.inf]
+  names = ["< 0.1", "0.1-0.5", "0.5-1", "1-2", "2-3", "3-4", ">= 4"]
+  ref["by_step0_entropy"] = {}
+  for name, lo, hi in zip(names, edges[:-1], edges[1:]):
+    members = [r for r in rows if lo <= r["entropy0"] < hi]
+    if members:
+      ref["by_step0_entropy"][name] = (len(members), np.mean([r["stop"] > 0 for r in members]))
   return ref, rows
 
 
@@ -115,6 +125,9 @@ def test_eval_writes_reports_that_match_an_independent_computation(trained, tmp_
   assert report["pause_rate_by_difficulty"].keys() == ref["pause_rate_by_difficulty"].keys()
   for label, rate in ref["pause_rate_by_difficulty"].items():
     assert report["pause_rate_by_difficulty"][label] == pytest.approx(rate)
+  assert {name: (row["tokens"], pytest.approx(row["pause_rate"])) for name, row
+          in report["by_step0_entropy"].items()} == ref["by_step0_entropy"]
+  assert "by_token_class" not in report  # synthetic tokens are numbers, not text
 
   # The never/always policies are the step-0 and step-K columns of the same numbers.
   assert report["policies"]["never"]["nll_policy"] == pytest.approx(ref["nll_at_step"][0], rel=1e-5)
@@ -126,6 +139,7 @@ def test_eval_writes_reports_that_match_an_independent_computation(trained, tmp_
   with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
     markdown = f.read()
   assert "## By difficulty" in markdown and "## Generated samples" in markdown
+  assert "## Pauses by the model's step-0 entropy" in markdown
   assert len(report["samples"]) == 2
 
 

@@ -80,3 +80,21 @@ def test_accumulator_by_difficulty_and_token_on_a_hand_case():
   assert accumulator.by_difficulty[1].tolist() == [2, 2, 3, 1]
   # [tokens, pauses] per target id.
   assert accumulator.by_token.tolist() == [[1, 0], [1, 1], [0, 0], [2, 2]]
+
+
+def test_accumulator_by_token_class_and_entropy_bin_on_a_hand_case():
+  accumulator = evaluate.PolicyAccumulator(3)
+  stop = np.asarray([0, 2, 1, 0, 1])
+  correct = np.asarray([True, False, True, True, False])
+  classes = np.asarray([[1, 0], [1, 1], [0, 1], [0, 0], [1, 0]], bool)  # overlapping, one token in none
+  entropy_bin = np.asarray([0, 6, 6, 2, 0])
+  accumulator.add(stop, np.zeros(5), correct, classes=classes, entropy_bin=entropy_bin)
+  accumulator.add(stop[:1], np.zeros(1), correct[:1], classes=classes[:1], entropy_bin=entropy_bin[:1])
+  # [tokens, tokens that paused, pauses, correct] per class: class 0 = tokens 0, 1, 4 (+ 0 again).
+  assert accumulator.by_class.tolist() == [[4, 2, 3, 2], [2, 2, 3, 1]]
+  assert accumulator.by_entropy.tolist() == [[3, 1, 1, 2], [0, 0, 0, 0], [1, 0, 0, 1], [0, 0, 0, 0],
+                                             [0, 0, 0, 0], [0, 0, 0, 0], [2, 2, 3, 1]]
+  table = evaluate._group_table(evaluate.entropy_bin_names(), accumulator.by_entropy)  # pylint: disable=protected-access
+  assert table == {"< 0.1": {"tokens": 3, "pause_rate": 1 / 3, "mean_pauses": 1 / 3, "accuracy": 2 / 3},
+                   "0.5-1": {"tokens": 1, "pause_rate": 0.0, "mean_pauses": 0.0, "accuracy": 1.0},
+                   ">= 4": {"tokens": 2, "pause_rate": 1.0, "mean_pauses": 1.5, "accuracy": 0.5}}

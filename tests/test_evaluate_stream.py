@@ -57,6 +57,31 @@ def test_stream_headline_is_teacher_forced_inference_and_differs_from_the_rollou
   assert abs(training["nll_policy"] - result["nll_policy"]) > 1e-4
 
 
+def test_stream_token_classes_count_inference_pauses():
+  """By-class tables follow the headline context: a stand-in classifier (class 0: even target ids,
+  class 1: ids >= 5) against the inference stops themselves."""
+  params = _params(CONFIG)
+
+  def classifier(targets_BN):
+    return np.stack([targets_BN % 2 == 0, targets_BN >= 5], axis=-1)
+
+  result = evaluate.evaluate(params, [_batch()], CONFIG, K, policy="threshold", tau=0.5,
+                             token_classifier=classifier)
+  batch = _batch()
+  tokens = np.concatenate([batch["inputs"][:, :1], batch["targets"]], axis=1)
+  stops = np.asarray(generate.teacher_forced(params, tokens, CONFIG, num_pauses=K, policy="threshold",
+                                             tau=0.5).pauses)
+  mask, targets = batch["loss_mask"], batch["targets"]
+  names = evaluate.token_classes.CLASSES
+  for name, member in ((names[0], targets % 2 == 0), (names[1], targets >= 5)):
+    chosen = member & mask
+    assert result["by_token_class"][name]["tokens"] == int(chosen.sum())
+    assert result["by_token_class"][name]["mean_pauses"] == pytest.approx(float(stops[chosen].mean()))
+    assert result["by_token_class"][name]["pause_rate"] == pytest.approx(float((stops[chosen] > 0).mean()))
+  assert set(result["by_token_class"]) == set(names[:2])  # the other classes have no tokens
+  assert sum(row["tokens"] for row in result["by_step0_entropy"].values()) == int(mask.sum())
+
+
 def test_stream_with_policy_always_agrees_in_both_contexts():
   result = _evaluate(CONFIG, _params(CONFIG), "always")
   assert result["mean_pauses"] == K and result["training_context"]["mean_pauses"] == K

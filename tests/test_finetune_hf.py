@@ -22,6 +22,7 @@ from cyb_jax import model as model_lib
 from cyb_jax.data import pipeline as data_pipeline
 from cyb_jax.data import tokenizer as tokenizer_lib
 from cyb_jax.evaluation import eval_checkpoint
+from cyb_jax.evaluation import token_classes
 from cyb_jax.training import checkpointing
 from cyb_jax.training import trainer
 from helpers import forbid_compilation
@@ -129,6 +130,18 @@ def test_eval_report_lists_word_pieces(finetuned, tmp_path):
   assert listed and all(eval(name) in shown for name in listed)  # pylint: disable=eval-used
   # Samples read as text: the generated pieces joined, with pause marks.
   assert len(result["samples"]) == 2 and all("|>" in sample for sample in result["samples"])
+  # Token classes: every loss token of the eval split counted in the classes of its row's text.
+  settings = configuration.settings_from_config(config, device_count=8)
+  expected = np.zeros(len(token_classes.CLASSES), int)
+  for batch in data_pipeline.make_dataset(settings.data, "eval", int(config.train.batch_size), seed=0):
+    for targets, mask in zip(batch["targets"], batch["loss_mask"]):
+      expected += token_classes.classify(tokenizer_lib.token_pieces(tokenizer, targets))[mask].sum(0)
+  got = {name: row["tokens"] for name, row in result["by_token_class"].items()}
+  assert got == {name: int(n) for name, n in zip(token_classes.CLASSES, expected) if n}
+  assert got["word-initial"] > 0 and got["continuation"] > 0
+  assert sum(row["tokens"] for row in result["by_step0_entropy"].values()) == result["num_tokens"]
+  assert "## Pauses by token class" in report
+  assert os.path.getsize(result["files"]["pause_rate_by_class_and_entropy.png"]) > 0
 
 
 def test_text_windows_start_with_the_models_bos(tmp_path):

@@ -127,6 +127,10 @@ def test_run_writes_metrics_checkpoints_and_summary(reference):
   assert reference.final["num_tokens"] == 16 * 6
   for key in ("nll_policy", "accuracy", "mean_pauses", "nll_marginal"):
     assert math.isfinite(evals[1][key])
+  # eval.tau_sweep: its tau = 0.5 point is the reported threshold policy itself; 0.99 pauses less often.
+  sweep = {point["tau"]: point for point in evals[1]["tau_sweep"]}
+  assert sweep[0.5]["nll_policy"] == evals[1]["nll_policy"] and sweep[0.5]["mean_pauses"] == evals[1]["mean_pauses"]
+  assert sweep[0.99]["mean_pauses"] <= sweep[0.5]["mean_pauses"]
 
   with open(os.path.join(reference.workdir, "summary.json"), encoding="utf-8") as f:
     summary = json.load(f)

@@ -36,6 +36,7 @@ def get_config(variant: str = ""):
   config.train.eval_batches = 1
   config.train.checkpoint_every = 4
   config.train.keep_checkpoints = 20
+  config.eval.tau_sweep = (0.5, 0.99)   # eval records carry the quality-versus-pauses curve
   if variant == "nopause":
     config.model.max_pauses = 0
     config.num_pauses = 0

@@ -79,3 +79,51 @@ def baseline_final_multiple(baseline_tokens: Sequence[float], baseline_nll: Sequ
   """
   needed, bound = tokens_to_reach(model_tokens, model_nll, baseline_nll[-1])
   return Multiple(baseline_tokens[-1] / needed, _FLIP[bound])
+
+
+def median_multiple(multiples: Sequence[Multiple]) -> Multiple:
+  """The median of several runs' multiples (e.g. over seeds), with what their bounds allow.
+
+  A ">=" multiple may be anything above its value and a "<=" one anything below, so the median of the
+  true values lies between the median with every "<=" at 0 and the median with every ">=" at infinity.
+  The result is exact ("=") when both equal the median of the values, ">=" or "<=" when only one side
+  can move, and "~" when both can (lower and upper bounds among the middle values).
+
+  Raises ValueError for no multiples.
+  """
+  if not multiples:
+    raise ValueError("median_multiple needs at least one multiple")
+
+  def median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+  value = median([m.value for m in multiples])
+  highest = median([math.inf if m.bound == ">=" else m.value for m in multiples])
+  lowest = median([0.0 if m.bound == "<=" else m.value for m in multiples])
+  if highest == value and lowest == value:
+    return Multiple(value, "=")
+  if lowest == value:
+    return Multiple(value, ">=")
+  if highest == value:
+    return Multiple(value, "<=")
+  return Multiple(value, "~")
+
+
+def interpolate_pauses(pauses: Sequence[float], nll: Sequence[float], at: float) -> float:
+  """nll at `at` mean pauses per token on the piecewise-linear curve through (pauses[i], nll[i]).
+
+  For forced stops at j = 0..K pauses (a fixed-pause model's `nll_at_step`), a point between j and j + 1
+  is the policy that stops a random fraction of tokens at j and the rest at j + 1, whose expected nll is
+  this interpolation: the compute-matched baseline for a model averaging `at` pauses per token.
+  Raises ValueError outside [pauses[0], pauses[-1]] or for pauses not increasing.
+  """
+  if len(pauses) != len(nll) or not pauses or any(b <= a for a, b in zip(pauses, pauses[1:])):
+    raise ValueError(f"pauses must be increasing and match nll in length, got {list(pauses)}")
+  if not pauses[0] <= at <= pauses[-1]:
+    raise ValueError(f"{at} pauses is outside the curve's range [{pauses[0]}, {pauses[-1]}]")
+  for (x0, y0), (x1, y1) in zip(zip(pauses, nll), zip(pauses[1:], nll[1:])):
+    if at <= x1:
+      return y0 + (at - x0) / (x1 - x0) * (y1 - y0)
+  return float(nll[-1])  # a single point

@@ -24,6 +24,7 @@ from cyb_jax import model as model_lib
 from cyb_jax.inference import policies
 from cyb_jax.parallel import runtime
 from cyb_jax.evaluation import report
+from cyb_jax.evaluation import token_classes
 from cyb_jax.data import example as example_lib
 from cyb_jax.data import pipeline as data_pipeline
 from cyb_jax.data import tokenizer as tokenizer_lib
@@ -73,6 +74,13 @@ class TokenDisplay:
     if self.tokenizer is None:
       return [f" {int(t)}" for t in np.asarray(ids).reshape(-1)]
     return tokenizer_lib.token_pieces(self.tokenizer, ids)
+
+  def token_classifier(self):
+    """For text data, the function from target ids `[B, N]` to their token classes (token_classes.py);
+    None for synthetic tasks, whose tokens are numbers."""
+    if self.tokenizer is None:
+      return None
+    return token_classes.row_classifier(self.pieces)
 
 
 def generate_samples(params, model_config: model_lib.ModelConfig, num_pauses: int, data, *,
@@ -148,14 +156,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(desc="eval", unit="batch", total=max_batches or None)
   is_text = settings.data_info.difficulty_names is None
+  display = TokenDisplay(settings.data)
   result = evaluate.evaluate(params, iter(batches), model_config, num_pauses, policy=chosen,
                              tau=float(eval_config.eval.tau), q=float(eval_config.eval.q),
                              difficulty_names=settings.data_info.difficulty_names,
                              max_batches=max_batches, progress=bar.update if bar is not None else None,
-                             other_policies=others, tau_sweep=tau_sweep, per_token=True)
+                             other_policies=others, tau_sweep=tau_sweep, per_token=True,
+                             token_classifier=display.token_classifier())
   if bar is not None:
     bar.close()
-  display = TokenDisplay(settings.data)
   samples = generate_samples(params, model_config, num_pauses, settings.data, num_samples=num_samples,
                              policy=chosen if chosen != "sample" else "threshold",
                              tau=float(eval_config.eval.tau), q=float(eval_config.eval.q), display=display)

@@ -9,7 +9,7 @@ host: an eval set of any size needs memory for one batch plus one float per toke
 from __future__ import annotations
 
 import functools
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +17,7 @@ import numpy as np
 
 from cyb_jax import losses
 from cyb_jax import model as model_lib
+from cyb_jax.evaluation import token_classes
 from cyb_jax.inference import generate
 from cyb_jax.inference import policies
 from cyb_jax.data import example as example_lib
@@ -31,6 +32,8 @@ def step_metrics(params, inputs_BN, targets_BN, mask_BN, segment_ids_BN=None, *,
   """Every token's quality at every step, arrays `[B, N, S]` unless noted.
 
   nll_at_step: -log a_j; correct_at_step: argmax of the real-vocabulary logits equals the target;
+  entropy_0 `[B, N]`: entropy (nats) of the step-0 answer distribution, the softmax of the
+  real-vocabulary logits (how unsure the model is before any pause);
   log_d: log d_j, the `<dk>` log-probability under the full V+1 softmax (-inf at the last step);
   halt: the halting distribution h_j; nll_marginal `[B, N]`: -log sum_j h_j a_j.
   """
@@ -40,15 +43,19 @@ def step_metrics(params, inputs_BN, targets_BN, mask_BN, segment_ids_BN=None, *,
     del step
     logits_BNV = model_lib.output_logits(params, hidden_BND, config)
     stats = losses.step_stats(logits_BNV[:, :, None], targets_BN, mask_BN)
-    correct_BN = jnp.argmax(logits_BNV[..., :vocab], axis=-1) == targets_BN
-    return jax.tree.map(lambda x: x[..., 0], stats), correct_BN
+    answer_logits_BNV = logits_BNV[..., :vocab].astype(jnp.float32)
+    correct_BN = jnp.argmax(answer_logits_BNV, axis=-1) == targets_BN
+    log_p_BNV = jax.nn.log_softmax(answer_logits_BNV, axis=-1)
+    entropy_BN = -jnp.sum(jnp.exp(log_p_BNV) * log_p_BNV, axis=-1)
+    return jax.tree.map(lambda x: x[..., 0], stats), correct_BN, entropy_BN
 
-  stats, correct_BNS = model_lib.rollout_readout(params, inputs_BN, config, num_pauses, None, readout,
-                                                 segment_ids_BN)
+  stats, correct_BNS, entropy_BNS = model_lib.rollout_readout(params, inputs_BN, config, num_pauses, None,
+                                                              readout, segment_ids_BN)
   halting = losses.halting(stats)
   return {
       "nll_at_step": -halting.log_answer,
       "correct_at_step": correct_BNS,
+      "entropy_0": entropy_BNS[..., 0],
       "log_d": halting.log_continue,
       "halt": jnp.exp(halting.log_halt),
       "nll_marginal": losses.cyb_ap(stats, gamma=1.0, omega=0.0),
@@ -81,8 +88,33 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
   return float(u_stat / (num_pos * num_neg))
 
 
+# Bins of the step-0 entropy (nats) for the report's "pauses by the model's own uncertainty" table.
+ENTROPY_EDGES = (0.1, 0.5, 1.0, 2.0, 3.0, 4.0)
+
+
+def entropy_bin_names(edges: Sequence[float] = ENTROPY_EDGES) -> list[str]:
+  """["< 0.1", "0.1-0.5", ..., ">= 4"]: the names of the bins `np.digitize(entropy, edges)` gives."""
+  return ([f"< {edges[0]:g}"] + [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])]
+          + [f">= {edges[-1]:g}"])
+
+
+def _group_sums(member_TG: np.ndarray, stop: np.ndarray, correct: np.ndarray) -> np.ndarray:
+  """int `[G, 4]`: per group (column of the bool membership `[T, G]`) tokens, paused, pauses, correct."""
+  member = member_TG.astype(np.int64)
+  return np.stack([member.sum(0), member.T @ (stop > 0), member.T @ stop, member.T @ correct.astype(np.int64)],
+                  axis=1)
+
+
+def _group_table(names: Sequence[str], sums: np.ndarray) -> dict:
+  """{name: {tokens, pause_rate, mean_pauses, accuracy}} for the groups with tokens."""
+  return {name: {"tokens": int(row[0]), "pause_rate": float(row[1] / row[0]),
+                 "mean_pauses": float(row[2] / row[0]), "accuracy": float(row[3] / row[0])}
+          for name, row in zip(names, sums) if row[0] > 0}
+
+
 class PolicyAccumulator:
-  """Running sums for one policy: quality where it stops, pauses, and the same by difficulty/token id."""
+  """Running sums for one policy: quality where it stops, pauses, and the same by difficulty, token id,
+  token class and step-0 entropy bin."""
 
   def __init__(self, num_steps: int, vocab_size: Optional[int] = None):
     self.num_steps = num_steps
@@ -93,10 +125,21 @@ class PolicyAccumulator:
     self.histogram = np.zeros(num_steps, np.int64)
     self.by_difficulty: dict[int, np.ndarray] = {}  # label -> [tokens, paused, pauses, correct]
     self.by_token = None if vocab_size is None else np.zeros((vocab_size, 2), np.int64)  # tokens, pauses
+    self.by_class: Optional[np.ndarray] = None  # [classes, 4] as by_difficulty
+    self.by_entropy: Optional[np.ndarray] = None  # [bins, 4] as by_difficulty
 
   def add(self, stop: np.ndarray, nll: np.ndarray, correct: np.ndarray,
-          difficulty: Optional[np.ndarray] = None, targets: Optional[np.ndarray] = None) -> None:
-    """All arguments are 1-D over the batch's unmasked tokens."""
+          difficulty: Optional[np.ndarray] = None, targets: Optional[np.ndarray] = None,
+          classes: Optional[np.ndarray] = None, entropy_bin: Optional[np.ndarray] = None) -> None:
+    """All arguments are 1-D over the batch's unmasked tokens, except `classes`, bool `[T, classes]`;
+    entropy_bin: int in [0, len(ENTROPY_EDGES)]."""
+    stop = np.asarray(stop, np.int64)
+    if classes is not None:
+      sums = _group_sums(classes, stop, correct)
+      self.by_class = sums if self.by_class is None else self.by_class + sums
+    if entropy_bin is not None:
+      sums = _group_sums(entropy_bin[:, None] == np.arange(len(ENTROPY_EDGES) + 1), stop, correct)
+      self.by_entropy = sums if self.by_entropy is None else self.by_entropy + sums
     self.tokens += stop.size
     self.nll += float(nll.astype(np.float64).sum())
     self.correct += int(correct.sum())
@@ -123,8 +166,12 @@ class EvalAccumulator:
 
   def __init__(self, num_steps: int, *, policy: str = "threshold", tau: float = 0.5, q: float = 0.5,
                difficulty_names: Optional[dict] = None, other_policies: Sequence[str] = (),
-               tau_sweep: Sequence[float] = (), vocab_size: Optional[int] = None, seed: int = 0):
+               tau_sweep: Sequence[float] = (), vocab_size: Optional[int] = None, seed: int = 0,
+               token_classifier: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+               class_names: Sequence[str] = ()):
     policies.check_policy(policy, tau=tau, q=q)
+    self.token_classifier, self.class_names = token_classifier, tuple(class_names)
+    self._labels: tuple = (None, None)  # the last batch's token classes and entropy bins (add_inference)
     self.num_steps = num_steps
     self.policy, self.tau, self.q = policy, tau, q
     self.difficulty_names = {int(k): v for k, v in (difficulty_names or {}).items()}
@@ -154,6 +201,7 @@ class EvalAccumulator:
     metrics = jax.device_get(metrics)
     mask = np.asarray(mask_BN, bool)
     self._batches += 1
+    self._labels = (None, None)
     if not mask.any():
       return
     nll_at_step = np.asarray(metrics["nll_at_step"], np.float64)
@@ -161,6 +209,13 @@ class EvalAccumulator:
     log_d = np.asarray(metrics["log_d"], np.float32)
     difficulty = None if difficulty_BN is None else np.asarray(difficulty_BN)[mask]
     targets = None if targets_BN is None else np.asarray(targets_BN)[mask]
+    classes = None
+    if self.token_classifier is not None and targets_BN is not None:
+      classes = np.asarray(self.token_classifier(np.asarray(targets_BN)), bool)[mask]
+    entropy_bin = None
+    if "entropy_0" in metrics:
+      entropy_bin = np.digitize(np.asarray(metrics["entropy_0"], np.float64)[mask], ENTROPY_EDGES)
+    self._labels = (classes, entropy_bin)
 
     self.tokens += int(mask.sum())
     self.nll_marginal += float(np.asarray(metrics["nll_marginal"], np.float64)[mask].sum())
@@ -177,8 +232,8 @@ class EvalAccumulator:
 
     def add_policy(accumulator, policy, tau, q, with_labels):
       stop = self._stop(log_d, policy, tau, q)
-      accumulator.add(stop[mask], pick(nll_at_step, stop)[mask], pick(correct_at_step, stop)[mask],
-                      difficulty if with_labels else None, targets if with_labels else None)
+      labels = (difficulty, targets, classes, entropy_bin) if with_labels else ()
+      accumulator.add(stop[mask], pick(nll_at_step, stop)[mask], pick(correct_at_step, stop)[mask], *labels)
 
     add_policy(self.main, self.policy, self.tau, self.q, True)
     for name, accumulator in self.others.items():
@@ -189,13 +244,17 @@ class EvalAccumulator:
   def add_inference(self, stop_BN: np.ndarray, nll_BNS: np.ndarray, correct_BNS: np.ndarray,
                     mask_BN: np.ndarray, difficulty_BN: Optional[np.ndarray] = None,
                     targets_BN: Optional[np.ndarray] = None) -> None:
-    """The main policy's stops `[B, N]` and per-step NLL / correctness `[B, N, S]` from inference itself."""
+    """The main policy's stops `[B, N]` and per-step NLL / correctness `[B, N, S]` from inference itself.
+
+    Called after `add` for the same batch, whose token classes and step-0 entropy bins (of the rollout)
+    it reuses.
+    """
     mask = np.asarray(mask_BN, bool)
     stop = np.asarray(stop_BN, np.int64)
     self.inference.add(stop[mask], pick(np.asarray(nll_BNS, np.float64), stop)[mask],
                        pick(np.asarray(correct_BNS, bool), stop)[mask],
                        None if difficulty_BN is None else np.asarray(difficulty_BN)[mask],
-                       None if targets_BN is None else np.asarray(targets_BN)[mask])
+                       None if targets_BN is None else np.asarray(targets_BN)[mask], *self._labels)
 
   def _label_name(self, label: int) -> str:
     return str(self.difficulty_names.get(label, label))
@@ -242,6 +301,10 @@ class EvalAccumulator:
       seen = np.nonzero(counts)[0]
       out["mean_pauses_by_token"] = {int(t): float(pauses[t] / counts[t]) for t in seen}
       out["tokens_by_token"] = {int(t): int(counts[t]) for t in seen}
+    if main.by_class is not None:
+      out["by_token_class"] = _group_table(self.class_names, main.by_class)
+    if main.by_entropy is not None:
+      out["by_step0_entropy"] = _group_table(entropy_bin_names(), main.by_entropy)
     return out
 
 
@@ -291,17 +354,21 @@ def evaluate(params, batches: Iterable[dict], config: model_lib.ModelConfig, num
              policy: str = "threshold", tau: float = 0.5, q: float = 0.5,
              difficulty_names: Optional[dict] = None, max_batches: int = 0, put_batch=None,
              progress=None, other_policies: Sequence[str] = (), tau_sweep: Sequence[float] = (),
-             per_token: bool = False) -> dict:
+             per_token: bool = False,
+             token_classifier: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> dict:
   """Streams `batches` (dicts of numpy arrays, see data/example.py) and returns the metrics.
 
   max_batches: stop after this many (0 = all). put_batch: optional function placing a host batch on
   devices (e.g. with a sharding). progress: optional callable invoked once per batch.
   other_policies, tau_sweep: more policies and thresholds to replay on the same forward passes.
   per_token: also report pauses per target token id (text: which tokens pause most).
+  token_classifier: optional function from target ids `[B, N]` to bool `[B, N, len(token_classes.CLASSES)]`
+  (`token_classes.row_classifier`): the result then has "by_token_class".
   """
   accumulator = EvalAccumulator(num_pauses + 1, policy=policy, tau=tau, q=q,
                                 difficulty_names=difficulty_names, other_policies=other_policies,
-                                tau_sweep=tau_sweep,
+                                tau_sweep=tau_sweep, token_classifier=token_classifier,
+                                class_names=token_classes.CLASSES,
                                 vocab_size=config.vocab_size if per_token else None)
   keys = (example_lib.INPUTS, example_lib.TARGETS, example_lib.LOSS_MASK, example_lib.SEGMENT_IDS)
   # DESIGN.md section 3: a stream model's headline numbers come from inference's own context.

@@ -21,7 +21,11 @@ PLOTS = {
     "tokens": "pause_rate_by_token.png",
     "compute": "quality_vs_compute.png",
     "steps": "nll_at_step.png",
+    "groups": "pause_rate_by_class_and_entropy.png",
 }
+# The group tables of `evaluate`: result key -> (report heading, first column's name).
+GROUP_TABLES = {"by_token_class": ("Pauses by token class (text; classes in token_classes.py)", "class"),
+                "by_step0_entropy": ("Pauses by the model's step-0 entropy (nats)", "entropy")}
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -130,6 +134,25 @@ def _plot_compute(result: dict, path: str) -> None:
   plt.close(fig)
 
 
+def _plot_groups(result: dict, path: str) -> None:
+  """Pause rate and accuracy of each token class and step-0 entropy bin, side by side."""
+  keys = [key for key in GROUP_TABLES if result.get(key)]
+  fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.8), squeeze=False)
+  for ax, key in zip(axes[0], keys):
+    table = result[key]
+    names = list(table)
+    xs = range(len(names))
+    ax.bar(xs, [table[n]["pause_rate"] for n in names], color="tab:orange", label="paused (fraction)")
+    ax.plot(xs, [table[n]["accuracy"] for n in names], "ks", label="accuracy (policy)")
+    ax.set_xticks(xs, names, rotation=35, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title(GROUP_TABLES[key][0].split(" (")[0], fontsize=9)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def _plot_steps(result: dict, path: str) -> None:
   steps = list(range(len(result["nll_at_step"])))
   fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -162,6 +185,8 @@ def write_report(out_dir: str, result: dict, *, header: dict, samples: Sequence[
   plots = {"halting": _plot_halting, "compute": _plot_compute, "steps": _plot_steps}
   if "difficulty_tokens" in result:
     plots["difficulty"] = _plot_difficulty
+  if any(result.get(key) for key in GROUP_TABLES):
+    plots["groups"] = _plot_groups
   for name, plot in plots.items():
     path = os.path.join(out_dir, PLOTS[name])
     plot(result, path)
@@ -226,6 +251,13 @@ def markdown(result: dict, *, header: dict, samples: Sequence[str], highest: lis
       lines.append(f"| {name} | {tokens} | {_fmt(result['pause_rate_by_difficulty'][name], 3)} | "
                    f"{_fmt(result['mean_pauses_by_difficulty'][name], 3)} | "
                    f"{_fmt(result['accuracy_by_difficulty'][name], 3)} | {at_step} |")
+  for key, (heading, column) in GROUP_TABLES.items():
+    if result.get(key):
+      lines += ["", f"## {heading}", "", f"| {column} | tokens | paused | mean pauses | accuracy (policy) |",
+                "|---|---|---|---|---|"]
+      for name, row in result[key].items():
+        lines.append(f"| {name} | {row['tokens']} | {_fmt(row['pause_rate'], 3)} | "
+                     f"{_fmt(row['mean_pauses'], 3)} | {_fmt(row['accuracy'], 3)} |")
   if highest:
     lines += ["", "## Target tokens that pause most and least", "", "| token | mean pauses | count |",
               "|---|---|---|"]

@@ -405,6 +405,7 @@ def _evaluate(params, *, settings: configuration.Settings, put_batch, batch_size
   return evaluate.evaluate(params, iter(batches), settings.model, settings.num_pauses,
                            policy=config.eval.policy, tau=config.eval.tau, q=config.eval.q,
                            difficulty_names=settings.data_info.difficulty_names,
+                           tau_sweep=tuple(config.eval.tau_sweep) if settings.num_pauses else (),
                            max_batches=max_batches, put_batch=put_batch)
 
 
