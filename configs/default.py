@@ -186,6 +186,10 @@ def get_config(task: str = "pointer_chasing") -> ml_collections.ConfigDict:
   # Start from a no-pause (max_pauses = 0) checkpoint's work directory: its parameters are extended
   # with fresh <dk> and pause parameters (the published fine-tuning setting).
   config.init_from = ""
+  # With init_from: keep the source's pause parameters (pause embeddings, feedback) when it was trained
+  # with pauses (e.g. a pause_ce fine-tune), instead of starting them fresh; the <dk> head restarts,
+  # calibrated to model.dk_init_prob. Warm-starts CYB from a fixed-pause model (DESIGN.md section 8).
+  config.init_keep_pauses = False
   # Or from a local Hugging Face checkpoint directory (Llama, Qwen2/3, Gemma 2/3; see
   # configs/finetune_hf.py): its config.json decides the architecture, its tokenizer the vocabulary.
   config.init_from_hf = ""

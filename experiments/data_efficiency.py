@@ -98,7 +98,8 @@ SETTINGS = {
     },
     # The same text as word pieces: a byte-level BPE of 2048 ids trained on the training split only (each
     # run trains the same file into its work directory), otherwise the byte setting's model and protocol
-    # with fewer fine-tuning steps (a BPE token carries about 3 bytes, so a step sees about 3x the text).
+    # with fewer steps (a BPE token carries about 3 bytes, so a step sees about 3x the text; and a step
+    # costs about 3x a byte step here, mostly the 2048-way output layer).
     "shakespeare_bpe": {
         "overrides": {"data.name": "text_file",
                       "data.text_path": os.path.join(os.path.dirname(ROOT), "shared", "data",
@@ -110,7 +111,7 @@ SETTINGS = {
         "pretrain_overrides": {"optim.schedule": "cosine"},
         "finetune_overrides": {"optim.learning_rate": 1e-3, "optim.warmup_steps": 50},
         "grid": False,
-        "pretrain_steps": 1500, "steps": 1200, "eval_every": 300,
+        "pretrain_steps": 1200, "steps": 600, "eval_every": 200,
         "quick_pretrain_steps": 30, "quick_steps": 30, "quick_eval_every": 10,
     },
 }
@@ -122,6 +123,10 @@ OBJECTIVE_OVERRIDES = {
     "ce": {"num_pauses": 0},
     "pause_ce": {},
 }
+# A GRID entry's key that is not a config key: the fraction of the CYB budget first trained as pause_ce,
+# from whose parameters (pause ones included, `config.init_keep_pauses`) the CYB objective goes on.
+# DESIGN.md section 8: CYB then only has to learn when to stop, not how to use the pause step.
+WARM_START = "warm_start"
 GRID = {
     "cyb_ap": {"": {"objective.gamma": 0.9, "objective.omega": 0.1},
                "gamma.97": {"objective.gamma": 0.97, "objective.omega": 0.1}},
@@ -130,16 +135,34 @@ GRID = {
                "beta.03,any.3": {"objective.prior_p": 0.5, "objective.beta": 0.03,
                                  "objective.anytime_weight": 0.3},
                "beta.03,any0": {"objective.prior_p": 0.5, "objective.beta": 0.03,
-                                "objective.anytime_weight": 0.0}},
+                                "objective.anytime_weight": 0.0},
+               "beta.03,warm.5": {"objective.prior_p": 0.5, "objective.beta": 0.03,
+                                  "model.dk_init_prob": 0.9, WARM_START: 0.5}},
     # A quarter of the loss tokens are 2-hop answers: a budget of 0.25 pauses per token can cover them.
     "cyb_dp": {"": {"objective.cost": 0.0, "objective.budget": 0.25, "objective.dual_lr": 0.05},
                "budget.5": {"objective.cost": 0.0, "objective.budget": 0.5, "objective.dual_lr": 0.05},
                "any.3": {"objective.cost": 0.0, "objective.budget": 0.25, "objective.dual_lr": 0.05,
                          "objective.anytime_weight": 0.3},
                "any0": {"objective.cost": 0.0, "objective.budget": 0.25, "objective.dual_lr": 0.05,
-                        "objective.anytime_weight": 0.0}},
+                        "objective.anytime_weight": 0.0},
+               # Half the budget as pause_ce; <dk> restarts at 0.9, so CYB starts out pausing nearly
+               # everywhere (the pause_ce model's step 0 is an intermediate state, not an answer).
+               "warm.5": {"objective.cost": 0.0, "objective.budget": 0.25, "objective.dual_lr": 0.05,
+                          "model.dk_init_prob": 0.9, WARM_START: 0.5}},
 }
 COMMON = {"optim.schedule": "constant"}
+
+
+def parse_runs(text: str) -> tuple[str, ...]:
+  """`--runs` into run names; a name's tag may hold commas ("cyb_va@beta.03,any.3,cyb_dp" is two runs:
+  a piece that does not start with an objective's name continues the previous run's tag)."""
+  runs: list[str] = []
+  for piece in filter(None, text.split(",")):
+    if runs and piece.split("@")[0] not in OBJECTIVES:
+      runs[-1] += "," + piece
+    else:
+      runs.append(piece)
+  return tuple(runs)
 
 
 def run_name(objective: str, tag: str = "") -> str:
@@ -175,15 +198,19 @@ KEPT = ("step", "nll_policy", "accuracy", "mean_pauses", "nll_at_step", "accurac
         "mean_pauses_by_difficulty", "accuracy_by_difficulty", "tau_sweep")
 
 
-def eval_records(workdir: str, tokens_per_step: int) -> list[dict]:
-  """A run's eval records from its metrics.jsonl, one per eval step, with a "tokens" field added."""
+def eval_records(workdir: str, tokens_per_step: int, step_offset: int = 0) -> list[dict]:
+  """A run's eval records from its metrics.jsonl, one per eval step, with a "tokens" field added.
+
+  step_offset: steps trained before this run (a warm start's pause_ce part), added to each step.
+  """
   by_step = {}
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     for line in f:
       record = json.loads(line)
       if record["kind"] == "eval":
         by_step[record["step"]] = {k: record[k] for k in KEPT if k in record}
-  return [{**by_step[s], "tokens": s * tokens_per_step} for s in sorted(by_step)]
+  return [{**by_step[s], "step": s + step_offset, "tokens": (s + step_offset) * tokens_per_step}
+          for s in sorted(by_step)]
 
 
 def _suffix(quick: bool, seed: int) -> str:
@@ -206,9 +233,22 @@ def train_seconds(workdir: str) -> float:
   return seconds
 
 
-def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple[str, ...] = ()) -> dict:
-  """Trains (or reuses) every run of the setting, or only the CYB runs named in `only`, then summarizes."""
+def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple[str, ...] = (),
+                add_to: str = "") -> dict:
+  """Trains (or reuses) every run of the setting, or only the CYB runs named in `only`, then summarizes.
+
+  add_to: a results JSON of the same setting and seed; its runs (baselines included) are read from it
+  instead of trained, and only the `only` runs it lacks are trained and added.
+  """
   setting = SETTINGS[name]
+  previous = {}
+  if add_to:
+    with open(add_to, encoding="utf-8") as f:
+      old = json.load(f)
+    if (old["setting"], old.get("seed", 0), old["quick"]) != (name, seed, quick):
+      raise SystemExit(f"--add_runs: {add_to} holds setting {old['setting']!r} seed {old.get('seed', 0)} "
+                       f"quick {old['quick']}, not {name!r} seed {seed} quick {quick}")
+    previous = {"runs": old["runs"], "seconds": old["seconds"]}
   steps = setting["quick_steps" if quick else "steps"]
   eval_every = setting["quick_eval_every" if quick else "eval_every"]
   run_root = os.path.join(ROOT, "runs", "data_efficiency", name + _suffix(quick, seed))
@@ -218,7 +258,8 @@ def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple
     if unknown:
       raise SystemExit(f"--runs: unknown run(s) {unknown}; known: {[run for run, _, _ in all_runs()]}")
     chosen = [entry for entry in chosen if entry[1] in BASELINES or entry[0] in only]
-  timings = {}
+  timings = dict(previous.get("seconds", {}))
+  chosen = [entry for entry in chosen if entry[0] not in previous.get("runs", {})]
   init_from = ""
   if "pretrain_steps" in setting:
     pretrain_steps = setting["quick_pretrain_steps" if quick else "pretrain_steps"]
@@ -229,23 +270,38 @@ def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple
     trainer.train(config, init_from)
     timings["pretrain"] = train_seconds(init_from)
 
-  runs = {}
-  for run, objective, overrides in chosen:
-    config = make_config(setting, objective, steps * BASELINE_FACTOR.get(objective, 1), eval_every, quick,
-                         overrides)
-    config.seed = seed
+  def finetune_from_pretrained(config, objective):
     if init_from:
       apply_overrides(config, setting.get("finetune_overrides", {}))
       config.init_from = init_from
       if objective == "ce":
         config.model.max_pauses = 0  # the no-pause baseline keeps training the pretrained LM as it is
+
+  runs = dict(previous.get("runs", {}))
+  for run, objective, overrides in chosen:
+    # A warm start spends the first part of the budget on pause_ce, then CYB goes on from it: the run's
+    # steps and tokens count both parts, so it is compared at the same training data as the others.
+    warm_steps = int(round(overrides.get(WARM_START, 0.0) * steps))
+    config = make_config(setting, objective, steps * BASELINE_FACTOR.get(objective, 1) - warm_steps,
+                         eval_every, quick, {k: v for k, v in overrides.items() if k != WARM_START})
+    config.seed = seed
+    finetune_from_pretrained(config, objective)
+    seconds = 0.0
+    if warm_steps:
+      warm_dir = os.path.join(run_root, f"pause_ce_first{warm_steps}")
+      warm = make_config(setting, "pause_ce", warm_steps, eval_every, quick)
+      warm.seed = seed
+      finetune_from_pretrained(warm, "pause_ce")
+      trainer.train(warm, warm_dir)
+      seconds = train_seconds(warm_dir)
+      config.init_from, config.init_keep_pauses = warm_dir, True
     workdir = os.path.join(run_root, run)
     trainer.train(config, workdir)
-    timings[run] = train_seconds(workdir)
+    timings[run] = seconds + train_seconds(workdir)
     seq_len = configuration.settings_from_config(config, device_count=1, workdir=workdir,
                                                  write_files=False).data_info.seq_len
     runs[run] = {"objective": objective, "hparams": overrides,
-                 "records": eval_records(workdir, config.train.batch_size * seq_len)}
+                 "records": eval_records(workdir, config.train.batch_size * seq_len, warm_steps)}
   return summarize(name, quick, runs, timings, steps, out_dir, seed)
 
 
@@ -339,6 +395,8 @@ def compute_matched(at_budget: dict, best: dict) -> dict:
   steps = list(range(len(forced)))
   out = {"pause_ce_forced_nll": list(forced), "ce_nll": at_budget["ce"]["nll_policy"], "sweeps": {}}
   for objective, run in best.items():
+    if not at_budget[run].get("tau_sweep"):
+      continue  # a run from before training evals kept the sweep
     out["sweeps"][objective] = [
         {"tau": point["tau"], "mean_pauses": point["mean_pauses"], "nll_policy": point["nll_policy"],
          "pause_ce_nll": efficiency.interpolate_pauses(steps, forced, min(point["mean_pauses"], steps[-1]))}
@@ -534,6 +592,9 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0, help="run seed (data order and initialisation)")
   parser.add_argument("--runs", default="", help="comma-separated CYB runs to train, e.g. cyb_ap,cyb_va@beta.03 "
                       "(default: the setting's grid); the baselines always run")
+  parser.add_argument("--add_runs", action="store_true",
+                      help="train only the --runs CYB runs missing from results/data_efficiency_<setting>[_seed<s>]"
+                      ".json and add them to it (its baselines and other runs are read, not retrained)")
   parser.add_argument("--across_seeds", default="",
                       help="comma-separated seeds, e.g. 0,1,2: summarize their results JSON (each seed's median "
                       "multiple for the --runs CYB runs), no training")
@@ -545,7 +606,7 @@ def main() -> None:
   if args.across_seeds:
     try:
       seeds = [int(s) for s in args.across_seeds.split(",")]
-      summarize_seeds(args.setting, seeds, args.out, tuple(filter(None, args.runs.split(","))))
+      summarize_seeds(args.setting, seeds, args.out, parse_runs(args.runs))
     except ValueError as error:
       raise SystemExit(f"--across_seeds: {error}") from None
     return
@@ -553,7 +614,12 @@ def main() -> None:
     stem = f"data_efficiency_{args.setting}" + _suffix(args.quick, args.seed)
     resummarize(os.path.join(args.out, stem + ".json"), args.out)
     return
-  run_setting(args.setting, args.quick, args.out, args.seed, tuple(filter(None, args.runs.split(","))))
+  add_to = ""
+  if args.add_runs:
+    add_to = os.path.join(args.out, f"data_efficiency_{args.setting}" + _suffix(args.quick, args.seed) + ".json")
+    if not os.path.exists(add_to) or not args.runs:
+      raise SystemExit(f"--add_runs needs --runs and an existing {add_to}")
+  run_setting(args.setting, args.quick, args.out, args.seed, parse_runs(args.runs), add_to)
   print(f"total {time.time() - start:.0f} s")
 
 

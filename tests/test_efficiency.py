@@ -1,5 +1,6 @@
 """Data-efficiency multiple (DESIGN.md section 7), against hand-computed values."""
 
+import json
 import math
 import os
 import sys
@@ -235,3 +236,20 @@ def test_experiment_summary_across_seeds(tmp_path):
     experiment.summarize_seeds("toy", [0, 3], str(tmp_path))
   with pytest.raises(ValueError, match="'cyb_ap' has no results for seed 0"):
     experiment.summarize_seeds("toy", [0, 1], str(tmp_path), ("cyb_ap",))
+
+
+def test_eval_records_of_a_warm_started_run_count_the_steps_before_it(tmp_path):
+  """A warm start's CYB part logs steps from 1; its records count the pause_ce steps before it."""
+  lines = [{"kind": "train", "step": 10, "steps_per_s": 5.0},
+           {"kind": "eval", "step": 10, "nll_policy": 0.5, "accuracy": 0.8, "mean_pauses": 0.2, "other": 1},
+           {"kind": "eval", "step": 20, "nll_policy": 0.4, "accuracy": 0.9, "mean_pauses": 0.1}]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+  records = _experiment().eval_records(str(tmp_path), tokens_per_step=7, step_offset=30)
+  assert records == [{"step": 40, "tokens": 280, "nll_policy": 0.5, "accuracy": 0.8, "mean_pauses": 0.2},
+                     {"step": 50, "tokens": 350, "nll_policy": 0.4, "accuracy": 0.9, "mean_pauses": 0.1}]
+
+
+def test_runs_argument_keeps_commas_inside_a_tag():
+  parse = _experiment().parse_runs
+  assert parse("cyb_dp@warm.5,cyb_va@beta.03,warm.5") == ("cyb_dp@warm.5", "cyb_va@beta.03,warm.5")
+  assert parse("cyb_ap,cyb_va@beta.03,any.3,cyb_dp,") == ("cyb_ap", "cyb_va@beta.03,any.3", "cyb_dp")

@@ -254,6 +254,41 @@ def test_init_from_no_pause_checkpoint_keeps_step0_logits(pretrained, tmp_path, 
   np.testing.assert_allclose(dk.mean(), pause_config.dk_init_prob, atol=1e-3)
 
 
+def test_init_keep_pauses_warm_starts_from_a_pause_model(reference, tmp_path):
+  """init_keep_pauses: the source's pause parameters and body are kept; only <dk> restarts, calibrated."""
+  config = tiny(overrides={"init_from": reference.workdir, "init_keep_pauses": True, "model.dk_init_prob": 0.8})
+  settings = configuration.settings_from_config(config, device_count=NUM_DEVICES, workdir=str(tmp_path))
+  mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
+  start = trainer._initial_params(config, settings, mesh, jax.random.PRNGKey(0))  # pylint: disable=protected-access
+  source = saved_params(reference.workdir, NUM_STEPS)
+  assert set(start) == set(source)
+  assert_bitwise_equal({k: v for k, v in start.items() if k != "dk_head"},
+                       {k: v for k, v in source.items() if k != "dk_head"})
+  assert np.max(np.abs(np.asarray(source["dk_head"]["kernel"]))) > 0  # the source's <dk> head was trained
+  assert not np.any(np.asarray(start["dk_head"]["kernel"]))
+  # The fresh head is calibrated on the warm model: mean step-0 <dk> probability dk_init_prob.
+  pause_config = model_config(config)
+  batch = next(iter(data_pipeline.make_dataset(config.data, "eval", 8)))
+  logits = np.asarray(jax.jit(lambda p: model_lib.rollout(p, batch["inputs"], pause_config, 0))(start),
+                      np.float64)[:, :, 0]
+  top = logits.max(-1, keepdims=True)
+  dk = (np.exp(logits[..., pause_config.vocab_size] - top[..., 0]) / np.exp(logits - top).sum(-1))
+  np.testing.assert_allclose(dk[batch["loss_mask"]].mean(), 0.8, atol=1e-3)
+
+
+def test_init_keep_pauses_errors_name_the_problem(pretrained, reference, tmp_path, monkeypatch):
+  forbid_compilation(monkeypatch)
+  with pytest.raises(configuration.ConfigError, match=r"^config\.init_keep_pauses needs config\.init_from"):
+    trainer.train(tiny(overrides={"init_keep_pauses": True}), str(tmp_path / "a"))
+  with pytest.raises(configuration.ConfigError,
+                     match=r"^config\.init_keep_pauses: the checkpoint in .* has \{'max_pauses': 0, .*\}, this "
+                     r"config \{'max_pauses': 2, 'pause_feedback': True\}"):
+    trainer.train(tiny(overrides={"init_from": pretrained, "init_keep_pauses": True}), str(tmp_path / "b"))
+  with pytest.raises(configuration.ConfigError, match=r"'max_pauses': 2.*this config \{'max_pauses': 1"):
+    trainer.train(tiny(overrides={"init_from": reference.workdir, "init_keep_pauses": True,
+                                  "model.max_pauses": 1, "num_pauses": 1}), str(tmp_path / "c"))
+
+
 def test_init_from_with_another_vocabulary_fails_before_compiling(pretrained, tmp_path, monkeypatch):
   config = tiny(overrides={"init_from": pretrained, "data.task.num_symbols": 5})
   theirs = data_pipeline.data_info(tiny().data).vocab_size

@@ -40,13 +40,14 @@ def step_metrics(params, inputs_BN, targets_BN, mask_BN, segment_ids_BN=None, *,
   vocab = config.vocab_size
 
   def readout(hidden_BND, step):
-    del step
     logits_BNV = model_lib.output_logits(params, hidden_BND, config)
     stats = losses.step_stats(logits_BNV[:, :, None], targets_BN, mask_BN)
     answer_logits_BNV = logits_BNV[..., :vocab].astype(jnp.float32)
     correct_BN = jnp.argmax(answer_logits_BNV, axis=-1) == targets_BN
-    log_p_BNV = jax.nn.log_softmax(answer_logits_BNV, axis=-1)
-    entropy_BN = -jnp.sum(jnp.exp(log_p_BNV) * log_p_BNV, axis=-1)
+    entropy_BN = jnp.zeros(correct_BN.shape, jnp.float32)
+    if step == 0:  # a Python int: the pause steps skip this pass over the vocabulary
+      log_p_BNV = jax.nn.log_softmax(answer_logits_BNV, axis=-1)
+      entropy_BN = -jnp.sum(jnp.exp(log_p_BNV) * log_p_BNV, axis=-1)
     return jax.tree.map(lambda x: x[..., 0], stats), correct_BN, entropy_BN
 
   stats, correct_BNS, entropy_BNS = model_lib.rollout_readout(params, inputs_BN, config, num_pauses, None,

@@ -138,9 +138,10 @@ def _initial_params(config: ml_collections.ConfigDict, settings: configuration.S
     log.info("loaded the pretrained model in %s", hf_dir)
   else:
     # Restored whole on one device (whatever devices wrote it); placed on this run's fsdp shardings.
-    params = _load_init_params(config.init_from, model_config)
+    params = _load_init_params(config.init_from, model_config, keep_pauses=_keep_pauses(config))
     params = sharding.put_global(params, sharding.state_shardings(params, mesh))
-    log.info("loaded the no-pause checkpoint in %s", config.init_from)
+    log.info("loaded the %s checkpoint in %s", "pause" if _keep_pauses(config) else "no-pause",
+             config.init_from)
   if model_config.max_pauses == 0:
     return params
   batch = next(iter(data_pipeline.make_dataset(
@@ -152,11 +153,23 @@ def _initial_params(config: ml_collections.ConfigDict, settings: configuration.S
                                         batch[example_lib.LOSS_MASK])
   log.info("<dk> bias %.3f for an initial <dk> probability of %g", float(dk_bias.addressable_data(0)),
            model_config.dk_init_prob)
+  if _keep_pauses(config):
+    # The pause parameters are the source's; the <dk> head restarts input-independent, calibrated.
+    return {**params, "dk_head": {"kernel": jnp.zeros_like(params["dk_head"]["kernel"]), "bias": dk_bias}}
   return model_lib.extend_params(params, model_config, rng, dk_bias=dk_bias)
 
 
-def _load_init_params(init_dir: str, model_config: model_lib.ModelConfig) -> Any:
-  """The no-pause parameters of the run in `init_dir`."""
+def _keep_pauses(config: ml_collections.ConfigDict) -> bool:
+  """`config.init_keep_pauses` (configs written before the option existed have no such key)."""
+  return bool(config.get("init_keep_pauses", False))
+
+
+def _load_init_params(init_dir: str, model_config: model_lib.ModelConfig, keep_pauses: bool = False) -> Any:
+  """The no-pause parameters of the run in `init_dir`, or with `keep_pauses` all of them.
+
+  Raises ConfigError (before any compilation) for a directory without checkpoints, another vocabulary or
+  model shape, or with `keep_pauses` a source whose pause parameters do not fit this model.
+  """
   try:
     source = checkpointing.Checkpointer(init_dir, read_only=True)
   except FileNotFoundError:  # no checkpoints/ directory at all
@@ -177,6 +190,14 @@ def _load_init_params(init_dir: str, model_config: model_lib.ModelConfig) -> Any
       raise configuration.ConfigError(
           f"config.init_from: model {key} is {value} in {init_dir!r}, {wanted_shapes[key]} in this config")
   source.close()
+  if keep_pauses:
+    theirs = {key: saved_shapes[key] for key in ("max_pauses", "pause_feedback")}
+    ours = {key: wanted_shapes[key] for key in ("max_pauses", "pause_feedback")}
+    if theirs["max_pauses"] == 0 or theirs != ours:
+      raise configuration.ConfigError(
+          f"config.init_keep_pauses: the checkpoint in {init_dir!r} has {theirs}, this config {ours}; "
+          "keeping pause parameters needs a source trained with the same pause parameters")
+    return params
   if saved["max_pauses"] > 0:
     params = {k: params[k] for k in model_lib.plain_keys(model_config)}
     log.info("init_from: %s was trained with pauses; keeping only its no-pause parameters", init_dir)
