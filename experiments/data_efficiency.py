@@ -2,11 +2,14 @@
 
   python experiments/data_efficiency.py --setting=synthetic        # from scratch on the synthetic task
   python experiments/data_efficiency.py --setting=shakespeare      # pretrain no-pause, then fine-tune
+  python experiments/data_efficiency.py --setting=shakespeare_bpe  # the same on BPE word pieces
   python experiments/data_efficiency.py --setting=synthetic --quick  # smoke run, a few minutes
   python experiments/data_efficiency.py --setting=synthetic --seed=1 --runs=cyb_ap,cyb_va@beta.03,cyb_dp
                                                                     # another seed, chosen CYB settings
   python experiments/data_efficiency.py --setting=synthetic --across_seeds=0,1,2 --runs=cyb_ap,cyb_va@beta.03,cyb_dp
                                                                     # each seed's multiples and the median
+  python experiments/data_efficiency.py --setting=synthetic --seed=1 --runs=cyb_dp@warm.5 --add_runs
+                                                                    # one more run beside a finished seed
 
 Trains ce, pause_ce, cyb_ap, cyb_va and cyb_dp with the same model, data order and learning-rate
 schedule, evaluates each on the whole eval split at the same training-token checkpoints (nll_policy under
