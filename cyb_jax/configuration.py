@@ -175,6 +175,11 @@ RUN_MODEL_FIELDS = ("max_pauses", "dtype", "remat", "dk_init_prob", "pause_conte
                     "pause_reads_token")
 
 
+def init_keep_pauses(config: ml_collections.ConfigDict) -> bool:
+  """`config.init_keep_pauses`, or False (configs written before the option existed have no such key)."""
+  return bool(config.get("init_keep_pauses", False))
+
+
 def init_from_hf(config: ml_collections.ConfigDict) -> str:
   """`config.init_from_hf`, or "" (configs written before the option existed have no such key)."""
   return str(config.get("init_from_hf", "") or "")
@@ -366,7 +371,7 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
   if config.init_from:
     _require(os.path.isdir(config.init_from), "init_from", f"= {config.init_from!r} is not a directory")
     _require(not init_from_hf(config), "init_from", "and config.init_from_hf are both set; choose one")
-  _require(not config.get("init_keep_pauses", False) or config.init_from, "init_keep_pauses",
+  _require(not init_keep_pauses(config) or config.init_from, "init_keep_pauses",
            "needs config.init_from (the run whose pause parameters to keep)")
   _require(int(config.seed) >= 0, "seed", f"must be >= 0, got {config.seed}")
   return Settings(config=config, model=model, data=data, data_info=info, objective=objective,

@@ -147,10 +147,9 @@ class PolicyAccumulator:
     self.pauses += int(stop.sum())
     self.histogram += np.bincount(stop, minlength=self.num_steps)[:self.num_steps]
     if difficulty is not None:
-      for label in np.unique(difficulty):
-        rows = difficulty == label
-        entry = self.by_difficulty.setdefault(int(label), np.zeros(4, np.int64))
-        entry += [rows.sum(), (stop[rows] > 0).sum(), stop[rows].sum(), correct[rows].sum()]
+      labels = np.unique(difficulty)
+      for label, sums in zip(labels, _group_sums(difficulty[:, None] == labels, stop, correct)):
+        self.by_difficulty[int(label)] = self.by_difficulty.get(int(label), 0) + sums
     if self.by_token is not None and targets is not None:
       np.add.at(self.by_token[:, 0], targets, 1)
       np.add.at(self.by_token[:, 1], targets, stop)
@@ -168,10 +167,9 @@ class EvalAccumulator:
   def __init__(self, num_steps: int, *, policy: str = "threshold", tau: float = 0.5, q: float = 0.5,
                difficulty_names: Optional[dict] = None, other_policies: Sequence[str] = (),
                tau_sweep: Sequence[float] = (), vocab_size: Optional[int] = None, seed: int = 0,
-               token_classifier: Optional[Callable[[np.ndarray], np.ndarray]] = None,
-               class_names: Sequence[str] = ()):
+               token_classifier: Optional[Callable[[np.ndarray], np.ndarray]] = None):
     policies.check_policy(policy, tau=tau, q=q)
-    self.token_classifier, self.class_names = token_classifier, tuple(class_names)
+    self.token_classifier = token_classifier  # target ids [B, N] -> bool [B, N, len(token_classes.CLASSES)]
     self._labels: tuple = (None, None)  # the last batch's token classes and entropy bins (add_inference)
     self.num_steps = num_steps
     self.policy, self.tau, self.q = policy, tau, q
@@ -303,7 +301,7 @@ class EvalAccumulator:
       out["mean_pauses_by_token"] = {int(t): float(pauses[t] / counts[t]) for t in seen}
       out["tokens_by_token"] = {int(t): int(counts[t]) for t in seen}
     if main.by_class is not None:
-      out["by_token_class"] = _group_table(self.class_names, main.by_class)
+      out["by_token_class"] = _group_table(token_classes.CLASSES, main.by_class)
     if main.by_entropy is not None:
       out["by_step0_entropy"] = _group_table(entropy_bin_names(), main.by_entropy)
     return out
@@ -369,7 +367,6 @@ def evaluate(params, batches: Iterable[dict], config: model_lib.ModelConfig, num
   accumulator = EvalAccumulator(num_pauses + 1, policy=policy, tau=tau, q=q,
                                 difficulty_names=difficulty_names, other_policies=other_policies,
                                 tau_sweep=tau_sweep, token_classifier=token_classifier,
-                                class_names=token_classes.CLASSES,
                                 vocab_size=config.vocab_size if per_token else None)
   keys = (example_lib.INPUTS, example_lib.TARGETS, example_lib.LOSS_MASK, example_lib.SEGMENT_IDS)
   # DESIGN.md section 3: a stream model's headline numbers come from inference's own context.

@@ -127,6 +127,7 @@ def _initial_params(config: ml_collections.ConfigDict, settings: configuration.S
   """
   model_config = settings.model
   hf_dir = configuration.init_from_hf(config)
+  keep_pauses = configuration.init_keep_pauses(config)
   if hf_dir:
     fsdp = mesh.shape[sharding.FSDP]
     place = pretrained.sharded_place(
@@ -138,10 +139,9 @@ def _initial_params(config: ml_collections.ConfigDict, settings: configuration.S
     log.info("loaded the pretrained model in %s", hf_dir)
   else:
     # Restored whole on one device (whatever devices wrote it); placed on this run's fsdp shardings.
-    params = _load_init_params(config.init_from, model_config, keep_pauses=_keep_pauses(config))
+    params = _load_init_params(config.init_from, model_config, keep_pauses=keep_pauses)
     params = sharding.put_global(params, sharding.state_shardings(params, mesh))
-    log.info("loaded the %s checkpoint in %s", "pause" if _keep_pauses(config) else "no-pause",
-             config.init_from)
+    log.info("loaded the %s checkpoint in %s", "pause" if keep_pauses else "no-pause", config.init_from)
   if model_config.max_pauses == 0:
     return params
   batch = next(iter(data_pipeline.make_dataset(
@@ -153,15 +153,10 @@ def _initial_params(config: ml_collections.ConfigDict, settings: configuration.S
                                         batch[example_lib.LOSS_MASK])
   log.info("<dk> bias %.3f for an initial <dk> probability of %g", float(dk_bias.addressable_data(0)),
            model_config.dk_init_prob)
-  if _keep_pauses(config):
+  if keep_pauses:
     # The pause parameters are the source's; the <dk> head restarts input-independent, calibrated.
     return {**params, "dk_head": {"kernel": jnp.zeros_like(params["dk_head"]["kernel"]), "bias": dk_bias}}
   return model_lib.extend_params(params, model_config, rng, dk_bias=dk_bias)
-
-
-def _keep_pauses(config: ml_collections.ConfigDict) -> bool:
-  """`config.init_keep_pauses` (configs written before the option existed have no such key)."""
-  return bool(config.get("init_keep_pauses", False))
 
 
 def _load_init_params(init_dir: str, model_config: model_lib.ModelConfig, keep_pauses: bool = False) -> Any:
