@@ -142,7 +142,8 @@ def sparse_loss_line(repeats: int) -> dict:
       "K=1 all positions": train_step_runner(model_config, 1, batch, with_positions=False),
       "K=1 loss positions": train_step_runner(model_config, 1, batch, with_positions=True),
   }
-  times = time_interleaved(runners, repeats)
+  # Steps of 15 to 25 ms: many more calls than the long-sequence timings, for a stable median.
+  times = time_interleaved(runners, max(10 * repeats, 30))
   num_positions, seq_len = settings.data_info.loss_positions, settings.data_info.seq_len
   result = {"P": num_positions, "N": seq_len,
             "all_positions_over_k0": times["K=1 all positions"] / times["K=0"],

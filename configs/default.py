@@ -118,7 +118,8 @@ def get_config(task: str = "pointer_chasing") -> ml_collections.ConfigDict:
   config.model.rope_high_freq_factor = 4.0
   config.model.rope_original_max_len = 8192
   # Real-token attention: "auto" (blockwise online softmax once the keys exceed one block: memory linear
-  # in the sequence length), "dense" (the [N, N] scores; the test oracle) or "blockwise".
+  # in the sequence length), "dense" (the [N, N] scores; the test oracle), "blockwise", or "pallas" (fused
+  # flash-attention kernels for TPU/GPU, not yet run on either; interpreted, slowly, on CPU).
   config.model.attention = "auto"
   config.model.attention_block = 256
 

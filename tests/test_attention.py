@@ -165,9 +165,11 @@ def _stats_loss(config, params, tokens, targets, mask, positions, segment_ids):
   return losses.objective_loss("cyb_ap", stats, mask_at, gamma=0.9, omega=0.1, anytime_weight=1.0)[0]
 
 
-# Private chains with feedback (which goes through every private-chain path) and the stream context.
-@pytest.mark.parametrize("name", ["feedback", "stream"])
-def test_model_blockwise_equals_dense(name):
+# Private chains with feedback (which goes through every private-chain path) and the stream context; the
+# Pallas kernels (interpreted here, slowly) on the private chains.
+@pytest.mark.parametrize("name,implementation", [("feedback", "blockwise"), ("stream", "blockwise"),
+                                                 ("feedback", "pallas")])
+def test_model_equals_dense(name, implementation):
   rs = np.random.RandomState(5)
   n = 21
   tokens = jnp.asarray(rs.randint(0, 13, (2, n)), jnp.int32)
@@ -178,13 +180,13 @@ def test_model_blockwise_equals_dense(name):
                                                         jnp.int32)
   params = _model_params(name)
   results = {}
-  for implementation in ("dense", "blockwise"):
+  for implementation in ("dense", implementation):
     # The loss reads every step's statistics at P positions, so equal losses and gradients pin the
     # forward values as well (the logits themselves are compared op by op above, without the compile).
     config = dataclasses.replace(MODEL_VARIANTS[name], attention=implementation)
     results[implementation] = jax.jit(jax.value_and_grad(functools.partial(_stats_loss, config)))(
         params, tokens, targets, mask, positions, segment_ids)
-  (loss_b, grads_b), (loss_d, grads_d) = results["blockwise"], results["dense"]
+  (loss_b, grads_b), (loss_d, grads_d) = results[implementation], results["dense"]
   np.testing.assert_allclose(loss_b, loss_d, rtol=1e-5)
   for got, want in zip(jax.tree.leaves(grads_b), jax.tree.leaves(grads_d)):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)

@@ -23,14 +23,17 @@ per KV head, Dh features per head.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import functools
+from typing import NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 
 from cyb_jax.model import blockwise
 from cyb_jax.model.config import AttentionSpec
-from cyb_jax.model.layers import softcap
+from cyb_jax.model import pallas_attention
+from cyb_jax.model.layers import softcap as softcap_scores
+from cyb_jax.model.recompute import recompute_in_backward
 
 # Finite stand-in for -inf in attention scores, so a fully masked part never yields NaN (the other part
 # always holds at least the query's own key or its token's).
@@ -50,10 +53,11 @@ class RealKeys(NamedTuple):
 
 
 class ChainKeys(NamedTuple):
-  """Each query's private pause-chain keys and values `[B, Q, C, G, Dh]` and which slots it sees `[B, Q, C]`."""
+  """Each query's private pause-chain keys and values `[B, Q, C, G, Dh]` (or sequences of C slots
+  `[B, Q, G, Dh]`, which the backward pass then keeps once each) and which slots it sees `[B, Q, C]`."""
 
-  k: jax.Array
-  v: jax.Array
+  k: Union[jax.Array, Sequence[jax.Array]]
+  v: Union[jax.Array, Sequence[jax.Array]]
   mask: jax.Array
 
 
@@ -86,28 +90,52 @@ def attend(q_BQHd: jax.Array, q_positions_BQ: jax.Array, real: RealKeys, spec: A
     spec = spec._replace(implementation="dense" if real.k.shape[1] <= spec.block else "blockwise")
   if spec.implementation == "dense":
     return _dense(q_BQHd, q_positions_BQ, real, spec, chain, q_segments_BQ)
-  if spec.implementation != "blockwise":
-    raise ValueError(f"unknown attention implementation {spec.implementation!r}")
   batch, num_queries, num_heads, head_size = q_BQHd.shape
   num_kv = real.k.shape[2]
   q32 = (q_BQHd.astype(jnp.float32) * spec.scale).reshape(batch, num_queries, num_kv,
                                                            num_heads // num_kv, head_size)
-  block = blockwise.default_block(real.k.shape[1], spec.block)
-  out_BQGRd, lse_BGRQ = blockwise.blockwise_attention(q32, real.k, real.v, q_positions_BQ, real.positions,
-                                                      q_segments_BQ, real.segments, spec.window,
-                                                      spec.softcap, block)
+  keys = (q32, real.k, real.v, q_positions_BQ, real.positions, q_segments_BQ, real.segments, spec.window,
+          spec.softcap)
+  if spec.implementation == "blockwise":
+    out_BQGRd, lse_BGRQ = blockwise.blockwise_attention(
+        *keys, blockwise.default_block(real.k.shape[1], spec.block))
+  elif spec.implementation == "pallas":
+    # Fused kernels; interpreted where Pallas has no compiler (CPU: tests only, slow).
+    out_BQGRd, lse_BGRQ = pallas_attention.flash_attention(*keys, spec.block, jax.default_backend() == "cpu")
+  else:
+    raise ValueError(f"unknown attention implementation {spec.implementation!r}")
   if chain is not None:
-    chain_BGRQC = jnp.einsum("bqgrd,bqcgd->bgrqc", q32, chain.k.astype(jnp.float32))
-    chain_BGRQC = softcap(chain_BGRQC, spec.softcap)
-    chain_BGRQC = jnp.where(chain.mask[:, None, None], chain_BGRQC, MASKED_SCORE)
-    joint_max = jax.lax.stop_gradient(jnp.maximum(lse_BGRQ, chain_BGRQC.max(-1)))  # [B, G, R, Q]
-    real_weight_BGRQ = jnp.exp(lse_BGRQ - joint_max)
-    chain_weights_BGRQC = jnp.exp(chain_BGRQC - joint_max[..., None])
-    normaliser_BGRQ = real_weight_BGRQ + chain_weights_BGRQC.sum(-1)
-    out_BQGRd = (jnp.moveaxis(real_weight_BGRQ, 3, 1)[..., None] * out_BQGRd +
-                 jnp.einsum("bgrqc,bqcgd->bqgrd", chain_weights_BGRQC, chain.v.astype(jnp.float32)))
-    out_BQGRd = out_BQGRd / jnp.moveaxis(normaliser_BGRQ, 3, 1)[..., None]
+    # Recomputed in the backward pass from its inputs, which are kept anyway (the queries, the real part's
+    # output and log-sum-exp, each chain slot once): keeping the stacked chain instead would hold a copy
+    # of every earlier slot per pause step.
+    out_BQGRd = recompute_in_backward(functools.partial(_merge_chain, softcap=spec.softcap))(
+        (), (q32, out_BQGRd, lse_BGRQ, _slots(chain.k), _slots(chain.v)), chain.mask)
   return out_BQGRd.reshape(batch, num_queries, num_heads, head_size).astype(real.v.dtype)
+
+
+def _slots(chain_part):
+  """A chain's keys or values as given: one array, or a tuple of slots."""
+  return chain_part if isinstance(chain_part, jax.Array) else tuple(chain_part)
+
+
+def _stacked(slots) -> jax.Array:
+  """Chain keys or values as one `[B, Q, C, G, Dh]` array, from that array or a sequence of C slots."""
+  return slots if isinstance(slots, jax.Array) else jnp.stack(slots, axis=2)
+
+
+def _merge_chain(_, activations, chain_mask_BQC, softcap):
+  """The real part's output `[B, Q, G, R, Dh]` merged with the chain keys into one softmax (module doc)."""
+  q32, out_BQGRd, lse_BGRQ, chain_k, chain_v = activations
+  chain_BGRQC = jnp.einsum("bqgrd,bqcgd->bgrqc", q32, _stacked(chain_k).astype(jnp.float32))
+  chain_BGRQC = softcap_scores(chain_BGRQC, softcap)
+  chain_BGRQC = jnp.where(chain_mask_BQC[:, None, None], chain_BGRQC, MASKED_SCORE)
+  joint_max = jax.lax.stop_gradient(jnp.maximum(lse_BGRQ, chain_BGRQC.max(-1)))  # [B, G, R, Q]
+  real_weight_BGRQ = jnp.exp(lse_BGRQ - joint_max)
+  chain_weights_BGRQC = jnp.exp(chain_BGRQC - joint_max[..., None])
+  normaliser_BGRQ = real_weight_BGRQ + chain_weights_BGRQC.sum(-1)
+  out_BQGRd = (jnp.moveaxis(real_weight_BGRQ, 3, 1)[..., None] * out_BQGRd +
+               jnp.einsum("bgrqc,bqcgd->bqgrd", chain_weights_BGRQC, _stacked(chain_v).astype(jnp.float32)))
+  return out_BQGRd / jnp.moveaxis(normaliser_BGRQ, 3, 1)[..., None]
 
 
 def _dense(q_BQHd, q_positions_BQ, real, spec, chain, q_segments_BQ):
@@ -117,7 +145,7 @@ def _dense(q_BQHd, q_positions_BQ, real, spec, chain, q_segments_BQ):
   group = num_heads // num_kv
   q32 = (q_BQHd.astype(jnp.float32) * spec.scale).reshape(batch, num_queries, num_kv, group, head_size)
   scores_BGRQT = jnp.einsum("bqgrd,btgd->bgrqt", q32, real.k.astype(jnp.float32))
-  scores_BGRQT = softcap(scores_BGRQT, spec.softcap)
+  scores_BGRQT = softcap_scores(scores_BGRQT, spec.softcap)
   mask_BQT = real_key_mask(q_positions_BQ, real.positions, spec.window, q_segments_BQ, real.segments)
   scores_BGRQT = jnp.where(mask_BQT[:, None, None], scores_BGRQT, MASKED_SCORE)
   values32 = real.v.astype(jnp.float32)
@@ -125,8 +153,8 @@ def _dense(q_BQHd, q_positions_BQ, real, spec, chain, q_segments_BQ):
     probs_BGRQT = jax.nn.softmax(scores_BGRQT, axis=-1)
     out_BQGRd = jnp.einsum("bgrqt,btgd->bqgrd", probs_BGRQT, values32)
   else:
-    chain_BGRQC = jnp.einsum("bqgrd,bqcgd->bgrqc", q32, chain.k.astype(jnp.float32))
-    chain_BGRQC = softcap(chain_BGRQC, spec.softcap)
+    chain_BGRQC = jnp.einsum("bqgrd,bqcgd->bgrqc", q32, _stacked(chain.k).astype(jnp.float32))
+    chain_BGRQC = softcap_scores(chain_BGRQC, spec.softcap)
     chain_BGRQC = jnp.where(chain.mask[:, None, None], chain_BGRQC, MASKED_SCORE)
     # Joint log-sum-exp: the real and chain parts are one softmax, never two renormalised halves.
     joint_max = jnp.maximum(scores_BGRQT.max(-1, keepdims=True), chain_BGRQC.max(-1, keepdims=True))
@@ -135,6 +163,6 @@ def _dense(q_BQHd, q_positions_BQ, real, spec, chain, q_segments_BQ):
     chain_weights_BGRQC = jnp.exp(chain_BGRQC - joint_max)
     normaliser_BGRQ1 = weights_BGRQT.sum(-1, keepdims=True) + chain_weights_BGRQC.sum(-1, keepdims=True)
     out_BQGRd = (jnp.einsum("bgrqt,btgd->bqgrd", weights_BGRQT, values32) +
-                 jnp.einsum("bgrqc,bqcgd->bqgrd", chain_weights_BGRQC, chain.v.astype(jnp.float32)))
+                 jnp.einsum("bgrqc,bqcgd->bqgrd", chain_weights_BGRQC, _stacked(chain.v).astype(jnp.float32)))
     out_BQGRd = out_BQGRd / jnp.moveaxis(normaliser_BGRQ1, 3, 1)  # [B, Q, G, R, 1]
   return out_BQGRd.reshape(batch, num_queries, num_heads, head_size).astype(real.v.dtype)

@@ -37,13 +37,17 @@ def visible_mask(q_positions_BQ, k_positions_BT, q_segments_BQ, k_segments_BT, w
   return visible
 
 
-def _blocks(x, block: int, fill):
-  """[B, T, ...] -> [T / block, B, block, ...], padding T with `fill`."""
+def _padded(x, block: int, fill):
+  """[B, T, ...] padded with `fill` along T to a multiple of `block` (x itself when it is one)."""
   pad = (-x.shape[1]) % block
   if pad:
     x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
-  x = x.reshape((x.shape[0], x.shape[1] // block, block) + x.shape[2:])
-  return jnp.moveaxis(x, 1, 0)
+  return x
+
+
+def _key_block(x, index, block: int):
+  """Block `index` (traced) `[B, block, ...]` of padded keys `[B, T, ...]`, read in place (no copy of x)."""
+  return None if x is None else jax.lax.dynamic_slice_in_dim(x, index * block, block, axis=1)
 
 
 def _capped(raw, softcap: float):
@@ -78,29 +82,31 @@ def blockwise_attention(q32_BQGRd, k_BTGd, v_BTGd, q_positions_BQ, k_positions_B
 
 def _forward(q32, k, v, q_positions, k_positions, q_segments, k_segments, window, softcap, block):
   batch, num_queries, num_kv, group, head_size = q32.shape
-  kb, vb = _blocks(k, block, 0), _blocks(v, block, 0)
-  kpos = _blocks(k_positions, block, UNWRITTEN_POSITION)
-  kseg = _blocks(k_segments, block, -1) if q_segments is not None else None
+  # Padded once; each scan step slices its block out of these arrays, which are also the residuals, so
+  # the forward and backward passes share one copy of the keys (a reshaped, blocks-first copy made for
+  # each would be merged between the two by the compiler and held from one to the other).
+  k, v = _padded(k, block, 0), _padded(v, block, 0)
+  k_positions = _padded(k_positions, block, UNWRITTEN_POSITION)
+  k_segments = _padded(k_segments, block, -1) if q_segments is not None else None
 
-  def step(carry, xs):
+  def step(carry, index):
     running_max, normaliser, weighted = carry
-    k_b, v_b, kpos_b = xs[:3]
-    kseg_b = xs[3] if q_segments is not None else None
-    _, scores, mask = _block_scores(q32, k_b, q_positions, kpos_b, q_segments, kseg_b, window, softcap)
+    _, scores, mask = _block_scores(q32, _key_block(k, index, block), q_positions,
+                                    _key_block(k_positions, index, block), q_segments,
+                                    _key_block(k_segments, index, block), window, softcap)
     scores = jnp.where(mask, scores, NEG)
     new_max = jnp.maximum(running_max, scores.max(-1))
     probs = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
     rescale = jnp.exp(running_max - new_max)
     normaliser = rescale * normaliser + probs.sum(-1)
     weighted = (jnp.moveaxis(rescale, 3, 1)[..., None] * weighted +
-                jnp.einsum("bgrqt,btgd->bqgrd", probs, v_b.astype(jnp.float32)))
+                jnp.einsum("bgrqt,btgd->bqgrd", probs, _key_block(v, index, block).astype(jnp.float32)))
     return (new_max, normaliser, weighted), None
 
   init = (jnp.full((batch, num_kv, group, num_queries), NEG, jnp.float32),
           jnp.zeros((batch, num_kv, group, num_queries), jnp.float32),
           jnp.zeros((batch, num_queries, num_kv, group, head_size), jnp.float32))
-  xs = (kb, vb, kpos) + ((kseg,) if q_segments is not None else ())
-  (running_max, normaliser, weighted), _ = jax.lax.scan(step, init, xs)
+  (running_max, normaliser, weighted), _ = jax.lax.scan(step, init, jnp.arange(k.shape[1] // block))
   seen = normaliser > 0
   lse = jnp.where(seen, running_max + jnp.log(jnp.where(seen, normaliser, 1.0)), NEG)
   out = weighted / jnp.moveaxis(jnp.where(seen, normaliser, 1.0), 3, 1)[..., None]
@@ -108,25 +114,24 @@ def _forward(q32, k, v, q_positions, k_positions, q_segments, k_segments, window
 
 
 def _forward_vjp(q32, k, v, q_positions, k_positions, q_segments, k_segments, window, softcap, block):
-  return _forward(q32, k, v, q_positions, k_positions, q_segments, k_segments, window, softcap, block)
+  num_keys = k.shape[1]
+  outputs, residuals = _forward(q32, k, v, q_positions, k_positions, q_segments, k_segments, window,
+                                softcap, block)
+  return outputs, (num_keys,) + residuals
 
 
 def _backward(window, softcap, block, residuals, cotangents):
-  q32, k, v, q_positions, k_positions, q_segments, k_segments, out, lse = residuals
+  num_keys, q32, k, v, q_positions, k_positions, q_segments, k_segments, out, lse = residuals
   d_out, d_lse = cotangents
-  num_keys = k.shape[1]
   # d score_t = p_t (dO . v_t - dO . out + d lse): the last two terms are the same for every key.
   delta = jnp.moveaxis(jnp.sum(d_out * out, axis=-1), 1, 3) - d_lse  # [B, G, R, Q]
-  kb, vb = _blocks(k, block, 0), _blocks(v, block, 0)
-  kpos = _blocks(k_positions, block, UNWRITTEN_POSITION)
-  kseg = _blocks(k_segments, block, -1) if q_segments is not None else None
 
-  def step(d_q, xs):
-    k_b, v_b, kpos_b = xs[:3]
-    kseg_b = xs[3] if q_segments is not None else None
-    raw, scores, mask = _block_scores(q32, k_b, q_positions, kpos_b, q_segments, kseg_b, window, softcap)
+  def step(d_q, index):
+    k_b = _key_block(k, index, block)
+    raw, scores, mask = _block_scores(q32, k_b, q_positions, _key_block(k_positions, index, block),
+                                      q_segments, _key_block(k_segments, index, block), window, softcap)
     probs = jnp.where(mask, jnp.exp(scores - lse[..., None]), 0.0)
-    v32 = v_b.astype(jnp.float32)
+    v32 = _key_block(v, index, block).astype(jnp.float32)
     d_v = jnp.einsum("bgrqt,bqgrd->btgd", probs, d_out)
     d_probs = jnp.einsum("bqgrd,btgd->bgrqt", d_out, v32)
     d_scores = probs * (d_probs - delta[..., None])
@@ -136,10 +141,9 @@ def _backward(window, softcap, block, residuals, cotangents):
     d_k = jnp.einsum("bgrqt,bqgrd->btgd", d_scores, q32)
     return d_q, (d_k, d_v)
 
-  xs = (kb, vb, kpos) + ((kseg,) if q_segments is not None else ())
-  d_q, (d_k, d_v) = jax.lax.scan(step, jnp.zeros_like(q32), xs)
+  d_q, (d_k, d_v) = jax.lax.scan(step, jnp.zeros_like(q32), jnp.arange(k.shape[1] // block))
 
-  def unblock(x, like):
+  def unblock(x, like):  # [T / block, B, block, G, Dh] -> [B, T, G, Dh]
     x = jnp.moveaxis(x, 0, 1).reshape((x.shape[1], -1) + x.shape[3:])
     return x[:, :num_keys].astype(like.dtype)
 

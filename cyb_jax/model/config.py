@@ -19,9 +19,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MLP_ACTIVATIONS = ("silu", "gelu_tanh")
 ROPE_SCALINGS = ("none", "linear", "llama3")
 # How the real-token part of every attention is computed (attention.py): "dense" materialises the
-# [Q, T] scores (the test oracle); "blockwise" is an online softmax over key blocks, memory linear in T;
-# "auto" picks the best memory-linear one for the backend.
-ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "blockwise")
+# [Q, T] scores (the test oracle); "blockwise" is an online softmax over key blocks in portable JAX,
+# memory linear in T; "pallas" is the same in fused Pallas kernels (pallas_attention.py; interpreted on
+# CPU, never yet run on a TPU or GPU, so opt-in); "auto" is dense when the keys fit one block, else
+# blockwise.
+ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "blockwise", "pallas")
 
 
 class RopeSpec(NamedTuple):
@@ -37,7 +39,8 @@ class RopeSpec(NamedTuple):
 
 class AttentionSpec(NamedTuple):
   """The attention of one layer: sliding `window` (0 = full), logit `softcap` (0 = none), score `scale`,
-  and how it is computed: `implementation` ("dense" or "blockwise") with key blocks of `block`."""
+  and how it is computed: `implementation` ("auto", "dense", "blockwise" or "pallas") with key blocks of
+  `block`."""
 
   window: int
   softcap: float
@@ -93,8 +96,8 @@ class ModelConfig:
   rope_low_freq_factor: float = 1.0   # llama3 [low_freq_factor]
   rope_high_freq_factor: float = 4.0  # llama3 [high_freq_factor]
   rope_original_max_len: int = 8192   # llama3 [original_max_position_embeddings]
-  attention: str = "auto"        # "auto", "dense" or "blockwise" (see ATTENTION_IMPLEMENTATIONS)
-  attention_block: int = 256     # keys per block of the blockwise attention
+  attention: str = "auto"        # "auto", "dense", "blockwise" or "pallas" (see ATTENTION_IMPLEMENTATIONS)
+  attention_block: int = 256     # keys per block of the blockwise and pallas attention
 
   def __post_init__(self):
     # JSON (checkpoint metadata, config files) turns tuples into lists; the config must stay hashable.

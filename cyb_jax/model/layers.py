@@ -96,20 +96,29 @@ ACTIVATIONS = {
 
 
 class GatedMLP(nn.Module):
-  """down(act(gate(x)) * up(x)); `gate_up` holds gate and up as one kernel `[D, 2, F]` (gate first)."""
+  """down(act(gate(x)) * up(x)); `gate_up` holds gate and up as one kernel `[D, 2, F]` (gate first).
+
+  `activations` is the part up to the gated product `[..., F]`, `project` the down projection to `width`:
+  the layer loop recomputes the first in the backward pass (transformer.run_layers).
+  """
 
   hidden: int
+  width: int
   activation: str = "silu"
   use_bias: bool = False
   dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    self.gate_up = nn.DenseGeneral((2, self.hidden), use_bias=self.use_bias, dtype=self.dtype)
+    self.down = nn.Dense(self.width, use_bias=self.use_bias, dtype=self.dtype)
+
+  def activations(self, x_BQD: jax.Array) -> jax.Array:
+    """act(gate(x)) * up(x), `[B, Q, F]`."""
+    gate_up = self.gate_up(x_BQD)
+    return ACTIVATIONS[self.activation](gate_up[..., 0, :]) * gate_up[..., 1, :]
+
+  def project(self, hidden_BQF: jax.Array) -> jax.Array:
+    return self.down(hidden_BQF)
+
   def __call__(self, x_BQD: jax.Array) -> jax.Array:
-    width = x_BQD.shape[-1]
-    gate_up = nn.DenseGeneral((2, self.hidden), use_bias=self.use_bias, dtype=self.dtype,
-                              name="gate_up")(x_BQD)
-    activation = ACTIVATIONS[self.activation]
-    # The gated product is recomputed in the backward pass from gate_up's output (elementwise, cheap)
-    # rather than kept with the activation's own intermediates: [Q, F] arrays are most of a layer's memory.
-    hidden = jax.checkpoint(lambda gate_up: activation(gate_up[..., 0, :]) * gate_up[..., 1, :])(gate_up)
-    return nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype, name="down")(hidden)
+    return self.project(self.activations(x_BQD))

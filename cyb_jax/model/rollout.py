@@ -187,9 +187,14 @@ def pause_inputs(params: Params, tokens: jax.Array, step: jax.Array, config: Mod
   + pause_embedding + step_embedding[step], plus, with feedback, the projected normalised final hidden
   state `[..., D]` of the previous step.
   """
-  step = jnp.broadcast_to(step, tokens.shape)
-  pause_embedding = jnp.broadcast_to(params["pause"]["embedding"], tokens.shape + (config.width,))
-  x = pause_embedding + jnp.take(params["pause"]["step_embedding"], step - 1, axis=0)
+  step = jnp.asarray(step)
+  if step.ndim == 0:
+    # One row for every token: a slice, whose gradient is one row too (not a scatter over all tokens).
+    step_embedding = jax.lax.dynamic_index_in_dim(params["pause"]["step_embedding"], step - 1, keepdims=False)
+  else:
+    step_embedding = jnp.take(params["pause"]["step_embedding"], jnp.broadcast_to(step, tokens.shape) - 1,
+                              axis=0)
+  x = jnp.broadcast_to(params["pause"]["embedding"] + step_embedding, tokens.shape + (config.width,))
   if config.pause_reads_token:
     x = x + embed_tokens(params, tokens, config)
   if config.pause_feedback:
@@ -234,8 +239,8 @@ def pause_step(params: Params, x_BPD: jax.Array, positions_BP: jax.Array, real_k
   def attend_layer(spec, q, k, v, layer_input):
     (real_k, real_v), slots = layer_input
     slots = list(slots) + [(k.astype(config.compute_dtype), v.astype(config.compute_dtype))]
-    chain = attention.ChainKeys(jnp.stack([slot_k for slot_k, _ in slots], axis=2),
-                                jnp.stack([slot_v for _, slot_v in slots], axis=2), chain_mask_BPC)
+    chain = attention.ChainKeys([slot_k for slot_k, _ in slots], [slot_v for _, slot_v in slots],
+                                chain_mask_BPC)
     real = attention.RealKeys(real_k, real_v, real_positions_BT, real_segments_BT)
     return attention.attend(q, positions_BP, real, spec, chain, q_segments_BP), slots
 
@@ -281,7 +286,9 @@ def rollout_readout(params: Params, tokens_BN: jax.Array, config: ModelConfig, n
 
   hidden_BND, real_kv = causal_forward(params, embed_tokens(params, tokens_BN, config),
                                        real_positions_BN, config, segment_ids)
-  hidden_BPD = jnp.take_along_axis(hidden_BND, positions_BP[..., None], axis=1)
+  # mode="clip": positions are in range by construction (the data pipeline's loss positions), and the
+  # gradient of the default fill mode is a much slower scatter on CPU (benchmarks/attention.py, sparse loss).
+  hidden_BPD = jnp.take_along_axis(hidden_BND, positions_BP[..., None], axis=1, mode="clip")
   step0 = jax.tree.map(lambda x: x[:, :, None], readout(hidden_BPD, 0))
   if num_pauses == 0:
     return step0

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from cyb_jax.model import attention
 from cyb_jax.model.config import ModelConfig
 from cyb_jax.model.layers import GatedMLP, RMSNorm, rope_inverse_frequencies, rotary, softcap
+from cyb_jax.model.recompute import recompute_in_backward
 
 Params = Any
 
@@ -33,7 +34,9 @@ class Block(nn.Module):
 
   `qkv` projects a residual stream to rotated queries `[B, Q, H, Dh]` and rotated keys and values
   `[B, Q, G, Dh]`; `finish` adds the attention output projection and the MLP (each normalised again
-  first with sandwich norms). The residual stream stays float32; matmuls run in the compute dtype.
+  first with sandwich norms), in three parts the layer loop differentiates separately:
+  `attention_residual`, `mlp_activations` (recomputed in the backward pass) and `mlp_residual`. The
+  residual stream stays float32; matmuls run in the compute dtype.
   """
 
   config: ModelConfig
@@ -57,7 +60,7 @@ class Block(nn.Module):
       self.post_attn_norm = norm()
       self.post_mlp_norm = norm()
     self.mlp_norm = norm()
-    self.mlp = GatedMLP(c.mlp_hidden, activation=c.mlp_activation, use_bias=c.mlp_bias, dtype=dtype)
+    self.mlp = GatedMLP(c.mlp_hidden, c.width, activation=c.mlp_activation, use_bias=c.mlp_bias, dtype=dtype)
 
   def qkv(self, x_BQD: jax.Array, positions_BQ: jax.Array):
     """Rotated queries `[B, Q, H, Dh]`, rotated keys and values `[B, Q, G, Dh]`."""
@@ -75,16 +78,28 @@ class Block(nn.Module):
     inv_freq = rope_inverse_frequencies(c.head_size, c.layer_rope(self.layer))
     return rotary(q_BQHd, positions_BQ, inv_freq), rotary(k_BQGd, positions_BQ, inv_freq), v_BQGd
 
-  def finish(self, x_BQD: jax.Array, attended_BQHd: jax.Array) -> jax.Array:
-    """Residual stream after the attention output projection and the MLP, `[B, Q, D]` float32."""
+  def attention_residual(self, x_BQD: jax.Array, attended_BQHd: jax.Array) -> jax.Array:
+    """Residual stream after the attention output projection, `[B, Q, D]` float32."""
     out_BQD = self.out_proj(attended_BQHd)
     if self.config.sandwich_norms:
       out_BQD = self.post_attn_norm(out_BQD)
-    x_BQD = x_BQD + out_BQD.astype(x_BQD.dtype)
-    hidden_BQD = self.mlp(self.mlp_norm(x_BQD))
+    return x_BQD + out_BQD.astype(x_BQD.dtype)
+
+  def mlp_activations(self, x_BQD: jax.Array) -> jax.Array:
+    """The MLP's gated activations `[B, Q, F]` of the normalised residual stream."""
+    return self.mlp.activations(self.mlp_norm(x_BQD))
+
+  def mlp_residual(self, x_BQD: jax.Array, activations_BQF: jax.Array) -> jax.Array:
+    """Residual stream after the MLP's down projection, `[B, Q, D]` float32."""
+    hidden_BQD = self.mlp.project(activations_BQF)
     if self.config.sandwich_norms:
       hidden_BQD = self.post_mlp_norm(hidden_BQD)
     return x_BQD + hidden_BQD.astype(x_BQD.dtype)
+
+  def finish(self, x_BQD: jax.Array, attended_BQHd: jax.Array) -> jax.Array:
+    """Residual stream after the attention output projection and the MLP, `[B, Q, D]` float32."""
+    x_BQD = self.attention_residual(x_BQD, attended_BQHd)
+    return self.mlp_residual(x_BQD, self.mlp_activations(x_BQD))
 
   def __call__(self, x_BQD: jax.Array, positions_BQ: jax.Array):
     """Only used to create the parameters: a plain causal pass."""
@@ -105,8 +120,10 @@ def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config
   For layer l, `attend_layer(config.layer_attention(l), q, k, v, layer_inputs[l])` receives this layer's
   rotated queries and keys, its values, and whatever the caller keeps per layer (cached keys, a pause
   chain); it returns the attention output `[B, Q, H, Dh]` and what the caller wants back for that layer
-  (the keys to cache, an updated chain). With `config.remat` each layer is rematerialised in the
-  backward pass. Returns the final residual `[B, Q, D]` and the list of per-layer outputs.
+  (the keys to cache, an updated chain). Whatever the config, the norms, q/k/v projections, rotary and
+  the MLP's gated activations are recomputed in the backward pass from the residual stream (recompute.py);
+  with `config.remat` the whole layer is. Returns the final residual `[B, Q, D]` and the list of
+  per-layer outputs.
   """
   if layer_inputs is None:
     layer_inputs = [None] * config.num_layers
@@ -114,11 +131,22 @@ def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config
   for index, (block_params, layer_input) in enumerate(zip(params["blocks"], layer_inputs)):
     block = Block(config, index)
     spec = config.layer_attention(index)
+    # The wide, cheap parts of the layer (norms, projections to q/k/v, rotary, the gated activation) are
+    # recomputed in the backward pass from the layer's residual stream, which is kept anyway: keeping
+    # their outputs instead was most of a layer's activation memory (DESIGN.md section 9).
+    qkv = recompute_in_backward(
+        lambda p, x, positions, block=block: block.apply({"params": p}, x, positions, method=Block.qkv))
+    mlp_activations = recompute_in_backward(
+        lambda p, x, _, block=block: block.apply({"params": p}, x, method=Block.mlp_activations))
 
-    def layer(block_params, x_BQD, layer_input, block=block, spec=spec):
-      q, k, v = block.apply({"params": block_params}, x_BQD, positions_BQ, method=Block.qkv)
+    def layer(block_params, x_BQD, layer_input, block=block, spec=spec, qkv=qkv,
+              mlp_activations=mlp_activations):
+      q, k, v = qkv(_subtree(block_params, QKV_PARAMS), x_BQD, positions_BQ)
       attended, output = attend_layer(spec, q, k, v, layer_input)
-      return block.apply({"params": block_params}, x_BQD, attended, method=Block.finish), output
+      x_BQD = block.apply({"params": block_params}, x_BQD, attended, method=Block.attention_residual)
+      mlp_params = {"mlp_norm": block_params["mlp_norm"], "mlp": {"gate_up": block_params["mlp"]["gate_up"]}}
+      activations = mlp_activations(mlp_params, x_BQD, None)
+      return block.apply({"params": block_params}, x_BQD, activations, method=Block.mlp_residual), output
 
     if config.remat:
       # Not inside a scan (the pause steps are a Python loop), so the recomputation is kept from being
@@ -127,6 +155,14 @@ def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config
     x_BQD, output = layer(block_params, x_BQD, layer_input)
     outputs.append(output)
   return x_BQD, outputs
+
+
+# The parameters `Block.qkv` reads (those of the layer's options that are on).
+QKV_PARAMS = ("attn_norm", "qkv_proj", "q_proj", "kv_proj", "q_norm", "k_norm")
+
+
+def _subtree(block_params: Params, names: Sequence[str]) -> Params:
+  return {name: block_params[name] for name in names if name in block_params}
 
 
 def init_block(config: ModelConfig, layer: int, rng: jax.Array) -> Params:

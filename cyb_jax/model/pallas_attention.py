@@ -1,0 +1,396 @@
+"""Fused flash attention over real-token keys in Pallas: the kernel form of `blockwise.blockwise_attention`.
+
+`flash_attention` computes exactly what `blockwise.blockwise_attention` computes (DESIGN.md section 9):
+for every query, the softmax attention over the real-token keys it may see (a key at position k is
+visible to a query at position p iff k <= p, p - k < window on a windowed layer, and both lie in the same
+segment when segments are given; scores soft-capped as softcap * tanh(s / softcap)), returned with the
+per-query log-sum-exp of the scores so a caller can merge a pause chain into the same softmax. A query
+that sees no key gets output 0 and log-sum-exp `blockwise.NEG`, never NaN.
+
+The recipe is FlashAttention-2 (Dao, 2023, "FlashAttention-2: Faster Attention with Better Parallelism
+and Work Partitioning"): the forward kernel walks one block of queries over the key blocks keeping a
+running maximum, normaliser and weighted sum (online softmax) and writes the output and log-sum-exp; the
+backward pass recomputes each block's probabilities from the saved log-sum-exp, in one kernel that walks
+a query block over the key blocks for d_q and one that walks a key block over all query blocks (and all
+R query heads of its KV head) for d_k and d_v, so no `[Q, T]` array exists in either pass. Gradients flow
+in through the log-sum-exp too: d score = p (dO . v - (dO . out - d_lse)). The mask is built inside the
+kernels from int32 positions and segments, so it holds any positions (pause queries at repeated,
+unsorted positions; a ring of cache keys).
+
+Shapes (as in blockwise.py): B batch, Q queries, T keys, G KV heads, R query heads per KV head (query head
+(g, r) reads KV head g; K and V are never repeated: the block index maps point every r at head g), Dh
+features per head. Inside the wrappers the arrays are laid out head-major, `[B, G, R, Qp, Dp]` and
+`[B, G, Tp, Dp]`, so every kernel block is a `[rows, Dp]` tile: queries are padded to a multiple of the
+query block (padding rows sit at position -1, see no key and are sliced off), keys to a multiple of the
+key block (padding keys sit at `blockwise.UNWRITTEN_POSITION`, invisible to every query) and features
+with zeros to Dp, the next power of two of at least 16 (which changes no score and no output). Scores,
+soft-capping, the softmax and every accumulator are float32 whatever the dtype of k and v.
+
+Verified in interpret mode only (`interpret=True`, on the CPU of the machine it was written on: values
+and gradients equal `blockwise_attention` and a dense softmax, tests/test_pallas_attention.py). Written in
+portable Pallas (BlockSpecs, program ids, `pl.ds` slices, `fori_loop`, `lax.cond`) for Mosaic (TPU) and
+Triton (GPU; selected explicitly, the kernels are not written for Mosaic GPU); both lowerings were traced
+to their kernel IR on CPU (`lower(lowering_platforms=...)`) but never compiled by the backend or run.
+What real hardware requires of the sizes: the block on each axis is `block`, or one power-of-two block
+(at least 16) holding all the padded queries or keys when there are fewer. On TPU, `block` must be a
+multiple of 128 (key positions are a `[1, block]` lane row; the lse is a `[block, 1]` column), and K, V
+of one KV head, `[Tp, Dp]`, and the d_k/d_v kernel's Q and dO of its R heads, `[R, Qp, Dp]`, are held
+whole in VMEM, which bounds T and Q (beyond that, the key loop would have to move onto the grid). On GPU,
+`block` must be a power of two of at least 16 (64 or 128 are the usual choices) and the same whole-row
+operands are read from global memory slice by slice.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from cyb_jax.model import blockwise
+
+NEG = blockwise.NEG
+UNWRITTEN_POSITION = blockwise.UNWRITTEN_POSITION
+# Position of padding queries: before every real key, so they see nothing (output 0, lse NEG).
+_PAD_QUERY_POSITION = -1
+# Dimension numbers of a @ b.T (contract the last axes of both), which every backend's dot lowers.
+_NT = (((1,), (1,)), ((), ()))
+# The smallest tile side: Triton's dot needs 16 or more.
+_MIN_TILE = 16
+
+
+def _block_size(length: int, block: int) -> int:
+  """The block used on an axis of `length`: `block`, or one power-of-two block (at least 16) when fewer."""
+  return block if length >= block else min(block, max(_MIN_TILE, pl.next_power_of_2(length)))
+
+
+def _pad_axis(x, axis: int, size: int, fill):
+  pad = size - x.shape[axis]
+  if not pad:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(x, widths, constant_values=fill)
+
+
+def _visible(qpos_b1, kpos_1k, qseg_b1, kseg_1k, window: int):
+  """bool `[bq, bk]` from a column of query positions and a row of key positions (and segments)."""
+  delta = qpos_b1 - kpos_1k
+  visible = delta >= 0
+  if window:
+    visible = visible & (delta < window)
+  if qseg_b1 is not None:
+    visible = visible & (qseg_b1 == kseg_1k)
+  return visible
+
+
+def _any(mask):
+  """Whether a bool tile holds any True, as a scalar (an int max: every backend reduces those)."""
+  return jnp.max(jnp.where(mask, 1, 0)) > 0
+
+
+def _scores(q_bd, k_kd, softcap: float):
+  """(raw, capped) float32 scores `[bq, bk]` of a query tile against a key tile."""
+  raw = jax.lax.dot_general(q_bd, k_kd.astype(jnp.float32), _NT, preferred_element_type=jnp.float32)
+  return raw, (softcap * jnp.tanh(raw / softcap) if softcap else raw)
+
+
+def _compiler_params(interpret: bool, grid_rank: int):
+  """Per-backend options of a kernel call: on GPU, Triton (the kernels are written in its style, whole K/V
+  tiles and loops, not for Mosaic GPU); on TPU, every grid axis parallel (each cell writes its own output
+  block), which lets a chip with two cores split the grid. None elsewhere and in interpret mode."""
+  if interpret:
+    return None
+  backend = jax.default_backend()
+  if backend == "gpu":
+    from jax.experimental.pallas import triton as pltriton  # pylint: disable=import-outside-toplevel
+    return pltriton.CompilerParams()
+  if backend == "tpu":
+    from jax.experimental.pallas import tpu as pltpu  # pylint: disable=import-outside-toplevel
+    return pltpu.CompilerParams(dimension_semantics=("parallel",) * grid_rank)
+  return None
+
+
+def _split(refs, segmented: bool, num_inputs: int):
+  """(inputs, segment refs, outputs) of a kernel's refs: the two segment refs follow the positions."""
+  if segmented:
+    inputs, segments, outputs = refs[:num_inputs], refs[num_inputs:num_inputs + 2], refs[num_inputs + 2:]
+  else:
+    inputs, segments, outputs = refs[:num_inputs], None, refs[num_inputs:]
+  return inputs, segments, outputs
+
+
+# Forward: grid (B, G, R, Q / bq); one query tile walks over every key block.
+
+
+def _forward_kernel(*refs, window, softcap, block_k, num_key_blocks, segmented):
+  (q_ref, k_ref, v_ref, qpos_ref, kpos_ref), seg_refs, (out_ref, lse_ref) = _split(refs, segmented, 5)
+  q_bd = q_ref[...]
+  qpos_b1 = qpos_ref[...]
+  qseg_b1 = seg_refs[0][...] if segmented else None
+  rows, head_size = q_bd.shape
+
+  def step(j, carry):
+    keys = pl.ds(pl.multiple_of(j * block_k, block_k), block_k)
+    kseg_1k = seg_refs[1][:, keys] if segmented else None
+    mask = _visible(qpos_b1, kpos_ref[:, keys], qseg_b1, kseg_1k, window)
+
+    def update(carry):
+      running_max, normaliser, weighted = carry
+      _, scores = _scores(q_bd, k_ref[keys, :], softcap)
+      scores = jnp.where(mask, scores, NEG)
+      new_max = jnp.maximum(running_max, scores.max(axis=1, keepdims=True))
+      probs = jnp.where(mask, jnp.exp(scores - new_max), 0.0)
+      rescale = jnp.exp(running_max - new_max)
+      normaliser = rescale * normaliser + probs.sum(axis=1, keepdims=True)
+      weighted = rescale * weighted + jnp.dot(probs, v_ref[keys, :].astype(jnp.float32),
+                                              preferred_element_type=jnp.float32)
+      return new_max, normaliser, weighted
+
+    return jax.lax.cond(_any(mask), update, lambda carry: carry, carry)  # skip blocks it cannot see
+
+  init = (jnp.full((rows, 1), NEG, jnp.float32), jnp.zeros((rows, 1), jnp.float32),
+          jnp.zeros((rows, head_size), jnp.float32))
+  running_max, normaliser, weighted = jax.lax.fori_loop(0, num_key_blocks, step, init)
+  seen = normaliser > 0
+  safe = jnp.where(seen, normaliser, 1.0)
+  out_ref[...] = (weighted / safe).astype(out_ref.dtype)
+  lse_ref[...] = jnp.where(seen, running_max + jnp.log(safe), NEG)
+
+
+# Backward d_q: grid (B, G, R, Q / bq); one query tile walks over every key block.
+
+
+def _dq_kernel(*refs, window, softcap, block_k, num_key_blocks, segmented):
+  inputs, seg_refs, (dq_ref,) = _split(refs, segmented, 8)
+  q_ref, k_ref, v_ref, dout_ref, lse_ref, delta_ref, qpos_ref, kpos_ref = inputs
+  q_bd, dout_bd, lse_b1, delta_b1 = q_ref[...], dout_ref[...], lse_ref[...], delta_ref[...]
+  qpos_b1 = qpos_ref[...]
+  qseg_b1 = seg_refs[0][...] if segmented else None
+
+  def step(j, d_q):
+    keys = pl.ds(pl.multiple_of(j * block_k, block_k), block_k)
+    kseg_1k = seg_refs[1][:, keys] if segmented else None
+    mask = _visible(qpos_b1, kpos_ref[:, keys], qseg_b1, kseg_1k, window)
+
+    def update(d_q):
+      k_kd = k_ref[keys, :].astype(jnp.float32)
+      raw, scores = _scores(q_bd, k_kd, softcap)
+      probs = jnp.where(mask, jnp.exp(scores - lse_b1), 0.0)
+      d_probs = jax.lax.dot_general(dout_bd, v_ref[keys, :].astype(jnp.float32), _NT,
+                                    preferred_element_type=jnp.float32)
+      d_scores = probs * (d_probs - delta_b1)
+      if softcap:
+        d_scores = d_scores * (1.0 - jnp.square(jnp.tanh(raw / softcap)))
+      return d_q + jnp.dot(d_scores, k_kd, preferred_element_type=jnp.float32)
+
+    return jax.lax.cond(_any(mask), update, lambda d_q: d_q, d_q)
+
+  dq_ref[...] = jax.lax.fori_loop(0, num_key_blocks, step, jnp.zeros(q_bd.shape, jnp.float32))
+
+
+# Backward d_k, d_v: grid (B, G, T / bk); one key tile walks over every query block of all R heads.
+
+
+def _dkv_kernel(*refs, window, softcap, block_q, num_query_blocks, group, segmented):
+  inputs, seg_refs, (dk_ref, dv_ref) = _split(refs, segmented, 8)
+  q_ref, k_ref, v_ref, dout_ref, lse_ref, delta_ref, qpos_ref, kpos_ref = inputs
+  k_kd = k_ref[...].astype(jnp.float32)
+  v_kd = v_ref[...].astype(jnp.float32)
+  kpos_1k = kpos_ref[...]
+  kseg_1k = seg_refs[1][...] if segmented else None
+
+  def step(i, carry):
+    queries = pl.ds(pl.multiple_of(i * block_q, block_q), block_q)
+    qseg_b1 = seg_refs[0][queries, :] if segmented else None
+    mask = _visible(qpos_ref[queries, :], kpos_1k, qseg_b1, kseg_1k, window)
+
+    def head(r, carry):  # the mask is the same for the R query heads that read this KV head
+      d_k, d_v = carry
+      q_bd = q_ref[r, queries, :]
+      dout_bd = dout_ref[r, queries, :]
+      raw, scores = _scores(q_bd, k_kd, softcap)
+      probs = jnp.where(mask, jnp.exp(scores - lse_ref[r, queries, :]), 0.0)
+      d_v = d_v + jnp.dot(probs.T, dout_bd, preferred_element_type=jnp.float32)
+      d_probs = jax.lax.dot_general(dout_bd, v_kd, _NT, preferred_element_type=jnp.float32)
+      d_scores = probs * (d_probs - delta_ref[r, queries, :])
+      if softcap:
+        d_scores = d_scores * (1.0 - jnp.square(jnp.tanh(raw / softcap)))
+      d_k = d_k + jnp.dot(d_scores.T, q_bd, preferred_element_type=jnp.float32)
+      return d_k, d_v
+
+    return jax.lax.cond(_any(mask), lambda carry: jax.lax.fori_loop(0, group, head, carry),
+                        lambda carry: carry, carry)
+
+  zeros = jnp.zeros(k_kd.shape, jnp.float32)
+  d_k, d_v = jax.lax.fori_loop(0, num_query_blocks, step, (zeros, zeros))
+  dk_ref[...] = d_k.astype(dk_ref.dtype)
+  dv_ref[...] = d_v.astype(dv_ref.dtype)
+
+
+# Layout and the custom VJP.
+
+
+class _Layout:
+  """Sizes of one call and its head-major, padded operands."""
+
+  def __init__(self, q32, k, block: int):
+    self.batch, self.num_queries, self.num_kv, self.group, self.head_size = q32.shape
+    self.num_keys = k.shape[1]
+    # Zero features change no score or output; Triton needs power-of-two tiles of 16 or more for its dots.
+    self.padded_d = max(_MIN_TILE, pl.next_power_of_2(self.head_size))
+    self.block_q = _block_size(self.num_queries, block)
+    self.block_k = _block_size(self.num_keys, block)
+    self.padded_q = pl.cdiv(self.num_queries, self.block_q) * self.block_q
+    self.padded_k = pl.cdiv(self.num_keys, self.block_k) * self.block_k
+
+  def queries(self, x_BQGRd):
+    """[B, Q, G, R, Dh] -> [B, G, R, Qp, Dp], zero-padded."""
+    x = _pad_axis(jnp.transpose(x_BQGRd, (0, 2, 3, 1, 4)), 3, self.padded_q, 0)
+    return _pad_axis(x, 4, self.padded_d, 0)
+
+  def keys(self, x_BTGd):
+    """[B, T, G, Dh] -> [B, G, Tp, Dp], zero-padded."""
+    return _pad_axis(_pad_axis(jnp.transpose(x_BTGd, (0, 2, 1, 3)), 2, self.padded_k, 0), 3, self.padded_d, 0)
+
+  def unqueries(self, x_BGRQD):
+    """[B, G, R, Qp, Dp] -> [B, Q, G, R, Dh]."""
+    return jnp.transpose(x_BGRQD[:, :, :, :self.num_queries, :self.head_size], (0, 3, 1, 2, 4))
+
+  def unkeys(self, x_BGTD):
+    """[B, G, Tp, Dp] -> [B, T, G, Dh]."""
+    return jnp.transpose(x_BGTD[:, :, :self.num_keys, :self.head_size], (0, 2, 1, 3))
+
+  def query_column(self, x_BQ, fill):
+    """int [B, Q] -> int32 [B, Qp, 1] (a column per query tile)."""
+    return _pad_axis(x_BQ.astype(jnp.int32), 1, self.padded_q, fill)[:, :, None]
+
+  def key_row(self, x_BT, fill):
+    """int [B, T] -> int32 [B, 1, Tp] (a row per key tile)."""
+    return _pad_axis(x_BT.astype(jnp.int32), 1, self.padded_k, fill)[:, None, :]
+
+
+def _mask_operands(layout, q_positions, k_positions, q_segments, k_segments):
+  qpos = layout.query_column(q_positions, _PAD_QUERY_POSITION)
+  kpos = layout.key_row(k_positions, UNWRITTEN_POSITION)
+  if q_segments is None:
+    return (qpos, kpos), ()
+  return (qpos, kpos), (layout.query_column(q_segments, -2), layout.key_row(k_segments, -1))
+
+
+def _forward(q32, k, v, q_positions, k_positions, q_segments, k_segments, window, softcap, block,
+             interpret):
+  if (q_segments is None) != (k_segments is None):
+    raise ValueError("segment ids must be given for both the queries and the keys, or neither")
+  lay = _Layout(q32, k, block)
+  grid = (lay.batch, lay.num_kv, lay.group, lay.padded_q // lay.block_q)
+  q_tile = pl.BlockSpec((None, None, None, lay.block_q, lay.padded_d), lambda b, g, r, i: (b, g, r, i, 0))
+  kv_whole = pl.BlockSpec((None, None, lay.padded_k, lay.padded_d), lambda b, g, r, i: (b, g, 0, 0))
+  q_column = pl.BlockSpec((None, lay.block_q, 1), lambda b, g, r, i: (b, i, 0))
+  k_row = pl.BlockSpec((None, 1, lay.padded_k), lambda b, g, r, i: (b, 0, 0))
+  row_stat = pl.BlockSpec((None, None, None, lay.block_q, 1), lambda b, g, r, i: (b, g, r, i, 0))
+  positions, segments = _mask_operands(lay, q_positions, k_positions, q_segments, k_segments)
+  qt, kt, vt = lay.queries(q32.astype(jnp.float32)), lay.keys(k), lay.keys(v)
+  kernel = functools.partial(_forward_kernel, window=window, softcap=softcap, block_k=lay.block_k,
+                             num_key_blocks=lay.padded_k // lay.block_k, segmented=bool(segments))
+  out_t, lse_t = pl.pallas_call(
+      kernel,
+      out_shape=(jax.ShapeDtypeStruct(qt.shape, jnp.float32),
+                 jax.ShapeDtypeStruct(qt.shape[:-1] + (1,), jnp.float32)),
+      grid=grid,
+      in_specs=[q_tile, kv_whole, kv_whole, q_column, k_row] + [q_column, k_row] * bool(segments),
+      out_specs=(q_tile, row_stat),
+      interpret=interpret,
+      compiler_params=_compiler_params(interpret, len(grid)),
+      name="flash_attention_forward",
+  )(qt, kt, vt, *positions, *segments)
+  out = lay.unqueries(out_t)
+  lse = lse_t[:, :, :, :lay.num_queries, 0]
+  return (out, lse), (q32, k, v, q_positions, k_positions, q_segments, k_segments, out, lse)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
+def flash_attention(q32_BQGRd, k_BTGd, v_BTGd, q_positions_BQ, k_positions_BT, q_segments_BQ,
+                    k_segments_BT, window: int, softcap: float, block: int, interpret: bool):
+  """(out `[B, Q, G, R, Dh]` float32, log-sum-exp `[B, G, R, Q]` float32) of attention over real keys.
+
+  The same contract as `blockwise.blockwise_attention`, computed by fused Pallas kernels.
+  q32_BQGRd: queries already multiplied by the score scale, float32. k, v: `[B, T, G, Dh]` (any float
+  dtype). Positions int `[B, Q]`, `[B, T]`; segments int of the same shapes, or None on both sides for one
+  document. window: 0 for none; softcap: 0.0 for none. block: the query and key block (see the module
+  docstring for what hardware requires of it). interpret: run the kernels in Pallas's interpreter (any
+  backend, CPU included). A query that sees no key gets output 0 and log-sum-exp NEG.
+  Raises ValueError when segments are given on one side only.
+  """
+  return _forward(q32_BQGRd, k_BTGd, v_BTGd, q_positions_BQ, k_positions_BT, q_segments_BQ, k_segments_BT,
+                  window, softcap, block, interpret)[0]
+
+
+def _forward_vjp(q32, k, v, q_positions, k_positions, q_segments, k_segments, window, softcap, block,
+                 interpret):
+  return _forward(q32, k, v, q_positions, k_positions, q_segments, k_segments, window, softcap, block,
+                  interpret)
+
+
+def _backward(window, softcap, block, interpret, residuals, cotangents):
+  q32, k, v, q_positions, k_positions, q_segments, k_segments, out, lse = residuals
+  d_out, d_lse = cotangents
+  lay = _Layout(q32, k, block)
+  positions, segments = _mask_operands(lay, q_positions, k_positions, q_segments, k_segments)
+  qt, kt, vt = lay.queries(q32.astype(jnp.float32)), lay.keys(k), lay.keys(v)
+  # Padding queries get lse NEG (they see nothing, so their probabilities are 0 whatever it is).
+  lse_t = _pad_axis(lse, 3, lay.padded_q, NEG)[..., None]
+  out_t, dout_t = lay.queries(out), lay.queries(d_out.astype(jnp.float32))
+  # d score_t = p_t (dO . v_t - delta), delta = dO . out - d_lse: the same for every key of a query.
+  delta_t = jnp.sum(dout_t * out_t, axis=-1, keepdims=True) - _pad_axis(
+      d_lse.astype(jnp.float32), 3, lay.padded_q, 0)[..., None]
+  segmented = bool(segments)
+  operands = (qt, kt, vt, dout_t, lse_t, delta_t, *positions, *segments)
+
+  # d_q: grid over query tiles, each walking the key blocks.
+  q_tile = pl.BlockSpec((None, None, None, lay.block_q, lay.padded_d), lambda b, g, r, i: (b, g, r, i, 0))
+  kv_whole = pl.BlockSpec((None, None, lay.padded_k, lay.padded_d), lambda b, g, r, i: (b, g, 0, 0))
+  row_stat = pl.BlockSpec((None, None, None, lay.block_q, 1), lambda b, g, r, i: (b, g, r, i, 0))
+  q_column = pl.BlockSpec((None, lay.block_q, 1), lambda b, g, r, i: (b, i, 0))
+  k_row = pl.BlockSpec((None, 1, lay.padded_k), lambda b, g, r, i: (b, 0, 0))
+  dq_kernel = functools.partial(_dq_kernel, window=window, softcap=softcap, block_k=lay.block_k,
+                                num_key_blocks=lay.padded_k // lay.block_k, segmented=segmented)
+  d_qt = pl.pallas_call(
+      dq_kernel,
+      out_shape=jax.ShapeDtypeStruct(qt.shape, jnp.float32),
+      grid=(lay.batch, lay.num_kv, lay.group, lay.padded_q // lay.block_q),
+      in_specs=[q_tile, kv_whole, kv_whole, q_tile, row_stat, row_stat, q_column, k_row] +
+               [q_column, k_row] * segmented,
+      out_specs=q_tile,
+      interpret=interpret,
+      compiler_params=_compiler_params(interpret, 4),
+      name="flash_attention_dq",
+  )(*operands)
+
+  # d_k, d_v: grid over key tiles, each walking the query blocks of all R heads of its KV head.
+  q_whole = pl.BlockSpec((None, None, lay.group, lay.padded_q, lay.padded_d),
+                         lambda b, g, j: (b, g, 0, 0, 0))
+  kv_tile = pl.BlockSpec((None, None, lay.block_k, lay.padded_d), lambda b, g, j: (b, g, j, 0))
+  stat_whole = pl.BlockSpec((None, None, lay.group, lay.padded_q, 1), lambda b, g, j: (b, g, 0, 0, 0))
+  q_column_whole = pl.BlockSpec((None, lay.padded_q, 1), lambda b, g, j: (b, 0, 0))
+  k_row_tile = pl.BlockSpec((None, 1, lay.block_k), lambda b, g, j: (b, 0, j))
+  dkv_kernel = functools.partial(_dkv_kernel, window=window, softcap=softcap, block_q=lay.block_q,
+                                 num_query_blocks=lay.padded_q // lay.block_q, group=lay.group,
+                                 segmented=segmented)
+  d_kt, d_vt = pl.pallas_call(
+      dkv_kernel,
+      out_shape=(jax.ShapeDtypeStruct(kt.shape, k.dtype), jax.ShapeDtypeStruct(vt.shape, v.dtype)),
+      grid=(lay.batch, lay.num_kv, lay.padded_k // lay.block_k),
+      in_specs=[q_whole, kv_tile, kv_tile, q_whole, stat_whole, stat_whole, q_column_whole, k_row_tile] +
+               [q_column_whole, k_row_tile] * segmented,
+      out_specs=(kv_tile, kv_tile),
+      interpret=interpret,
+      compiler_params=_compiler_params(interpret, 3),
+      name="flash_attention_dkv",
+  )(*operands)
+
+  return lay.unqueries(d_qt), lay.unkeys(d_kt), lay.unkeys(d_vt), None, None, None, None
+
+
+flash_attention.defvjp(_forward_vjp, _backward)
