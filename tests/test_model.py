@@ -63,8 +63,6 @@ VARIANTS = {
     # The Pallas kernels, interpreted (blocks of 16, the smallest they take: one partial block here).
     "gemma_like_feedback_pallas": dataclasses.replace(GEMMA_LIKE, pause_feedback=True, attention="pallas",
                                                       attention_block=16),
-    "llama_like_stream_pallas": dataclasses.replace(LLAMA_LIKE, pause_context="stream", attention="pallas",
-                                                    attention_block=16),
 }
 
 

@@ -194,7 +194,8 @@ def pause_inputs(params: Params, tokens: jax.Array, step: jax.Array, config: Mod
   else:
     step_embedding = jnp.take(params["pause"]["step_embedding"], jnp.broadcast_to(step, tokens.shape) - 1,
                               axis=0)
-  x = jnp.broadcast_to(params["pause"]["embedding"] + step_embedding, tokens.shape + (config.width,))
+  x = (jnp.broadcast_to(params["pause"]["embedding"], tokens.shape + (config.width,)) +
+       jnp.broadcast_to(step_embedding, tokens.shape + (config.width,)))
   if config.pause_reads_token:
     x = x + embed_tokens(params, tokens, config)
   if config.pause_feedback:
