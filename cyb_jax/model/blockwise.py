@@ -26,15 +26,24 @@ NEG = -1e30
 UNWRITTEN_POSITION = 2 ** 30
 
 
+def visible(q_positions, k_positions, q_segments, k_segments, window: int):
+  """The visibility rule on broadcastable arrays: k <= p, p - k < window (if windowed), same segment (if
+  segments are given). Shared with the Pallas kernels, which apply it to a column of queries and a row of
+  keys."""
+  delta = q_positions - k_positions
+  is_visible = delta >= 0
+  if window:
+    is_visible = is_visible & (delta < window)
+  if q_segments is not None:
+    is_visible = is_visible & (q_segments == k_segments)
+  return is_visible
+
+
 def visible_mask(q_positions_BQ, k_positions_BT, q_segments_BQ, k_segments_BT, window: int):
   """bool `[B, Q, T]`: k <= p, p - k < window (if windowed), same segment (if segments are given)."""
-  delta_BQT = q_positions_BQ[:, :, None] - k_positions_BT[:, None, :]
-  visible = delta_BQT >= 0
-  if window:
-    visible = visible & (delta_BQT < window)
   if q_segments_BQ is not None:
-    visible = visible & (q_segments_BQ[:, :, None] == k_segments_BT[:, None, :])
-  return visible
+    q_segments_BQ, k_segments_BT = q_segments_BQ[:, :, None], k_segments_BT[:, None, :]
+  return visible(q_positions_BQ[:, :, None], k_positions_BT[:, None, :], q_segments_BQ, k_segments_BT, window)
 
 
 def _padded(x, block: int, fill):

@@ -74,17 +74,6 @@ def _pad_axis(x, axis: int, size: int, fill):
   return jnp.pad(x, widths, constant_values=fill)
 
 
-def _visible(qpos_b1, kpos_1k, qseg_b1, kseg_1k, window: int):
-  """bool `[bq, bk]` from a column of query positions and a row of key positions (and segments)."""
-  delta = qpos_b1 - kpos_1k
-  visible = delta >= 0
-  if window:
-    visible = visible & (delta < window)
-  if qseg_b1 is not None:
-    visible = visible & (qseg_b1 == kseg_1k)
-  return visible
-
-
 def _any(mask):
   """Whether a bool tile holds any True, as a scalar (an int max: every backend reduces those)."""
   return jnp.max(jnp.where(mask, 1, 0)) > 0
@@ -134,7 +123,7 @@ def _forward_kernel(*refs, window, softcap, block_k, num_key_blocks, segmented):
   def step(j, carry):
     keys = pl.ds(pl.multiple_of(j * block_k, block_k), block_k)
     kseg_1k = seg_refs[1][:, keys] if segmented else None
-    mask = _visible(qpos_b1, kpos_ref[:, keys], qseg_b1, kseg_1k, window)
+    mask = blockwise.visible(qpos_b1, kpos_ref[:, keys], qseg_b1, kseg_1k, window)
 
     def update(carry):
       running_max, normaliser, weighted = carry
@@ -172,7 +161,7 @@ def _dq_kernel(*refs, window, softcap, block_k, num_key_blocks, segmented):
   def step(j, d_q):
     keys = pl.ds(pl.multiple_of(j * block_k, block_k), block_k)
     kseg_1k = seg_refs[1][:, keys] if segmented else None
-    mask = _visible(qpos_b1, kpos_ref[:, keys], qseg_b1, kseg_1k, window)
+    mask = blockwise.visible(qpos_b1, kpos_ref[:, keys], qseg_b1, kseg_1k, window)
 
     def update(d_q):
       k_kd = k_ref[keys, :].astype(jnp.float32)
@@ -204,7 +193,7 @@ def _dkv_kernel(*refs, window, softcap, block_q, num_query_blocks, group, segmen
   def step(i, carry):
     queries = pl.ds(pl.multiple_of(i * block_q, block_q), block_q)
     qseg_b1 = seg_refs[0][queries, :] if segmented else None
-    mask = _visible(qpos_ref[queries, :], kpos_1k, qseg_b1, kseg_1k, window)
+    mask = blockwise.visible(qpos_ref[queries, :], kpos_1k, qseg_b1, kseg_1k, window)
 
     def head(r, carry):  # the mask is the same for the R query heads that read this KV head
       d_k, d_v = carry
