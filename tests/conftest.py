@@ -3,12 +3,14 @@
 import os
 
 # Must happen before the first jax operation anywhere in the test process.
-# LLVM optimisation level 0: the suite is dominated by compiling tiny models, which this makes about
-# twice as fast; what is computed is the same (tolerances cover the different rounding of reductions,
-# and bitwise comparisons are between runs under these same flags, subprocesses included).
+# The suite is dominated by compiling tiny models. LLVM optimisation level 0 makes that about twice as
+# fast, and XLA CPU's older loop emitters (instead of its MLIR fusion emitters) about twice again; what is
+# computed is the same (tolerances cover the different rounding of reductions, and bitwise comparisons
+# are between runs under these same flags, subprocesses included).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8"
-                           " --xla_backend_optimization_level=0").strip()
+                           " --xla_backend_optimization_level=0"
+                           " --xla_cpu_use_fusion_emitters=false").strip()
 
 import jax  # noqa: E402  (import after the environment is set, on purpose)
 

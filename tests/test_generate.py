@@ -20,7 +20,7 @@ from cyb_jax.inference import generate
 from cyb_jax import model
 
 CONFIG = model.ModelConfig(vocab_size=11, width=12, num_layers=2, num_heads=2, mlp_hidden=14, max_len=64,
-                           max_pauses=3, dk_init_prob=0.5)
+                           max_pauses=3, dk_init_prob=0.5, attention="dense")
 FEEDBACK_CONFIG = dataclasses.replace(CONFIG, pause_feedback=True)
 STREAM_CONFIG = dataclasses.replace(CONFIG, pause_context="stream")
 # Block options of open-weight families (see test_model.py), so the KV cache, grouped heads and sliding
@@ -37,7 +37,18 @@ CONFIGS = {"plain": CONFIG, "feedback": FEEDBACK_CONFIG, "stream": STREAM_CONFIG
            "llama_like": LLAMA_LIKE, "gemma_like": GEMMA_LIKE,
            "gemma_like_feedback": dataclasses.replace(GEMMA_LIKE, pause_feedback=True),
            "gemma_like_stream": dataclasses.replace(GEMMA_LIKE, pause_context="stream")}
+# The memory-linear attention implementations (blocks of 8 keys: the cache spans several) in generation.
+# Their oracles run the dense attention (`oracle_config`), so each is checked against dense end to end.
+CONFIGS.update({f"{name}_{implementation}": dataclasses.replace(CONFIGS[name], attention=implementation,
+                                                                 attention_block=8)
+                for name in ("gemma_like_feedback", "gemma_like_stream") for implementation in ("blockwise", "pallas")})
 V = CONFIG.vocab_size
+
+
+def oracle_config(variant):
+  """The variant's configuration with the dense attention, the oracle of every other implementation."""
+  return dataclasses.replace(CONFIGS[variant], attention="dense", attention_block=CONFIG.attention_block)
+
 K = CONFIG.max_pauses
 NUM_TOKENS = 6
 PROMPT_LEN = 5
@@ -101,7 +112,7 @@ def rollout_of_generation(variant, prompts, tokens, num_pauses=K):
   Token t is predicted at position T-1+t of prompt + generated[:-1].
   """
   sequence = jnp.concatenate([prompts, tokens[:, :-1]], axis=1)
-  logits = rollout(params_for(variant), sequence, CONFIGS[variant], num_pauses)
+  logits = rollout(params_for(variant), sequence, oracle_config(variant), num_pauses)
   return np.asarray(logits, np.float64)[:, prompts.shape[1] - 1:]
 
 
@@ -190,6 +201,8 @@ def check_against_rollout(variant, policy, gen, prompts, *, greedy, num_pauses=K
     ("feedback", "threshold"),
     # Block options: the KV cache, grouped heads, windows and soft-caps under adaptive pausing.
     ("llama_like", "threshold"), ("gemma_like", "threshold"), ("gemma_like_feedback", "cumulative"),
+    # The KV cache read block by block, by the portable form and by the (interpreted) Pallas kernels.
+    ("gemma_like_feedback_blockwise", "cumulative"), ("gemma_like_feedback_pallas", "cumulative"),
 ])
 def test_generation_matches_rollout(variant, policy):
   check_against_rollout(variant, policy, generated(variant, policy), PROMPTS, greedy=True)
@@ -297,7 +310,7 @@ def stream_oracle_logits(variant, params, prompt, tokens, pauses):
   token itself. Token t's step j is the output at the stream index of its real input, plus j. The stream
   is padded to the longest possible length so the pass compiles once; causality makes the padding inert.
   """
-  config = CONFIGS[variant]
+  config = oracle_config(variant)
   embed = np.asarray(model.embed_tokens(params, jnp.arange(V), config))  # the model's real-token inputs
   # Pause inputs for every (token, step), from the model's own definition of a pause input.
   all_tokens, all_steps = np.meshgrid(np.arange(V), np.arange(1, K + 1), indexing="ij")
@@ -322,7 +335,8 @@ def stream_oracle_logits(variant, params, prompt, tokens, pauses):
   return out
 
 
-@pytest.mark.parametrize("variant", ["stream", "gemma_like_stream"])
+@pytest.mark.parametrize("variant", ["stream", "gemma_like_stream", "gemma_like_stream_blockwise",
+                                     "gemma_like_stream_pallas"])
 def test_stream_generation_matches_explicit_stream(variant):
   params = params_for(variant)
   gen = generated(variant, "threshold")
