@@ -23,7 +23,6 @@ per KV head, Dh features per head.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple, Optional, Sequence, Union
 
 import jax
@@ -33,7 +32,6 @@ from cyb_jax.model import blockwise
 from cyb_jax.model.config import AttentionSpec
 from cyb_jax.model import pallas_attention
 from cyb_jax.model.layers import softcap as softcap_scores
-from cyb_jax.model.recompute import recompute_in_backward
 
 # Finite stand-in for -inf in attention scores, so a fully masked part never yields NaN (the other part
 # always holds at least the query's own key or its token's).
@@ -105,37 +103,44 @@ def attend(q_BQHd: jax.Array, q_positions_BQ: jax.Array, real: RealKeys, spec: A
   else:
     raise ValueError(f"unknown attention implementation {spec.implementation!r}")
   if chain is not None:
-    # Recomputed in the backward pass from its inputs, which are kept anyway (the queries, the real part's
-    # output and log-sum-exp, each chain slot once): keeping the stacked chain instead would hold a copy
-    # of every earlier slot per pause step.
-    out_BQGRd = recompute_in_backward(functools.partial(_merge_chain, softcap=spec.softcap))(
-        (), (q32, out_BQGRd, lse_BGRQ, _slots(chain.k), _slots(chain.v)), chain.mask)
+    out_BQGRd = _merge_chain(q32, out_BQGRd, lse_BGRQ, chain, spec.softcap)
   return out_BQGRd.reshape(batch, num_queries, num_heads, head_size).astype(real.v.dtype)
 
 
-def _slots(chain_part):
-  """A chain's keys or values as given: one array, or a tuple of slots."""
-  return chain_part if isinstance(chain_part, jax.Array) else tuple(chain_part)
+# The chain part, slot by slot when the chain is given as slots: stacking them would make (and the backward
+# pass keep) a copy of every earlier slot per pause step, while these keep only the scores, C numbers per
+# query and head.
+def _chain_scores(q32_BQGRd: jax.Array, chain: ChainKeys, softcap: float) -> jax.Array:
+  """Masked, soft-capped chain scores `[B, G, R, Q, C]` (float32)."""
+  if isinstance(chain.k, jax.Array):
+    scores_BGRQC = jnp.einsum("bqgrd,bqcgd->bgrqc", q32_BQGRd, chain.k.astype(jnp.float32))
+  else:
+    scores_BGRQC = jnp.stack([jnp.einsum("bqgrd,bqgd->bgrq", q32_BQGRd, slot.astype(jnp.float32))
+                              for slot in chain.k], axis=-1)
+  scores_BGRQC = softcap_scores(scores_BGRQC, softcap)
+  return jnp.where(chain.mask[:, None, None], scores_BGRQC, MASKED_SCORE)
 
 
-def _stacked(slots) -> jax.Array:
-  """Chain keys or values as one `[B, Q, C, G, Dh]` array, from that array or a sequence of C slots."""
-  return slots if isinstance(slots, jax.Array) else jnp.stack(slots, axis=2)
+def _chain_values(weights_BGRQC: jax.Array, chain: ChainKeys) -> jax.Array:
+  """sum_c weights_c v_c, `[B, Q, G, R, Dh]` (float32)."""
+  if isinstance(chain.v, jax.Array):
+    return jnp.einsum("bgrqc,bqcgd->bqgrd", weights_BGRQC, chain.v.astype(jnp.float32))
+  return sum(jnp.einsum("bgrq,bqgd->bqgrd", weights_BGRQC[..., c], slot.astype(jnp.float32))
+             for c, slot in enumerate(chain.v))
 
 
-def _merge_chain(_, activations, chain_mask_BQC, softcap):
-  """The real part's output `[B, Q, G, R, Dh]` merged with the chain keys into one softmax (module doc)."""
-  q32, out_BQGRd, lse_BGRQ, chain_k, chain_v = activations
-  chain_BGRQC = jnp.einsum("bqgrd,bqcgd->bgrqc", q32, _stacked(chain_k).astype(jnp.float32))
-  chain_BGRQC = softcap_scores(chain_BGRQC, softcap)
-  chain_BGRQC = jnp.where(chain_mask_BQC[:, None, None], chain_BGRQC, MASKED_SCORE)
+def _merge_chain(q32, out_BQGRd, lse_BGRQ, chain: ChainKeys, softcap: float) -> jax.Array:
+  """The real part's output `[B, Q, G, R, Dh]` and log-sum-exp merged with the chain keys into one softmax
+  (module doc)."""
+  chain_BGRQC = _chain_scores(q32, chain, softcap)
   joint_max = jax.lax.stop_gradient(jnp.maximum(lse_BGRQ, chain_BGRQC.max(-1)))  # [B, G, R, Q]
   real_weight_BGRQ = jnp.exp(lse_BGRQ - joint_max)
   chain_weights_BGRQC = jnp.exp(chain_BGRQC - joint_max[..., None])
   normaliser_BGRQ = real_weight_BGRQ + chain_weights_BGRQC.sum(-1)
-  out_BQGRd = (jnp.moveaxis(real_weight_BGRQ, 3, 1)[..., None] * out_BQGRd +
-               jnp.einsum("bgrqc,bqcgd->bqgrd", chain_weights_BGRQC, _stacked(chain_v).astype(jnp.float32)))
-  return out_BQGRd / jnp.moveaxis(normaliser_BGRQ, 3, 1)[..., None]
+  # Each part scaled by its share of the joint softmax (never a merged numerator divided afterwards, which
+  # the backward pass would keep, one more `[B, Q, H, Dh]` per layer and step).
+  real_share_BQGR1 = jnp.moveaxis(real_weight_BGRQ / normaliser_BGRQ, 3, 1)[..., None]
+  return real_share_BQGR1 * out_BQGRd + _chain_values(chain_weights_BGRQC / normaliser_BGRQ[..., None], chain)
 
 
 def _dense(q_BQHd, q_positions_BQ, real, spec, chain, q_segments_BQ):
@@ -153,9 +158,7 @@ def _dense(q_BQHd, q_positions_BQ, real, spec, chain, q_segments_BQ):
     probs_BGRQT = jax.nn.softmax(scores_BGRQT, axis=-1)
     out_BQGRd = jnp.einsum("bgrqt,btgd->bqgrd", probs_BGRQT, values32)
   else:
-    chain_BGRQC = jnp.einsum("bqgrd,bqcgd->bgrqc", q32, _stacked(chain.k).astype(jnp.float32))
-    chain_BGRQC = softcap_scores(chain_BGRQC, spec.softcap)
-    chain_BGRQC = jnp.where(chain.mask[:, None, None], chain_BGRQC, MASKED_SCORE)
+    chain_BGRQC = _chain_scores(q32, chain, spec.softcap)
     # Joint log-sum-exp: the real and chain parts are one softmax, never two renormalised halves.
     joint_max = jnp.maximum(scores_BGRQT.max(-1, keepdims=True), chain_BGRQC.max(-1, keepdims=True))
     joint_max = jax.lax.stop_gradient(joint_max)
@@ -163,6 +166,6 @@ def _dense(q_BQHd, q_positions_BQ, real, spec, chain, q_segments_BQ):
     chain_weights_BGRQC = jnp.exp(chain_BGRQC - joint_max)
     normaliser_BGRQ1 = weights_BGRQT.sum(-1, keepdims=True) + chain_weights_BGRQC.sum(-1, keepdims=True)
     out_BQGRd = (jnp.einsum("bgrqt,btgd->bqgrd", weights_BGRQT, values32) +
-                 jnp.einsum("bgrqc,bqcgd->bqgrd", chain_weights_BGRQC, _stacked(chain.v).astype(jnp.float32)))
+                 _chain_values(chain_weights_BGRQC, chain))
     out_BQGRd = out_BQGRd / jnp.moveaxis(normaliser_BGRQ1, 3, 1)  # [B, Q, G, R, 1]
   return out_BQGRd.reshape(batch, num_queries, num_heads, head_size).astype(real.v.dtype)
