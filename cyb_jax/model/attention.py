@@ -109,38 +109,39 @@ def attend(q_BQHd: jax.Array, q_positions_BQ: jax.Array, real: RealKeys, spec: A
 
 # The chain part, slot by slot when the chain is given as slots: stacking them would make (and the backward
 # pass keep) a copy of every earlier slot per pause step, while these keep only the scores, C numbers per
-# query and head.
+# query and head. Laid out `[B, Q, G, R, C]`, like the queries, so nothing is transposed.
 def _chain_scores(q32_BQGRd: jax.Array, chain: ChainKeys, softcap: float) -> jax.Array:
-  """Masked, soft-capped chain scores `[B, G, R, Q, C]` (float32)."""
+  """Masked, soft-capped chain scores `[B, Q, G, R, C]` (float32)."""
   if isinstance(chain.k, jax.Array):
-    scores_BGRQC = jnp.einsum("bqgrd,bqcgd->bgrqc", q32_BQGRd, chain.k.astype(jnp.float32))
+    scores_BQGRC = jnp.einsum("bqgrd,bqcgd->bqgrc", q32_BQGRd, chain.k.astype(jnp.float32))
   else:
-    scores_BGRQC = jnp.stack([jnp.einsum("bqgrd,bqgd->bgrq", q32_BQGRd, slot.astype(jnp.float32))
+    scores_BQGRC = jnp.stack([jnp.sum(q32_BQGRd * slot.astype(jnp.float32)[:, :, :, None], axis=-1)
                               for slot in chain.k], axis=-1)
-  scores_BGRQC = softcap_scores(scores_BGRQC, softcap)
-  return jnp.where(chain.mask[:, None, None], scores_BGRQC, MASKED_SCORE)
+  scores_BQGRC = softcap_scores(scores_BQGRC, softcap)
+  return jnp.where(chain.mask[:, :, None, None], scores_BQGRC, MASKED_SCORE)
 
 
-def _chain_values(weights_BGRQC: jax.Array, chain: ChainKeys) -> jax.Array:
+def _chain_values(weights_BQGRC: jax.Array, chain: ChainKeys) -> jax.Array:
   """sum_c weights_c v_c, `[B, Q, G, R, Dh]` (float32)."""
   if isinstance(chain.v, jax.Array):
-    return jnp.einsum("bgrqc,bqcgd->bqgrd", weights_BGRQC, chain.v.astype(jnp.float32))
-  return sum(jnp.einsum("bgrq,bqgd->bqgrd", weights_BGRQC[..., c], slot.astype(jnp.float32))
+    return jnp.einsum("bqgrc,bqcgd->bqgrd", weights_BQGRC, chain.v.astype(jnp.float32))
+  return sum(weights_BQGRC[..., c, None] * slot.astype(jnp.float32)[:, :, :, None]
              for c, slot in enumerate(chain.v))
 
 
 def _merge_chain(q32, out_BQGRd, lse_BGRQ, chain: ChainKeys, softcap: float) -> jax.Array:
   """The real part's output `[B, Q, G, R, Dh]` and log-sum-exp merged with the chain keys into one softmax
   (module doc)."""
-  chain_BGRQC = _chain_scores(q32, chain, softcap)
-  joint_max = jax.lax.stop_gradient(jnp.maximum(lse_BGRQ, chain_BGRQC.max(-1)))  # [B, G, R, Q]
-  real_weight_BGRQ = jnp.exp(lse_BGRQ - joint_max)
-  chain_weights_BGRQC = jnp.exp(chain_BGRQC - joint_max[..., None])
-  normaliser_BGRQ = real_weight_BGRQ + chain_weights_BGRQC.sum(-1)
+  lse_BQGR = jnp.moveaxis(lse_BGRQ, 3, 1)
+  chain_BQGRC = _chain_scores(q32, chain, softcap)
+  joint_max = jax.lax.stop_gradient(jnp.maximum(lse_BQGR, chain_BQGRC.max(-1)))  # [B, Q, G, R]
+  real_weight_BQGR = jnp.exp(lse_BQGR - joint_max)
+  chain_weights_BQGRC = jnp.exp(chain_BQGRC - joint_max[..., None])
+  normaliser_BQGR = real_weight_BQGR + chain_weights_BQGRC.sum(-1)
   # Each part scaled by its share of the joint softmax (never a merged numerator divided afterwards, which
   # the backward pass would keep, one more `[B, Q, H, Dh]` per layer and step).
-  real_share_BQGR1 = jnp.moveaxis(real_weight_BGRQ / normaliser_BGRQ, 3, 1)[..., None]
-  return real_share_BQGR1 * out_BQGRd + _chain_values(chain_weights_BGRQC / normaliser_BGRQ[..., None], chain)
+  return ((real_weight_BQGR / normaliser_BQGR)[..., None] * out_BQGRd +
+          _chain_values(chain_weights_BQGRC / normaliser_BQGR[..., None], chain))
 
 
 def _dense(q_BQHd, q_positions_BQ, real, spec, chain, q_segments_BQ):
@@ -158,7 +159,7 @@ def _dense(q_BQHd, q_positions_BQ, real, spec, chain, q_segments_BQ):
     probs_BGRQT = jax.nn.softmax(scores_BGRQT, axis=-1)
     out_BQGRd = jnp.einsum("bgrqt,btgd->bqgrd", probs_BGRQT, values32)
   else:
-    chain_BGRQC = _chain_scores(q32, chain, spec.softcap)
+    chain_BGRQC = jnp.moveaxis(_chain_scores(q32, chain, spec.softcap), 1, 3)
     # Joint log-sum-exp: the real and chain parts are one softmax, never two renormalised halves.
     joint_max = jnp.maximum(scores_BGRQT.max(-1, keepdims=True), chain_BGRQC.max(-1, keepdims=True))
     joint_max = jax.lax.stop_gradient(joint_max)
@@ -166,6 +167,6 @@ def _dense(q_BQHd, q_positions_BQ, real, spec, chain, q_segments_BQ):
     chain_weights_BGRQC = jnp.exp(chain_BGRQC - joint_max)
     normaliser_BGRQ1 = weights_BGRQT.sum(-1, keepdims=True) + chain_weights_BGRQC.sum(-1, keepdims=True)
     out_BQGRd = (jnp.einsum("bgrqt,btgd->bqgrd", weights_BGRQT, values32) +
-                 _chain_values(chain_weights_BGRQC, chain))
+                 _chain_values(jnp.moveaxis(chain_weights_BGRQC, 3, 1), chain))
     out_BQGRd = out_BQGRd / jnp.moveaxis(normaliser_BGRQ1, 3, 1)  # [B, Q, G, R, 1]
   return out_BQGRd.reshape(batch, num_queries, num_heads, head_size).astype(real.v.dtype)
