@@ -144,9 +144,12 @@ GRID = {
                                 "objective.anytime_weight": 0.0},
                "beta.03,warm.5": {"objective.prior_p": 0.5, "objective.beta": 0.03,
                                   "model.dk_init_prob": 0.9, WARM_START: 0.5},
-               # A quarter as pause_ce: less of a step 0 to restore, more steps to restore it in.
+               # A quarter (three quarters) as pause_ce: less of a step 0 to restore and more steps to
+               # restore it in (a better-trained pause step).
                "beta.03,warm.25": {"objective.prior_p": 0.5, "objective.beta": 0.03,
-                                   "model.dk_init_prob": 0.9, WARM_START: 0.25}},
+                                   "model.dk_init_prob": 0.9, WARM_START: 0.25},
+               "beta.03,warm.75": {"objective.prior_p": 0.5, "objective.beta": 0.03,
+                                   "model.dk_init_prob": 0.9, WARM_START: 0.75}},
     # A quarter of the loss tokens are 2-hop answers: a budget of 0.25 pauses per token can cover them.
     "cyb_dp": {"": {"objective.cost": 0.0, "objective.budget": 0.25, "objective.dual_lr": 0.05},
                "budget.5": {"objective.cost": 0.0, "objective.budget": 0.5, "objective.dual_lr": 0.05},
