@@ -21,6 +21,9 @@ import math
 import jax
 import jax.numpy as jnp
 
+from cyb_jax.model.layers import softcap as softcap_scores
+from cyb_jax.model.layers import softcap_slope
+
 # A finite stand-in for -inf: masked scores and the log-sum-exp of a query that sees no key.
 NEG = -1e30
 UNWRITTEN_POSITION = 2 ** 30
@@ -59,10 +62,6 @@ def _key_block(x, index, block: int):
   return None if x is None else jax.lax.dynamic_slice_in_dim(x, index * block, block, axis=1)
 
 
-def _capped(raw, softcap: float):
-  return softcap * jnp.tanh(raw / softcap) if softcap else raw
-
-
 def _block_scores(q32_BQGRd, k_BbGd, q_positions_BQ, kpos_Bb, q_segments_BQ, kseg_Bb, window, softcap):
   """Raw scores, capped scores and the visibility mask of one key block, `[B, G, R, Q, b]`."""
   raw = jnp.einsum("bqgrd,btgd->bgrqt", q32_BQGRd, k_BbGd.astype(jnp.float32))
@@ -73,7 +72,7 @@ def _block_scores(q32_BQGRd, k_BbGd, q_positions_BQ, kpos_Bb, q_segments_BQ, kse
   raw, q_positions_BQ, kpos_Bb, q_segments_BQ, kseg_Bb = jax.lax.optimization_barrier(
       (raw, q_positions_BQ, kpos_Bb, q_segments_BQ, kseg_Bb))
   mask_BQb = visible_mask(q_positions_BQ, kpos_Bb, q_segments_BQ, kseg_Bb, window)
-  return raw, _capped(raw, softcap), mask_BQb[:, None, None]
+  return raw, softcap_scores(raw, softcap), mask_BQb[:, None, None]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
@@ -145,7 +144,7 @@ def _backward(window, softcap, block, residuals, cotangents):
     d_probs = jnp.einsum("bqgrd,btgd->bgrqt", d_out, v32)
     d_scores = probs * (d_probs - delta[..., None])
     if softcap:
-      d_scores = d_scores * (1.0 - jnp.square(jnp.tanh(raw / softcap)))
+      d_scores = d_scores * softcap_slope(raw, softcap)
     d_q = d_q + jnp.einsum("bgrqt,btgd->bqgrd", d_scores, k_b.astype(jnp.float32))
     d_k = jnp.einsum("bgrqt,bqgrd->btgd", d_scores, q32)
     return d_q, (d_k, d_v)

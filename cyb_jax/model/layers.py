@@ -88,6 +88,12 @@ def softcap(x: jax.Array, cap: float) -> jax.Array:
   return cap * jnp.tanh(x / cap)
 
 
+def softcap_slope(x: jax.Array, cap: float) -> jax.Array:
+  """d softcap(x, cap) / dx = 1 - tanh(x / cap)^2, for the hand-written attention backward passes
+  (blockwise.py, pallas_attention.py); cap must be nonzero."""
+  return 1.0 - jnp.square(jnp.tanh(x / cap))
+
+
 ACTIVATIONS = {
     "silu": jax.nn.silu,
     # torch's gelu(approximate="tanh"), Gemma's gelu_pytorch_tanh.

@@ -49,6 +49,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from cyb_jax.model import blockwise
+from cyb_jax.model.layers import softcap as softcap_scores
+from cyb_jax.model.layers import softcap_slope
 
 NEG = blockwise.NEG
 UNWRITTEN_POSITION = blockwise.UNWRITTEN_POSITION
@@ -82,7 +84,7 @@ def _any(mask):
 def _scores(q_bd, k_kd, softcap: float):
   """(raw, capped) float32 scores `[bq, bk]` of a query tile against a key tile."""
   raw = jax.lax.dot_general(q_bd, k_kd.astype(jnp.float32), _NT, preferred_element_type=jnp.float32)
-  return raw, (softcap * jnp.tanh(raw / softcap) if softcap else raw)
+  return raw, softcap_scores(raw, softcap)
 
 
 def _compiler_params(interpret: bool, grid_rank: int):
@@ -171,7 +173,7 @@ def _dq_kernel(*refs, window, softcap, block_k, num_key_blocks, segmented):
                                     preferred_element_type=jnp.float32)
       d_scores = probs * (d_probs - delta_b1)
       if softcap:
-        d_scores = d_scores * (1.0 - jnp.square(jnp.tanh(raw / softcap)))
+        d_scores = d_scores * softcap_slope(raw, softcap)
       return d_q + jnp.dot(d_scores, k_kd, preferred_element_type=jnp.float32)
 
     return jax.lax.cond(_any(mask), update, lambda d_q: d_q, d_q)
@@ -205,7 +207,7 @@ def _dkv_kernel(*refs, window, softcap, block_q, num_query_blocks, group, segmen
       d_probs = jax.lax.dot_general(dout_bd, v_kd, _NT, preferred_element_type=jnp.float32)
       d_scores = probs * (d_probs - delta_ref[r, queries, :])
       if softcap:
-        d_scores = d_scores * (1.0 - jnp.square(jnp.tanh(raw / softcap)))
+        d_scores = d_scores * softcap_slope(raw, softcap)
       d_k = d_k + jnp.dot(d_scores.T, q_bd, preferred_element_type=jnp.float32)
       return d_k, d_v
 
