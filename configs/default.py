@@ -91,6 +91,7 @@ def get_config(task: str = "pointer_chasing") -> ml_collections.ConfigDict:
   config.model.dk_init_prob = 0.3
   config.model.pause_context = "private"
   config.model.pause_feedback = True
+  config.model.pause_feedback_layer = -1  # the layer whose output pause feedback reads; -1 = the last
   config.model.pause_reads_token = True
   config.model.rope_base = 10000.0
   # Block options of open-weight families (cyb_jax/model/config.py); these values are cyb_jax's own

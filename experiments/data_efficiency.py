@@ -3,6 +3,9 @@
   python experiments/data_efficiency.py --setting=synthetic        # from scratch on the synthetic task
   python experiments/data_efficiency.py --setting=shakespeare      # pretrain no-pause, then fine-tune
   python experiments/data_efficiency.py --setting=shakespeare_bpe  # the same on BPE word pieces
+  python experiments/data_efficiency.py --setting=shakespeare_k2 --runs=cyb_va@beta.03,warm.5  # bytes, K = 2
+  python experiments/data_efficiency.py --setting=shakespeare_2l --runs=cyb_va@beta.03,fb0,cyb_va@beta.03
+                                                                    # bytes, 2 layers, first-layer feedback
   python experiments/data_efficiency.py --setting=synthetic --quick  # smoke run, a few minutes
   python experiments/data_efficiency.py --setting=synthetic --seed=1 --runs=cyb_ap,cyb_va@beta.03,cyb_dp
                                                                     # another seed, chosen CYB settings
@@ -68,6 +71,19 @@ def apply_overrides(config, overrides: dict) -> None:
     node[leaf] = value
 
 
+# tinyshakespeare fine-tuning (the published protocol): the model and data every text setting shares, and its
+# protocol. The no-pause pretraining is not part of the comparison (cosine schedule, a finished model);
+# fine-tuning uses a lower learning rate so it does not first undo the pretraining.
+TEXT_OVERRIDES = {"data.name": "text_file",
+                  "data.text_path": os.path.join(os.path.dirname(ROOT), "shared", "data", "tinyshakespeare.txt"),
+                  "data.seq_len": 128, "data.task": {}, "model.width": 128, "model.num_layers": 1,
+                  "model.num_heads": 4, "model.mlp_hidden": 512, "train.batch_size": 16,
+                  "train.log_every": 100, "train.eval_batches": 0}
+TEXT_PROTOCOL = {"pretrain_overrides": {"optim.schedule": "cosine"},
+                 "finetune_overrides": {"optim.learning_rate": 1e-3, "optim.warmup_steps": 50},
+                 "grid": False,  # one setting per CYB objective (the first of GRID): an hour's budget
+                 "quick_pretrain_steps": 30, "quick_steps": 30, "quick_eval_every": 10}
+
 # Each setting: shared overrides, steps, evaluation interval; quick variants shrink them.
 SETTINGS = {
     # The default config's task (1-layer pointer chasing, K = 1), trained twice as long as the main job.
@@ -83,43 +99,29 @@ SETTINGS = {
         "steps": 6000, "eval_every": 500, "quick_steps": 40, "quick_eval_every": 20,
     },
     # Byte-level text. One layer: experiments/text_pause_search.py found that a forced pause gains 0.022
-    # nats/byte over ce there and only 0.001-0.005 with two layers. The no-pause pretraining is not part
-    # of the comparison (cosine schedule, a finished model); fine-tuning uses a lower learning rate so it
-    # does not first undo the pretraining.
-    "shakespeare": {
-        "overrides": {"data.name": "text_file",
-                      "data.text_path": os.path.join(os.path.dirname(ROOT), "shared", "data",
-                                                     "tinyshakespeare.txt"),
-                      "data.seq_len": 128, "data.task": {}, "model.width": 128, "model.num_layers": 1,
-                      "model.num_heads": 4, "model.mlp_hidden": 512, "train.batch_size": 16,
-                      "train.log_every": 100, "train.eval_batches": 0},
-        "pretrain_overrides": {"optim.schedule": "cosine"},
-        "finetune_overrides": {"optim.learning_rate": 1e-3, "optim.warmup_steps": 50},
-        "grid": False,  # one setting per CYB objective (the first of GRID): an hour's budget
-        "pretrain_steps": 1500, "steps": 1800, "eval_every": 300,
-        "quick_pretrain_steps": 30, "quick_steps": 30, "quick_eval_every": 10,
-    },
+    # nats/byte over ce there and only 0.001-0.005 with two layers.
+    "shakespeare": {"overrides": TEXT_OVERRIDES, **TEXT_PROTOCOL,
+                    "pretrain_steps": 1500, "steps": 1800, "eval_every": 300},
     # The same text as word pieces: a byte-level BPE of 2048 ids trained on the training split only (each
     # run trains the same file into its work directory), otherwise the byte setting's model and protocol
     # with fewer steps (a BPE token carries about 3 bytes, so a step sees about 3x the text; and a step
-    # costs about 3x a byte step here, mostly the 2048-way output layer).
-    "shakespeare_bpe": {
-        "overrides": {"data.name": "text_file",
-                      "data.text_path": os.path.join(os.path.dirname(ROOT), "shared", "data",
-                                                     "tinyshakespeare.txt"),
-                      "data.tokenizer": "bpe", "data.bpe_vocab_size": 2048,
-                      "data.seq_len": 128, "data.task": {}, "model.width": 128, "model.num_layers": 1,
-                      "model.num_heads": 4, "model.mlp_hidden": 512, "train.batch_size": 16,
-                      "train.log_every": 100, "train.eval_batches": 0},
-        "pretrain_overrides": {"optim.schedule": "cosine"},
-        "finetune_overrides": {"optim.learning_rate": 1e-3, "optim.warmup_steps": 50},
-        "grid": False,
-        # tinyshakespeare is about 300k BPE tokens of training text, 150 steps of 16 x 128 per epoch: a
-        # first try with 1200 pretraining and 600 fine-tuning steps overfitted (ce's eval nll rose from
-        # 4.22 to 4.63 while fine-tuning), so pretraining stops after 400 steps and the CYB budget is 200.
-        "pretrain_steps": 400, "steps": 200, "eval_every": 50,
-        "quick_pretrain_steps": 30, "quick_steps": 30, "quick_eval_every": 10,
-    },
+    # costs about 3x a byte step here, mostly the 2048-way output layer). tinyshakespeare is about 300k BPE
+    # tokens of training text, 150 steps of 16 x 128 per epoch: a first try with 1200 pretraining and 600
+    # fine-tuning steps overfitted (ce's eval nll rose from 4.22 to 4.63 while fine-tuning), so pretraining
+    # stops after 400 steps and the CYB budget is 200.
+    "shakespeare_bpe": {"overrides": {**TEXT_OVERRIDES, "data.tokenizer": "bpe", "data.bpe_vocab_size": 2048},
+                        **TEXT_PROTOCOL, "pretrain_steps": 400, "steps": 200, "eval_every": 50},
+    # The byte setting with two layers, for feedback from the first layer's output (model.pause_feedback_layer
+    # = 0) against the last (DESIGN.md section 8): step 0's last layer can stay an answer while the pause
+    # reads an intermediate state. A forced pause pays less here than with one layer (text_pause_search).
+    # Half the byte setting's budget (a 2-layer step costs about twice a 1-layer one on this CPU).
+    "shakespeare_2l": {"overrides": {**TEXT_OVERRIDES, "model.num_layers": 2}, **TEXT_PROTOCOL,
+                       "pretrain_steps": 1500, "steps": 900, "eval_every": 150},
+    # The byte setting with K = 2 (DESIGN.md section 8's list of levers): with one layer and feedback, a
+    # second pause is one more layer of depth for the tokens that need it. Pretraining and ce are the byte
+    # setting's runs exactly (no pauses); pause_ce, the warm starts and CYB take up to two pauses.
+    "shakespeare_k2": {"overrides": {**TEXT_OVERRIDES, "num_pauses": 2}, **TEXT_PROTOCOL,
+                       "pretrain_steps": 1500, "steps": 1800, "eval_every": 300},
 }
 # How many times the CYB runs' steps each baseline trains (see the module docstring).
 BASELINE_FACTOR = {"ce": 3, "pause_ce": 2}
@@ -135,7 +137,9 @@ OBJECTIVE_OVERRIDES = {
 WARM_START = "warm_start"
 GRID = {
     "cyb_ap": {"": {"objective.gamma": 0.9, "objective.omega": 0.1},
-               "gamma.97": {"objective.gamma": 0.97, "objective.omega": 0.1}},
+               "gamma.97": {"objective.gamma": 0.97, "objective.omega": 0.1},
+               "warm.5": {"objective.gamma": 0.9, "objective.omega": 0.1, "model.dk_init_prob": 0.9,
+                          WARM_START: 0.5}},
     "cyb_va": {"": {"objective.prior_p": 0.7, "objective.beta": 0.1},
                "beta.03": {"objective.prior_p": 0.5, "objective.beta": 0.03},
                "beta.03,any.3": {"objective.prior_p": 0.5, "objective.beta": 0.03,
@@ -149,7 +153,18 @@ GRID = {
                "beta.03,warm.25": {"objective.prior_p": 0.5, "objective.beta": 0.03,
                                    "model.dk_init_prob": 0.9, WARM_START: 0.25},
                "beta.03,warm.75": {"objective.prior_p": 0.5, "objective.beta": 0.03,
-                                   "model.dk_init_prob": 0.9, WARM_START: 0.75}},
+                                   "model.dk_init_prob": 0.9, WARM_START: 0.75},
+               # Feedback from the first layer's output (of two; setting shakespeare_2l): the pause reads an
+               # intermediate state, so step 0's last layer need not serve as one.
+               "beta.03,fb0": {"objective.prior_p": 0.5, "objective.beta": 0.03, "model.pause_feedback_layer": 0},
+               # The warm start with a weaker anytime term: step 0 need not become a good answer again
+               # as fast, so more of the pause_ce model's intermediate step 0 may survive.
+               "beta.03,warm.5,any.3": {"objective.prior_p": 0.5, "objective.beta": 0.03,
+                                        "objective.anytime_weight": 0.3, "model.dk_init_prob": 0.9,
+                                        WARM_START: 0.5},
+               "beta.03,warm.5,any0": {"objective.prior_p": 0.5, "objective.beta": 0.03,
+                                       "objective.anytime_weight": 0.0, "model.dk_init_prob": 0.9,
+                                       WARM_START: 0.5}},
     # A quarter of the loss tokens are 2-hop answers: a budget of 0.25 pauses per token can cover them.
     "cyb_dp": {"": {"objective.cost": 0.0, "objective.budget": 0.25, "objective.dual_lr": 0.05},
                "budget.5": {"objective.cost": 0.0, "objective.budget": 0.5, "objective.dual_lr": 0.05},
@@ -163,6 +178,10 @@ GRID = {
                           "model.dk_init_prob": 0.9, WARM_START: 0.5}},
 }
 COMMON = {"optim.schedule": "constant"}
+# Grid entries trained only when --runs names them (levers tried on one setting, not part of a setting's
+# default grid): the warm-start fractions and anytime weights, CYB-AP warm, first-layer feedback.
+ON_REQUEST = frozenset({"cyb_va@beta.03,warm.25", "cyb_va@beta.03,warm.75", "cyb_va@beta.03,warm.5,any.3",
+                        "cyb_va@beta.03,warm.5,any0", "cyb_ap@warm.5", "cyb_va@beta.03,fb0"})
 
 
 def parse_runs(text: str) -> tuple[str, ...]:
@@ -181,12 +200,16 @@ def run_name(objective: str, tag: str = "") -> str:
   return objective + (f"@{tag}" if tag else "")
 
 
-def all_runs(grid: bool = True) -> list[tuple[str, str, dict]]:
-  """(run name, objective, overrides) for every run of a setting, baselines first."""
+def all_runs(grid: bool = True, on_request: bool = False) -> list[tuple[str, str, dict]]:
+  """(run name, objective, overrides) for every run of a setting, baselines first.
+
+  grid: every GRID entry of each objective (else only its first); on_request: ON_REQUEST entries too.
+  """
   runs = [(o, o, OBJECTIVE_OVERRIDES[o]) for o in BASELINES]
   for objective in CYB:
     settings = list(GRID[objective].items())[:None if grid else 1]
-    runs += [(run_name(objective, tag), objective, overrides) for tag, overrides in settings]
+    runs += [(run_name(objective, tag), objective, overrides) for tag, overrides in settings
+             if on_request or run_name(objective, tag) not in ON_REQUEST]
   return runs
 
 
@@ -264,11 +287,12 @@ def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple
   steps = setting["quick_steps" if quick else "steps"]
   eval_every = setting["quick_eval_every" if quick else "eval_every"]
   run_root = os.path.join(ROOT, "runs", "data_efficiency", name + _suffix(quick, seed))
-  chosen = all_runs(setting.get("grid", True) or bool(only))
+  chosen = all_runs(setting.get("grid", True) or bool(only), on_request=bool(only))
   if only:
-    unknown = sorted(set(only) - {run for run, _, _ in all_runs()})
+    known = [run for run, _, _ in all_runs(on_request=True)]
+    unknown = sorted(set(only) - set(known))
     if unknown:
-      raise SystemExit(f"--runs: unknown run(s) {unknown}; known: {[run for run, _, _ in all_runs()]}")
+      raise SystemExit(f"--runs: unknown run(s) {unknown}; known: {known}")
     chosen = [entry for entry in chosen if entry[1] in BASELINES or entry[0] in only]
   timings = dict(previous.get("seconds", {}))
   chosen = [entry for entry in chosen if entry[0] not in previous.get("runs", {})]

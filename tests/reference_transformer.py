@@ -153,11 +153,18 @@ def block(p, config, layer, x_TD, positions_T):
   return x_TD + hidden
 
 
-def forward(params, config, x_TD, positions_T):
+def layer_outputs(params, config, x_TD, positions_T):
+  """Every layer's output residual [T, D], first layer first."""
   x = np.asarray(x_TD, np.float64)
+  outputs = []
   for layer, block_params in enumerate(params["blocks"]):
     x = block(block_params, config, layer, x, positions_T)
-  return x
+    outputs.append(x)
+  return outputs
+
+
+def forward(params, config, x_TD, positions_T):
+  return layer_outputs(params, config, x_TD, positions_T)[-1]
 
 
 def logits(params, config, hidden_TD):
@@ -204,15 +211,17 @@ def private_rollout(params, config, tokens_N, num_pauses):
   for i in range(len(tokens_N)):
     inputs = [token_input(params, config, t) for t in tokens_N[:i + 1]]
     positions = list(range(i + 1))
-    hidden = forward(params, config, np.stack(inputs), positions)
-    per_step = [logits(params, config, hidden[-1])]
+    outputs = layer_outputs(params, config, np.stack(inputs), positions)
+    per_step = [logits(params, config, outputs[-1][-1])]
     for j in range(1, num_pauses + 1):
-      # Growing one pause at a time lets pause j read run j-1's output (feedback); without feedback
-      # re-running the whole sequence gives the same thing, only slower.
-      inputs.append(pause_input(params, config, tokens_N[i], j, prev_hidden=hidden[-1]))
+      # Growing one pause at a time lets pause j read run j-1's output (feedback: the last input's output
+      # of layer pause_feedback_layer); without feedback re-running the whole sequence gives the same
+      # thing, only slower.
+      feedback = outputs[config.pause_feedback_layer][-1]
+      inputs.append(pause_input(params, config, tokens_N[i], j, prev_hidden=feedback))
       positions.append(i)
-      hidden = forward(params, config, np.stack(inputs), positions)
-      per_step.append(logits(params, config, hidden[-1]))
+      outputs = layer_outputs(params, config, np.stack(inputs), positions)
+      per_step.append(logits(params, config, outputs[-1][-1]))
     out.append(np.stack(per_step))
   return np.stack(out)
 

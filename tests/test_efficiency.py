@@ -253,3 +253,13 @@ def test_runs_argument_keeps_commas_inside_a_tag():
   parse = _experiment().parse_runs
   assert parse("cyb_dp@warm.5,cyb_va@beta.03,warm.5") == ("cyb_dp@warm.5", "cyb_va@beta.03,warm.5")
   assert parse("cyb_ap,cyb_va@beta.03,any.3,cyb_dp,") == ("cyb_ap", "cyb_va@beta.03,any.3", "cyb_dp")
+
+
+def test_runs_on_request_are_left_out_of_the_default_grid():
+  experiment = _experiment()
+  default = {run for run, _, _ in experiment.all_runs()}
+  every = {run for run, _, _ in experiment.all_runs(on_request=True)}
+  assert experiment.ON_REQUEST <= every and not experiment.ON_REQUEST & default
+  assert default | experiment.ON_REQUEST == every
+  # The first entry of each objective is its one run when a setting has no grid.
+  assert [run for run, _, _ in experiment.all_runs(grid=False)] == ["ce", "pause_ce", "cyb_ap", "cyb_va", "cyb_dp"]

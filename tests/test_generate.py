@@ -34,6 +34,8 @@ GEMMA_LIKE = dataclasses.replace(
     mlp_activation="gelu_tanh", tie_embeddings=True, query_scale=0.4, attn_softcap=2.0,
     final_softcap=4.0, layer_windows=(3, 0), rope_local_base=30.0)
 CONFIGS = {"plain": CONFIG, "feedback": FEEDBACK_CONFIG, "stream": STREAM_CONFIG,
+           # Feedback from the first layer's output: the decoding state carries that residual, not the final.
+           "feedback_layer0": dataclasses.replace(FEEDBACK_CONFIG, pause_feedback_layer=0),
            "llama_like": LLAMA_LIKE, "gemma_like": GEMMA_LIKE,
            "gemma_like_feedback": dataclasses.replace(GEMMA_LIKE, pause_feedback=True),
            "gemma_like_stream": dataclasses.replace(GEMMA_LIKE, pause_context="stream")}
@@ -208,7 +210,7 @@ def check_against_rollout(variant, policy, gen, prompts, *, greedy, num_pauses=K
     # "cumulative" runs on the Gemma-like variant below.
     ("plain", "threshold"), ("plain", "always"), ("plain", "sample"),
     # Feedback changes what a pause step computes, not the policies: one policy suffices.
-    ("feedback", "threshold"),
+    ("feedback", "threshold"), ("feedback_layer0", "threshold"),
     # Block options: the KV cache, grouped heads, windows and soft-caps under adaptive pausing.
     ("llama_like", "threshold"), ("gemma_like", "threshold"), ("gemma_like_feedback", "cumulative"),
     # The KV cache read block by block, by the portable form and by the (interpreted) Pallas kernels.
@@ -237,6 +239,7 @@ def test_sampled_tokens_and_pauses_match_rollout():
 
 @pytest.mark.parametrize("variant,policy", [("plain", "threshold"), ("plain", "cumulative"),
                                             ("plain", "sample"), ("feedback", "threshold"),
+                                            ("feedback_layer0", "threshold"),
                                             ("llama_like", "threshold"), ("gemma_like", "threshold"),
                                             ("gemma_like_feedback", "cumulative"),
                                             ("gemma_like_stream", "threshold")])
@@ -308,7 +311,7 @@ def test_each_sequence_pauses_on_its_own():
 def stream_causal_logits(params, x_BTD, config):
   """A plain causal pass over explicit stream inputs at positions 0..T-1, logits `[B, T, V+1]`."""
   positions_BT = jnp.broadcast_to(jnp.arange(x_BTD.shape[1]), x_BTD.shape[:2])
-  hidden, _ = model.causal_forward(params, x_BTD, positions_BT, config)
+  hidden, _, _ = model.causal_forward(params, x_BTD, positions_BT, config)
   return model.output_logits(params, hidden, config)
 
 
@@ -503,7 +506,9 @@ def test_teacher_forced_private_chains_equal_the_rollout_on_any_text():
 # Ragged prompts, stop tokens, top-k / top-p (the sampling CLI's library features).
 
 
-@pytest.mark.parametrize("variant", ["gemma_like_stream"])  # windows, GQA and stream positions at once
+# gemma_like_stream: windows, GQA and stream positions at once; feedback_layer0: the feedback state of a
+# left-padded prefill (the first layer's output at each row's last prompt token).
+@pytest.mark.parametrize("variant", ["gemma_like_stream", "feedback_layer0"])
 def test_a_ragged_batch_generates_what_each_prompt_generates_alone(variant):
   # Two distinct lengths keep the solo runs to two compiled shapes; rows 0/2 and 1/3 differ in content.
   lengths = [5, 1, 5, 1]

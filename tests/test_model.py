@@ -44,6 +44,8 @@ GEMMA_LIKE = dataclasses.replace(
 VARIANTS = {
     "private": BASE,
     "feedback": dataclasses.replace(BASE, pause_feedback=True),
+    # Feedback from the first layer's output (of two) instead of the final hidden state.
+    "feedback_layer0": dataclasses.replace(BASE, pause_feedback=True, pause_feedback_layer=0),
     "no_token": dataclasses.replace(BASE, pause_reads_token=False),
     "no_token_feedback": dataclasses.replace(BASE, pause_reads_token=False, pause_feedback=True),
     "stream": dataclasses.replace(BASE, pause_context="stream"),
@@ -202,10 +204,12 @@ def test_each_block_option_matters(name, option):
 def test_options_change_pause_steps_in_the_reference():
   # Guards against vacuous agreement: each option must actually change what the oracle computes.
   private, feedback, no_token = _reference("private"), _reference("feedback"), _reference("no_token")
-  stream = _reference("stream")
-  for other in (feedback, no_token):
+  stream, feedback_layer0 = _reference("stream"), _reference("feedback_layer0")
+  for other in (feedback, no_token, feedback_layer0):
     np.testing.assert_array_equal(other[:, :, 0], private[:, :, 0])  # step 0 is a plain LM
     assert np.abs(other[:, :, 1:] - private[:, :, 1:]).max(axis=-1).min() > 1e-3
+  # Which layer feedback reads changes every pause step.
+  assert np.abs(feedback_layer0[:, :, 1:] - feedback[:, :, 1:]).max(axis=-1).min() > 1e-3
   # Stream: the first token's step 0 sees nothing else; later tokens see earlier pauses.
   np.testing.assert_allclose(stream[:, 0, 0], private[:, 0, 0], rtol=1e-12, atol=1e-12)
   assert np.abs(stream[:, 1:, 0] - private[:, 1:, 0]).max() > 1e-2
@@ -223,7 +227,8 @@ def _reference_stats(logits_BNSV, targets_BN):
   return target, lse, logits_BNSV[..., V]
 
 
-@pytest.mark.parametrize("name", ["feedback", "stream", "llama_like_feedback", "gemma_like_stream"])
+@pytest.mark.parametrize("name", ["feedback", "feedback_layer0", "stream", "llama_like_feedback",
+                                  "gemma_like_stream"])
 def test_rollout_stats_match_reference(name):
   config = VARIANTS[name]
   rs = np.random.RandomState(2)
@@ -473,6 +478,10 @@ def test_remat_same_values_and_gradients(name):
     (dict(width=18), "even"),                         # head dim 9 is odd
     (dict(pause_context="interleaved"), "pause_context"),
     (dict(pause_context="stream", pause_feedback=True), "pause_feedback"),
+    (dict(pause_feedback_layer=2), "pause_feedback_layer"),   # two layers: 0, 1 or -1, -2
+    (dict(pause_feedback_layer=-3), "pause_feedback_layer"),
+    (dict(pause_feedback_layer=True), "pause_feedback_layer"),
+    (dict(pause_feedback_layer=0), "pause_feedback_layer"),   # without pause_feedback
     (dict(max_pauses=-1), "max_pauses"),
     (dict(dk_init_prob=0.0), "dk_init_prob"),
     (dict(dk_init_prob=1.0), "dk_init_prob"),

@@ -9,6 +9,7 @@ run in tests/test_multiprocess.py (as two processes) and tests/test_configuratio
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -282,11 +283,20 @@ def test_init_keep_pauses_errors_name_the_problem(pretrained, reference, tmp_pat
     trainer.train(tiny(overrides={"init_keep_pauses": True}), str(tmp_path / "a"))
   with pytest.raises(configuration.ConfigError,
                      match=r"^config\.init_keep_pauses: the checkpoint in .* has \{'max_pauses': 0, .*\}, this "
-                     r"config \{'max_pauses': 2, 'pause_feedback': True\}"):
+                     r"config \{'max_pauses': 2, 'pause_feedback': True, 'pause_feedback_layer': 0\}"):
     trainer.train(tiny(overrides={"init_from": pretrained, "init_keep_pauses": True}), str(tmp_path / "b"))
   with pytest.raises(configuration.ConfigError, match=r"'max_pauses': 2.*this config \{'max_pauses': 1"):
     trainer.train(tiny(overrides={"init_from": reference.workdir, "init_keep_pauses": True,
                                   "model.max_pauses": 1, "num_pauses": 1}), str(tmp_path / "c"))
+
+
+def test_kept_pause_parameters_must_read_the_same_feedback_layer():
+  # The feedback projection learnt to read one layer's output; -1 and 1 name the same of two layers.
+  two = model_lib.ModelConfig(num_layers=2, pause_feedback=True)
+  last, first = two, dataclasses.replace(two, pause_feedback_layer=0)
+  assert trainer.pause_fields(last) == trainer.pause_fields(dataclasses.replace(two, pause_feedback_layer=1))
+  assert trainer.pause_fields(last) != trainer.pause_fields(first)
+  assert trainer.pause_fields(first)["pause_feedback_layer"] == 0
 
 
 def test_init_from_with_another_vocabulary_fails_before_compiling(pretrained, tmp_path, monkeypatch):

@@ -69,7 +69,7 @@ class _State:
   cache_positions: jax.Array  # [B, C] position of each real-cache entry (UNWRITTEN_POSITION if none)
   current_token: jax.Array  # [B] the real token whose target is being predicted
   logits: jax.Array         # [B, V+1] output of the query just run
-  hidden: jax.Array         # [B, D] final residual of the query just run (pause feedback)
+  feedback: jax.Array       # [B, D] residual of the query just run that pause feedback reads
   log_survival: jax.Array   # [B] log R_j for the current token
   real_cache: list          # per layer (k, v) [B, C, G, Dh]
   chain_cache: list         # per layer (k, v) [B, K, G, Dh]
@@ -100,7 +100,8 @@ def _query(params, config: model_lib.ModelConfig, x_BD, position_B, real_cache, 
 
   cache_positions_BC: positions of the real-cache entries, the query's own entry included when it writes
   one (at real_write_index_B, where real_write_B). chain_visible_B: the query sees chain slots
-  [0, chain_visible). Returns the final residual `[B, D]` and the updated caches.
+  [0, chain_visible). Returns the final residual `[B, D]`, the updated caches, and the residual pause
+  feedback reads `[B, D]` (`run_layers`).
   """
   positions_B1 = position_B[:, None]
   chain_mask_B1K = None
@@ -122,11 +123,11 @@ def _query(params, config: model_lib.ModelConfig, x_BD, position_B, real_cache, 
     return attention.attend(q, positions_B1, real, spec, chain_keys), ((real_k, real_v), (chain_k, chain_v))
 
   layer_inputs = list(zip(real_cache, chain_cache or [()] * config.num_layers))
-  x_B1D, outputs = model_lib.run_layers(params, x_BD[:, None], positions_B1, config, attend_layer,
-                                        layer_inputs)
+  x_B1D, outputs, feedback_B1D = model_lib.run_layers(params, x_BD[:, None], positions_B1, config,
+                                                      attend_layer, layer_inputs)
   new_real = [real for real, _ in outputs]
   new_chain = [chain for _, chain in outputs] if chain_cache else []
-  return x_B1D[:, 0], new_real, new_chain
+  return x_B1D[:, 0], new_real, new_chain, feedback_B1D[:, 0]
 
 
 def filter_logits(logits_BV: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -166,7 +167,7 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM, prompt_len
   # and padding sits at a position beyond every query, so no real query (now or later) ever sees it.
   positions_BT = jnp.arange(prompt_len)[None, :] - (prompt_len - prompt_lengths_B)[:, None]
   positions_BT = jnp.where(positions_BT >= 0, positions_BT, attention.UNWRITTEN_POSITION)
-  hidden_BTD, prompt_kv = model_lib.causal_forward(
+  hidden_BTD, prompt_kv, feedback_BTD = model_lib.causal_forward(
       params, model_lib.embed_tokens(params, prompt_BT, config), positions_BT, config)
   pad = [(0, 0), (0, cache_len - prompt_len), (0, 0), (0, 0)]
   real_cache = [(jnp.pad(k, pad), jnp.pad(v, pad)) for k, v in prompt_kv]
@@ -184,7 +185,7 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM, prompt_len
       query_position=(prompt_lengths_B - 1).astype(jnp.int32),
       cache_length=jnp.full((batch,), prompt_len, jnp.int32), cache_positions=cache_positions_BC,
       current_token=prompt_BT[:, -1],
-      logits=model_lib.output_logits(params, last_hidden_BD, config), hidden=last_hidden_BD,
+      logits=model_lib.output_logits(params, last_hidden_BD, config), feedback=feedback_BTD[:, -1],
       log_survival=jnp.zeros((batch,), jnp.float32), real_cache=real_cache, chain_cache=chain_cache,
       tokens=jnp.zeros((batch, num_tokens), jnp.int32), pauses=jnp.zeros((batch, num_tokens), jnp.int32),
       step_logits=jnp.full(logits_shape, jnp.nan, jnp.float32),
@@ -248,7 +249,7 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM, prompt_len
     x_BD = model_lib.embed_tokens(params, current_token_B, config)
     if num_pauses > 0:  # a plain LM (max_pauses = 0) has no pause parameters at all
       pause_x_BD = model_lib.pause_inputs(params, current_token_B, jnp.maximum(next_step_B, 1), config,
-                                          feedback_hidden=state.hidden)
+                                          feedback_hidden=state.feedback)
       x_BD = jnp.where(pause_B[:, None], pause_x_BD, x_BD)
     writes_real_B = answer_B | (pause_B if stream else jnp.zeros_like(pause_B))
     if stream:
@@ -260,7 +261,7 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM, prompt_len
     # The query's own real-cache entry (a new token, or a stream pause) is visible to itself.
     cache_positions_BC = state.cache_positions.at[batch_index, state.cache_length].set(
         jnp.where(writes_real_B, position_B, state.cache_positions[batch_index, state.cache_length]))
-    hidden_BD, real_cache, chain_cache = _query(
+    hidden_BD, real_cache, chain_cache, feedback_BD = _query(
         params, config, x_BD, position_B, state.real_cache, cache_positions_BC,
         real_write_index_B=state.cache_length, real_write_B=writes_real_B,
         chain_cache=state.chain_cache, chain_slot_B=state.step, chain_write_B=pause_B,
@@ -274,7 +275,7 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM, prompt_len
         current_token=current_token_B,
         logits=jnp.where(active_B[:, None], model_lib.output_logits(params, hidden_BD, config),
                          state.logits),
-        hidden=jnp.where(active_B[:, None], hidden_BD, state.hidden),
+        feedback=jnp.where(active_B[:, None], feedback_BD, state.feedback),
         log_survival=jnp.where(pause_B, state.log_survival + log_d_B, 0.0),
         real_cache=real_cache, chain_cache=chain_cache, tokens=tokens, pauses=pauses,
         step_logits=step_logits, target_nll=target_nll, target_correct=target_correct, stopped=stopped_B,

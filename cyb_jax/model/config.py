@@ -69,7 +69,11 @@ class ModelConfig:
   remat: bool = False            # rematerialise each layer in the backward pass (saves memory)
   dk_init_prob: float = 0.1      # initial probability of <dk>, roughly, at every step
   pause_context: str = "private"  # "private" chains (default) or "stream" (pauses are ordinary tokens)
-  pause_feedback: bool = False   # pause j also reads a projection of step j-1's final hidden state
+  pause_feedback: bool = False   # pause j also reads a projection of step j-1's hidden state (below)
+  # With feedback: the layer whose output residual pause j reads of step j-1, 0-based (as a Python index:
+  # -1, the default, is the last layer, i.e. the final hidden state). An earlier layer gives the pause an
+  # intermediate state while step 0's last layer stays an answer (DESIGN.md section 8).
+  pause_feedback_layer: int = -1
   pause_reads_token: bool = True  # a pause input includes its real token's embedding
   rope_base: float = 10000.0     # rope_theta (of full-attention layers)
 
@@ -129,6 +133,13 @@ class ModelConfig:
     if self.pause_context == "stream" and self.pause_feedback:
       # Feedback makes pause j wait for step j-1's output, which a stream forward computes in parallel.
       raise ValueError("model.pause_feedback is only supported with model.pause_context='private'")
+    if self.pause_feedback_layer != -1 and not self.pause_feedback:
+      raise ValueError(f"model.pause_feedback_layer = {self.pause_feedback_layer!r} needs model.pause_feedback")
+    if not _is_int(self.pause_feedback_layer) or not (
+        -self.num_layers <= self.pause_feedback_layer < self.num_layers):
+      raise ValueError(f"model.pause_feedback_layer must be an integer layer index in [-{self.num_layers}, "
+                       f"{self.num_layers}) (model.num_layers = {self.num_layers}), got "
+                       f"{self.pause_feedback_layer!r}")
     if self.mlp_activation not in MLP_ACTIVATIONS:
       raise ValueError(f"model.mlp_activation must be one of {MLP_ACTIVATIONS}, got "
                        f"{self.mlp_activation!r}")

@@ -184,8 +184,9 @@ def pause_inputs(params: Params, tokens: jax.Array, step: jax.Array, config: Mod
   """Input embedding of pause step `step` (1-based, scalar or `[...]`) for real tokens `[...]`, `[..., D]`.
 
   token_embedding[x] (if `pause_reads_token`; as the model's input embedding, scale included)
-  + pause_embedding + step_embedding[step], plus, with feedback, the projected normalised final hidden
-  state `[..., D]` of the previous step.
+  + pause_embedding + step_embedding[step], plus, with feedback, the projected normalised hidden state
+  `[..., D]` of the previous step: its output of layer `pause_feedback_layer` (by default the last, the
+  final hidden state), normalised by the final norm.
   """
   step = jnp.asarray(step)
   if step.ndim == 0:
@@ -210,8 +211,8 @@ def causal_forward(params: Params, x_BTD: jax.Array, positions_BT: jax.Array, co
 
   Input t sees inputs whose position is <= its own (and within the layer's window, and of its own
   segment when `segments_BT` says which document each input belongs to), so positions must increase
-  along the sequence. Returns the final residual `[B, T, D]` and each layer's keys and values, a list of
-  L pairs of `[B, T, G, Dh]`.
+  along the sequence. Returns the final residual `[B, T, D]`, each layer's keys and values (a list of
+  L pairs of `[B, T, G, Dh]`), and the residual pause feedback reads `[B, T, D]` (`run_layers`).
   """
   def attend_layer(spec, q, k, v, _):
     real = attention.RealKeys(k, v, positions_BT, segments_BT)
@@ -231,7 +232,8 @@ def pause_step(params: Params, x_BPD: jax.Array, positions_BP: jax.Array, real_k
   chain is kept as separate slots, never as one buffer rewritten each step, so the backward pass keeps
   each slot once rather than a copy of the whole chain per step.
   segments: optional (query segments `[B, P]`, real-key segments `[B, T]`) of packed documents.
-  Returns the final residual `[B, P, D]` and chain_kv with this step's keys/values appended.
+  Returns the final residual `[B, P, D]`, chain_kv with this step's keys/values appended, and the
+  residual the next pause step reads through feedback `[B, P, D]` (`run_layers`).
   """
   q_segments_BP, real_segments_BT = segments if segments is not None else (None, None)
   num_slots = len(chain_kv[0]) + 1
@@ -285,8 +287,8 @@ def rollout_readout(params: Params, tokens_BN: jax.Array, config: ModelConfig, n
   if config.pause_context == "stream":
     return _stream_rollout(params, tokens_BN, config, num_pauses, positions_BP, readout, segment_ids)
 
-  hidden_BND, real_kv = causal_forward(params, embed_tokens(params, tokens_BN, config),
-                                       real_positions_BN, config, segment_ids)
+  hidden_BND, real_kv, feedback_BND = causal_forward(params, embed_tokens(params, tokens_BN, config),
+                                                     real_positions_BN, config, segment_ids)
   # mode="clip": positions are in range by construction (the data pipeline's loss positions), and the
   # gradient of the default fill mode is a much slower scatter on CPU (benchmarks/attention.py, sparse loss).
   hidden_BPD = jnp.take_along_axis(hidden_BND, positions_BP[..., None], axis=1, mode="clip")
@@ -302,12 +304,15 @@ def rollout_readout(params: Params, tokens_BN: jax.Array, config: ModelConfig, n
   # A Python loop, not a scan: a scan would keep its whole carry (every layer's chain) for each step in
   # the backward pass; K is small, and each step is one more copy of the layers in the program.
   steps_out = [step0]
-  previous_hidden_BPD = hidden_BPD
+  feedback_BPD = None
+  if config.pause_feedback:
+    feedback_BPD = (hidden_BPD if feedback_BND is hidden_BND else
+                    jnp.take_along_axis(feedback_BND, positions_BP[..., None], axis=1, mode="clip"))
   for step in range(1, num_pauses + 1):
-    x_BPD = pause_inputs(params, tokens_BP, jnp.asarray(step), config, feedback_hidden=previous_hidden_BPD)
-    previous_hidden_BPD, chain_kv = pause_step(params, x_BPD, positions_BP, real_kv, real_positions_BN,
-                                               chain_kv, config, segments)
-    steps_out.append(jax.tree.map(lambda x: x[:, :, None], readout(previous_hidden_BPD, step)))
+    x_BPD = pause_inputs(params, tokens_BP, jnp.asarray(step), config, feedback_hidden=feedback_BPD)
+    hidden_BPD, chain_kv, feedback_BPD = pause_step(params, x_BPD, positions_BP, real_kv, real_positions_BN,
+                                                    chain_kv, config, segments)
+    steps_out.append(jax.tree.map(lambda x: x[:, :, None], readout(hidden_BPD, step)))
   return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=2), *steps_out)
 
 
@@ -322,7 +327,7 @@ def _stream_rollout(params, tokens_BN, config, num_pauses, positions_BP, readout
   x_BTD = x_BNSD.reshape(batch, seq_len * num_steps, config.width)
   stream_positions_BT = jnp.broadcast_to(jnp.arange(seq_len * num_steps), (batch, seq_len * num_steps))
   stream_segments_BT = None if segment_ids is None else jnp.repeat(segment_ids, num_steps, axis=1)
-  hidden_BTD, _ = causal_forward(params, x_BTD, stream_positions_BT, config, stream_segments_BT)
+  hidden_BTD, _, _ = causal_forward(params, x_BTD, stream_positions_BT, config, stream_segments_BT)
   hidden_BNSD = hidden_BTD.reshape(batch, seq_len, num_steps, config.width)
   hidden_BPSD = jnp.take_along_axis(hidden_BNSD, positions_BP[..., None, None], axis=1)
   per_step = [readout(hidden_BPSD[:, :, step], step) for step in range(num_steps)]

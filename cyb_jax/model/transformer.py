@@ -122,12 +122,15 @@ def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config
   chain); it returns the attention output `[B, Q, H, Dh]` and what the caller wants back for that layer
   (the keys to cache, an updated chain). Whatever the config, the norms, q/k/v projections, rotary and
   the MLP's gated activations are recomputed in the backward pass from the residual stream (recompute.py);
-  with `config.remat` the whole layer is. Returns the final residual `[B, Q, D]` and the list of
-  per-layer outputs.
+  with `config.remat` the whole layer is. Returns the final residual `[B, Q, D]`, the list of per-layer
+  outputs, and the residual a following pause step reads through feedback `[B, Q, D]`: the output of
+  layer `config.pause_feedback_layer` (the final residual itself by default).
   """
   if layer_inputs is None:
     layer_inputs = [None] * config.num_layers
+  feedback_layer = config.pause_feedback_layer % config.num_layers
   outputs = []
+  feedback_BQD = None
   for index, (block_params, layer_input) in enumerate(zip(params["blocks"], layer_inputs)):
     block = Block(config, index)
     spec = config.layer_attention(index)
@@ -154,7 +157,9 @@ def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config
       layer = jax.checkpoint(layer)
     x_BQD, output = layer(block_params, x_BQD, layer_input)
     outputs.append(output)
-  return x_BQD, outputs
+    if index == feedback_layer:
+      feedback_BQD = x_BQD
+  return x_BQD, outputs, feedback_BQD
 
 
 # The parameters `Block.qkv` reads (those of the layer's options that are on).

@@ -159,6 +159,13 @@ def _initial_params(config: ml_collections.ConfigDict, settings: configuration.S
   return model_lib.extend_params(params, model_config, rng, dk_bias=dk_bias)
 
 
+def pause_fields(model_config: model_lib.ModelConfig) -> dict:
+  """What a source's kept pause parameters (`config.init_keep_pauses`) must agree on with this model: their
+  shapes, and the layer whose output the feedback projection reads (as a non-negative index)."""
+  return {"max_pauses": model_config.max_pauses, "pause_feedback": model_config.pause_feedback,
+          "pause_feedback_layer": model_config.pause_feedback_layer % model_config.num_layers}
+
+
 def _load_init_params(init_dir: str, model_config: model_lib.ModelConfig, keep_pauses: bool = False) -> Any:
   """The no-pause parameters of the run in `init_dir`, or with `keep_pauses` all of them.
 
@@ -186,8 +193,7 @@ def _load_init_params(init_dir: str, model_config: model_lib.ModelConfig, keep_p
           f"config.init_from: model {key} is {value} in {init_dir!r}, {wanted_shapes[key]} in this config")
   source.close()
   if keep_pauses:
-    theirs = {key: saved_shapes[key] for key in ("max_pauses", "pause_feedback")}
-    ours = {key: wanted_shapes[key] for key in ("max_pauses", "pause_feedback")}
+    theirs, ours = pause_fields(model_lib.ModelConfig(**saved)), pause_fields(model_config)
     if theirs["max_pauses"] == 0 or theirs != ours:
       raise configuration.ConfigError(
           f"config.init_keep_pauses: the checkpoint in {init_dir!r} has {theirs}, this config {ours}; "
