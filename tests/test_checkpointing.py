@@ -89,7 +89,9 @@ from helpers import tiny  # noqa: E402
 def _meta(process_count=1, **config):
   base = {"data": {"name": "pointer_chasing", "seq_len": None, "eval_examples": 1024},
           "train": {"batch_size": 8, "num_steps": 10}, "seed": 0, "num_pauses": 1,
-          "objective": {"name": "cyb_dp", "budget": 0.25, "gamma": 0.9}}
+          "objective": {"name": "cyb_dp", "budget": 0.25, "gamma": 0.9},
+          "model": {"pause_context": "private", "pause_feedback": True, "pause_feedback_layer": -1,
+                    "pause_reads_token": False, "dk_init_prob": 0.5}}
   for dotted, value in config.items():
     *parents, leaf = dotted.split("__")
     node = base
@@ -106,6 +108,14 @@ def _meta(process_count=1, **config):
     ({"objective__budget": 0.5}, "config.objective.budget is 0.5 here but 0.25 in the checkpoint"),
     ({"objective__name": "cyb_ap"}, "config.objective.name is 'cyb_ap' here but 'cyb_dp' in the checkpoint"),
     ({"process_count": 2}, "process count is 2 here but 1 in the checkpoint"),
+    ({"model__pause_feedback_layer": 0},
+     "config.model.pause_feedback_layer is 0 here but -1 in the checkpoint"),
+    ({"model__pause_feedback": False},
+     "config.model.pause_feedback is False here but True in the checkpoint"),
+    ({"model__pause_reads_token": True},
+     "config.model.pause_reads_token is True here but False in the checkpoint"),
+    ({"model__pause_context": "stream"},
+     "config.model.pause_context is 'stream' here but 'private' in the checkpoint"),
 ])
 def test_resuming_with_a_setting_that_changes_the_saved_states_meaning_is_refused(change, message):
   process_count = change.pop("process_count", 1)
@@ -116,7 +126,7 @@ def test_resuming_with_a_setting_that_changes_the_saved_states_meaning_is_refuse
 
 
 @pytest.mark.parametrize("change", [{"train__num_steps": 20}, {"objective__gamma": 0.5},
-                                    {"data__eval_examples": 64}])
+                                    {"data__eval_examples": 64}, {"model__dk_init_prob": 0.1}])
 def test_resuming_with_other_settings_changed_is_allowed(change):
   trainer.check_resumable(_meta(), _meta(**change), 40, "W")  # no error
 

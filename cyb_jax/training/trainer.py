@@ -244,7 +244,11 @@ class _Window:
 # each with its own iterator), and the objective's carried state (CYB-DP's dual cost and its budget).
 # Resuming with any of them changed would continue from a position or a cost that means something else.
 RESUME_SENSITIVE = ("data", "train.batch_size", "seed", "num_pauses", "objective.name", "objective.budget",
-                    "process_count")
+                    "process_count",
+                    # What the pause steps compute with the same parameter shapes (model_shape does not see
+                    # them): a resumed run would go on training a different rollout.
+                    "model.pause_context", "model.pause_feedback", "model.pause_feedback_layer",
+                    "model.pause_reads_token")
 # data.* fields that do not touch the training stream (eval-only, where it is read from, how fast).
 RESUME_FREE = ("data.eval_seed", "data.eval_examples", "data.tfds_eval_split", "data.tfds_data_dir",
                "data.read_threads", "data.prefetch_batches")
@@ -286,7 +290,8 @@ def check_resumable(saved_meta: dict, meta: dict, step: int, workdir: str) -> No
         what = "process count" if name == "process_count" else f"config.{name}"
         raise configuration.ConfigError(
             f"{what} is {new!r} here but {old!r} in the checkpoint (step {step}) in {workdir!r}: resuming "
-            f"would misread its saved data position or objective state; use {old!r} or a new --workdir")
+            f"would misread its saved data position or objective state, or change the pause rollout it was "
+            f"trained with; use {old!r} or a new --workdir")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
