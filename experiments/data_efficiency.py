@@ -139,7 +139,11 @@ GRID = {
     "cyb_ap": {"": {"objective.gamma": 0.9, "objective.omega": 0.1},
                "gamma.97": {"objective.gamma": 0.97, "objective.omega": 0.1},
                "warm.5": {"objective.gamma": 0.9, "objective.omega": 0.1, "model.dk_init_prob": 0.9,
-                          WARM_START: 0.5}},
+                          WARM_START: 0.5},
+               # A cheaper pause and no forced early answers (the AP counterpart of VA's anytime weight 0):
+               # a token pauses when its pause step's answer is 1% likelier, where gamma 0.9 asks for 11%.
+               "gamma.99,omega0,warm.5": {"objective.gamma": 0.99, "objective.omega": 0.0,
+                                          "model.dk_init_prob": 0.9, WARM_START: 0.5}},
     "cyb_va": {"": {"objective.prior_p": 0.7, "objective.beta": 0.1},
                "beta.03": {"objective.prior_p": 0.5, "objective.beta": 0.03},
                "beta.03,any.3": {"objective.prior_p": 0.5, "objective.beta": 0.03,
@@ -181,7 +185,8 @@ COMMON = {"optim.schedule": "constant"}
 # Grid entries trained only when --runs names them (levers tried on one setting, not part of a setting's
 # default grid): the warm-start fractions and anytime weights, CYB-AP warm, first-layer feedback.
 ON_REQUEST = frozenset({"cyb_va@beta.03,warm.25", "cyb_va@beta.03,warm.75", "cyb_va@beta.03,warm.5,any.3",
-                        "cyb_va@beta.03,warm.5,any0", "cyb_ap@warm.5", "cyb_va@beta.03,fb0"})
+                        "cyb_va@beta.03,warm.5,any0", "cyb_ap@warm.5", "cyb_va@beta.03,fb0",
+                        "cyb_ap@gamma.99,omega0,warm.5"})
 
 
 def parse_runs(text: str) -> tuple[str, ...]:
