@@ -140,10 +140,14 @@ GRID = {
                "gamma.97": {"objective.gamma": 0.97, "objective.omega": 0.1},
                "warm.5": {"objective.gamma": 0.9, "objective.omega": 0.1, "model.dk_init_prob": 0.9,
                           WARM_START: 0.5},
-               # A cheaper pause and no forced early answers (the AP counterpart of VA's anytime weight 0):
-               # a token pauses when its pause step's answer is 1% likelier, where gamma 0.9 asks for 11%.
+               # A cheaper pause and no forced early answers: a token pauses when its pause step's answer
+               # is 1% likelier, where gamma 0.9 asks for 11%. Then also without the anytime term (the AP
+               # counterpart of VA's anytime weight 0).
                "gamma.99,omega0,warm.5": {"objective.gamma": 0.99, "objective.omega": 0.0,
-                                          "model.dk_init_prob": 0.9, WARM_START: 0.5}},
+                                          "model.dk_init_prob": 0.9, WARM_START: 0.5},
+               "gamma.99,omega0,any0,warm.5": {"objective.gamma": 0.99, "objective.omega": 0.0,
+                                               "objective.anytime_weight": 0.0, "model.dk_init_prob": 0.9,
+                                               WARM_START: 0.5}},
     "cyb_va": {"": {"objective.prior_p": 0.7, "objective.beta": 0.1},
                "beta.03": {"objective.prior_p": 0.5, "objective.beta": 0.03},
                "beta.03,any.3": {"objective.prior_p": 0.5, "objective.beta": 0.03,
@@ -168,7 +172,13 @@ GRID = {
                                         WARM_START: 0.5},
                "beta.03,warm.5,any0": {"objective.prior_p": 0.5, "objective.beta": 0.03,
                                        "objective.anytime_weight": 0.0, "model.dk_init_prob": 0.9,
-                                       WARM_START: 0.5}},
+                                       WARM_START: 0.5},
+               # The same with the stream option (pauses are ordinary tokens, no feedback); its pause_ce
+               # half streams too. On 1-layer bytes a forced stream pause pays half of what feedback does.
+               "beta.03,warm.5,any0,stream": {"objective.prior_p": 0.5, "objective.beta": 0.03,
+                                              "objective.anytime_weight": 0.0, "model.dk_init_prob": 0.9,
+                                              "model.pause_context": "stream", "model.pause_feedback": False,
+                                              WARM_START: 0.5}},
     # A quarter of the loss tokens are 2-hop answers: a budget of 0.25 pauses per token can cover them.
     "cyb_dp": {"": {"objective.cost": 0.0, "objective.budget": 0.25, "objective.dual_lr": 0.05},
                "budget.5": {"objective.cost": 0.0, "objective.budget": 0.5, "objective.dual_lr": 0.05},
@@ -186,7 +196,8 @@ COMMON = {"optim.schedule": "constant"}
 # default grid): the warm-start fractions and anytime weights, CYB-AP warm, first-layer feedback.
 ON_REQUEST = frozenset({"cyb_va@beta.03,warm.25", "cyb_va@beta.03,warm.75", "cyb_va@beta.03,warm.5,any.3",
                         "cyb_va@beta.03,warm.5,any0", "cyb_ap@warm.5", "cyb_va@beta.03,fb0",
-                        "cyb_ap@gamma.99,omega0,warm.5"})
+                        "cyb_ap@gamma.99,omega0,warm.5", "cyb_ap@gamma.99,omega0,any0,warm.5",
+                        "cyb_va@beta.03,warm.5,any0,stream"})
 
 
 def parse_runs(text: str) -> tuple[str, ...]:
@@ -199,6 +210,18 @@ def parse_runs(text: str) -> tuple[str, ...]:
     else:
       runs.append(piece)
   return tuple(runs)
+
+
+def warm_start_run(overrides: dict, warm_steps: int) -> tuple[str, dict]:
+  """The pause_ce run a warm-started grid entry goes on from: (its directory name, its overrides).
+
+  It takes the entry's model options that decide what the pause steps compute (e.g. model.pause_context),
+  so the CYB part keeps the pause parameters of the same rollout; entries that agree on them share it.
+  model.dk_init_prob is left out: the CYB part re-initialises <dk> anyway.
+  """
+  model = {k: v for k, v in sorted(overrides.items()) if k.startswith("model.") and k != "model.dk_init_prob"}
+  name = f"pause_ce_first{warm_steps}" + "".join(f",{k[len('model.'):]}={v}" for k, v in model.items())
+  return name, {**OBJECTIVE_OVERRIDES["pause_ce"], **model}
 
 
 def run_name(objective: str, tag: str = "") -> str:
@@ -329,8 +352,9 @@ def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple
     finetune_from_pretrained(config, objective)
     seconds = 0.0
     if warm_steps:
-      warm_dir = os.path.join(run_root, f"pause_ce_first{warm_steps}")
-      warm = make_config(setting, "pause_ce", warm_steps, eval_every, quick)
+      warm_name, warm_overrides = warm_start_run(overrides, warm_steps)
+      warm_dir = os.path.join(run_root, warm_name)
+      warm = make_config(setting, "pause_ce", warm_steps, eval_every, quick, warm_overrides)
       warm.seed = seed
       finetune_from_pretrained(warm, "pause_ce")
       trainer.train(warm, warm_dir)

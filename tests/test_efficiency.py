@@ -263,3 +263,16 @@ def test_runs_on_request_are_left_out_of_the_default_grid():
   assert default | experiment.ON_REQUEST == every
   # The first entry of each objective is its one run when a setting has no grid.
   assert [run for run, _, _ in experiment.all_runs(grid=False)] == ["ce", "pause_ce", "cyb_ap", "cyb_va", "cyb_dp"]
+
+
+def test_a_warm_start_goes_on_from_a_pause_ce_run_with_the_same_pause_rollout():
+  """Entries that differ only in objective settings share one pause_ce run; a model option that changes
+  what the pause steps compute (stream, feedback layer) gets its own, trained with that option."""
+  warm = _experiment().warm_start_run
+  assert warm({"objective.beta": 0.03, "model.dk_init_prob": 0.9, "warm_start": 0.5}, 900) == (
+      "pause_ce_first900", {})
+  assert warm({"objective.gamma": 0.99, "model.dk_init_prob": 0.9}, 900) == ("pause_ce_first900", {})
+  name, overrides = warm({"objective.beta": 0.03, "model.pause_feedback": False,
+                          "model.pause_context": "stream", "model.dk_init_prob": 0.9}, 450)
+  assert name == "pause_ce_first450,pause_context=stream,pause_feedback=False"
+  assert overrides == {"model.pause_context": "stream", "model.pause_feedback": False}
