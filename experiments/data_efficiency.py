@@ -193,7 +193,8 @@ GRID = {
 }
 COMMON = {"optim.schedule": "constant"}
 # Grid entries trained only when --runs names them (levers tried on one setting, not part of a setting's
-# default grid): the warm-start fractions and anytime weights, CYB-AP warm, first-layer feedback.
+# default grid): the warm-start fractions and anytime weights, CYB-AP warm and with a cheaper pause,
+# first-layer feedback, the stream option.
 ON_REQUEST = frozenset({"cyb_va@beta.03,warm.25", "cyb_va@beta.03,warm.75", "cyb_va@beta.03,warm.5,any.3",
                         "cyb_va@beta.03,warm.5,any0", "cyb_ap@warm.5", "cyb_va@beta.03,fb0",
                         "cyb_ap@gamma.99,omega0,warm.5", "cyb_ap@gamma.99,omega0,any0,warm.5",
@@ -215,11 +216,17 @@ def parse_runs(text: str) -> tuple[str, ...]:
 def warm_start_run(overrides: dict, warm_steps: int) -> tuple[str, dict]:
   """The pause_ce run a warm-started grid entry goes on from: (its directory name, its overrides).
 
-  It takes the entry's model options that decide what the pause steps compute (e.g. model.pause_context),
-  so the CYB part keeps the pause parameters of the same rollout; entries that agree on them share it.
-  model.dk_init_prob is left out: the CYB part re-initialises <dk> anyway.
+  It takes the entry's model options that decide what the pause steps compute (trainer.PAUSE_ROLLOUT_FIELDS,
+  e.g. model.pause_context), so the CYB part keeps the pause parameters of the same rollout; entries that
+  agree on them share it. model.dk_init_prob is left out: the CYB part re-initialises <dk> anyway.
+  Raises ValueError for any other model option (the pause_ce part would have to be told about it).
   """
-  model = {k: v for k, v in sorted(overrides.items()) if k.startswith("model.") and k != "model.dk_init_prob"}
+  rollout = {f"model.{field}" for field in trainer.PAUSE_ROLLOUT_FIELDS}
+  other = sorted(k for k in overrides if k.startswith("model.") and k not in rollout | {"model.dk_init_prob"})
+  if other:
+    raise ValueError(f"a warm-started grid entry may set only {sorted(rollout)} and model.dk_init_prob "
+                     f"among model options, not {other}")
+  model = {k: v for k, v in sorted(overrides.items()) if k in rollout}
   name = f"pause_ce_first{warm_steps}" + "".join(f",{k[len('model.'):]}={v}" for k, v in model.items())
   return name, {**OBJECTIVE_OVERRIDES["pause_ce"], **model}
 

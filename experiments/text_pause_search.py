@@ -77,18 +77,31 @@ def _stem(out_dir: str, quick: bool) -> str:
   return os.path.join(out_dir, "text_pause_search" + ("_quick" if quick else ""))
 
 
+def kept_results(path: str, families: tuple[str, ...], quick: bool) -> dict:
+  """The other families' rows of an earlier results JSON at `path` ({} if there is none), to be written
+  beside the families trained now. Raises SystemExit for an unknown or empty `families`, or for a JSON
+  measured with other steps or fine-tuning settings (its rows would sit under this run's header)."""
+  unknown = sorted(set(families) - set(FAMILIES))
+  if unknown or not families:
+    raise SystemExit(f"--families: unknown {unknown or 'none given'}; known: {list(FAMILIES)}")
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    old = json.load(f)
+  measured = {"quick": quick, "steps": QUICK_STEPS if quick else STEPS, "finetune": FINETUNE}
+  for key, value in measured.items():
+    if old.get(key) != value:
+      raise SystemExit(f"{path} was measured with {key} = {old.get(key)!r}, not {value!r}: train every "
+                       "family (--families left out) into a new --out")
+  return {name: rows for name, rows in old["results"].items() if name not in families}
+
+
 def run(quick: bool, out_dir: str, families: tuple[str, ...] = tuple(FAMILIES)) -> dict:
   """Trains `families` (names in FAMILIES) and writes the results, keeping the rows of the other families
   from an earlier results JSON in `out_dir` (if any)."""
-  unknown = sorted(set(families) - set(FAMILIES))
-  if unknown:
-    raise SystemExit(f"--families: unknown {unknown}; known: {list(FAMILIES)}")
   steps = QUICK_STEPS if quick else STEPS
   root = os.path.join(ROOT, "runs", "text_pause_search" + ("_quick" if quick else ""))
-  results = {}
-  if os.path.exists(_stem(out_dir, quick) + ".json"):
-    with open(_stem(out_dir, quick) + ".json", encoding="utf-8") as f:
-      results = {name: old for name, old in json.load(f)["results"].items() if name not in families}
+  results = kept_results(_stem(out_dir, quick) + ".json", families, quick)
   for family_name in families:
     family = FAMILIES[family_name]
     family_dir = os.path.join(root, family_name.replace(" ", "_"))

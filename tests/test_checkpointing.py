@@ -141,6 +141,15 @@ def test_nested_settings_are_compared_leaf_by_leaf():
     trainer.check_resumable(saved, now, 40, "W")
 
 
+def test_a_checkpoint_older_than_a_pause_rollout_option_is_compared_as_its_default():
+  """A config written before model.pause_feedback_layer existed ran the ModelConfig default (-1)."""
+  old = _meta()
+  del old["config"]["model"]["pause_feedback_layer"]
+  trainer.check_resumable(old, _meta(model__pause_feedback_layer=-1), 40, "W")  # no error
+  with pytest.raises(configuration.ConfigError, match=r"^config\.model\.pause_feedback_layer is 0 here but -1"):
+    trainer.check_resumable(old, _meta(model__pause_feedback_layer=0), 40, "W")
+
+
 def test_a_checkpoint_older_than_a_setting_is_not_compared_on_it():
   old = _meta()
   del old["process_count"]

@@ -276,3 +276,37 @@ def test_a_warm_start_goes_on_from_a_pause_ce_run_with_the_same_pause_rollout():
                           "model.pause_context": "stream", "model.dk_init_prob": 0.9}, 450)
   assert name == "pause_ce_first450,pause_context=stream,pause_feedback=False"
   assert overrides == {"model.pause_context": "stream", "model.pause_feedback": False}
+  with pytest.raises(ValueError, match=r"not \['model.num_layers'\]"):
+    warm({"model.num_layers": 2, "model.dk_init_prob": 0.9}, 900)
+
+
+def test_every_warm_started_grid_entry_has_a_pause_ce_run_to_go_on_from():
+  experiment = _experiment()
+  warm = [(run, overrides) for run, _, overrides in experiment.all_runs(on_request=True)
+          if experiment.WARM_START in overrides]
+  assert len(warm) >= 3
+  for run, overrides in warm:
+    name, _ = experiment.warm_start_run(overrides, 100)  # raises for an option it cannot carry over
+    assert name.startswith("pause_ce_first100"), run
+
+
+def _text_pause_search():
+  _experiment()  # puts experiments/ on the path
+  import text_pause_search  # pylint: disable=g-import-not-at-top
+  return text_pause_search
+
+
+def test_text_pause_search_keeps_the_families_it_does_not_train(tmp_path):
+  search = _text_pause_search()
+  path = str(tmp_path / "search.json")
+  assert search.kept_results(path, ("1 layer",), quick=True) == {}  # no earlier JSON
+  earlier = {"quick": True, "steps": search.QUICK_STEPS, "finetune": search.FINETUNE,
+             "results": {"2 layers": {"pretrain_nll": 2.0}, "1 layer": {"pretrain_nll": 3.0}}}
+  (tmp_path / "search.json").write_text(json.dumps(earlier), encoding="utf-8")
+  assert search.kept_results(path, ("1 layer",), quick=True) == {"2 layers": {"pretrain_nll": 2.0}}
+  with pytest.raises(SystemExit, match="measured with quick = True, not False"):
+    search.kept_results(path, ("1 layer",), quick=False)
+  with pytest.raises(SystemExit, match=r"unknown \['3 layers'\]"):
+    search.kept_results(path, ("3 layers",), quick=True)
+  with pytest.raises(SystemExit, match="none given"):
+    search.kept_results(path, (), quick=True)

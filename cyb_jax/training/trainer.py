@@ -243,12 +243,12 @@ class _Window:
 # data-iterator position points (the data, the global batch, the shuffling seed, the number of processes,
 # each with its own iterator), and the objective's carried state (CYB-DP's dual cost and its budget).
 # Resuming with any of them changed would continue from a position or a cost that means something else.
+# The model options that decide what the pause steps compute (DESIGN.md section 3); model_shape sees only
+# pause_feedback's extra projection, not the others, so they are compared here: a resumed run would go on
+# training a different rollout.
+PAUSE_ROLLOUT_FIELDS = ("pause_context", "pause_feedback", "pause_feedback_layer", "pause_reads_token")
 RESUME_SENSITIVE = ("data", "train.batch_size", "seed", "num_pauses", "objective.name", "objective.budget",
-                    "process_count",
-                    # What the pause steps compute with the same parameter shapes (model_shape does not see
-                    # them): a resumed run would go on training a different rollout.
-                    "model.pause_context", "model.pause_feedback", "model.pause_feedback_layer",
-                    "model.pause_reads_token")
+                    "process_count", *(f"model.{field}" for field in PAUSE_ROLLOUT_FIELDS))
 # data.* fields that do not touch the training stream (eval-only, where it is read from, how fast).
 RESUME_FREE = ("data.eval_seed", "data.eval_examples", "data.tfds_eval_split", "data.tfds_data_dir",
                "data.read_threads", "data.prefetch_batches")
@@ -277,8 +277,11 @@ def _leaf_pairs(key: str, before, now) -> list:
 def check_resumable(saved_meta: dict, meta: dict, step: int, workdir: str) -> None:
   """Raises ConfigError naming the first setting in RESUME_SENSITIVE whose value differs between the
   checkpoint (`saved_meta`) and this run (`meta`), with both values. Settings a checkpoint predates are
-  not compared."""
+  not compared, except the pause-rollout model options: a config without one built the ModelConfig
+  default, so that is what it is compared as."""
   saved = {**saved_meta.get("config", {}), "process_count": saved_meta.get("process_count", _MISSING)}
+  defaults = {f.name: f.default for f in dataclasses.fields(model_lib.ModelConfig)}
+  saved["model"] = {**{field: defaults[field] for field in PAUSE_ROLLOUT_FIELDS}, **saved.get("model", {})}
   current = {**meta["config"], "process_count": meta["process_count"]}
   for key in RESUME_SENSITIVE:
     before, now = _lookup(saved, key), _lookup(current, key)
