@@ -328,7 +328,7 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
         raise ConfigError(f"config.data.seq_len = {info.seq_len} with data.eval_fraction = "
                           f"{data.eval_fraction}: {error}") from None
   _require(num_pauses <= model.max_pauses, "num_pauses",
-           f"= {num_pauses} exceeds config.model.max_pauses = {model.max_pauses}")
+           f"= {num_pauses} exceeds config.model.max_pauses = {model.max_pauses} (raise that too)")
   objective = objective_settings(config, num_pauses)
 
   train = config.train

@@ -141,6 +141,17 @@ def test_eval_writes_reports_that_match_an_independent_computation(trained, tmp_
   assert "## By difficulty" in markdown and "## Generated samples" in markdown
   assert "## Pauses by the model's step-0 entropy" in markdown
   assert len(report["samples"]) == 2
+  # A synthetic task's samples are answers alone (nothing after an answer is trained): the same answers
+  # and pauses sample.py's library gives for the same prompts.
+  from cyb_jax.inference import sampling  # pylint: disable=g-import-not-at-top
+  sampler = sampling.load_sampler(workdir)
+  prompts, labels = sampling.eval_prompts(sampler, 2)
+  records, _ = sampling.sample(sampler, prompts, sampling.Settings(max_new_tokens=1, tau=tau))
+  for sample, label, record in zip(report["samples"], labels, records):
+    assert sample.startswith(f"({label}) ..."), sample
+    answer = sample.split("|>")[1]
+    assert answer.replace("⏸", "").strip() == record["completion"].strip()
+    assert answer.count("⏸") == record["tokens"][0]["pauses"]
 
 
 def test_eval_cli_errors_name_the_problem(trained, tmp_path):

@@ -83,12 +83,58 @@ class TokenDisplay:
     return token_classes.row_classifier(self.pieces)
 
 
+def answer_prompts(data: data_pipeline.DataConfig, count: int) -> tuple[list[list[int]], list[str]]:
+  """Synthetic tasks: `count` eval examples cut right after a query, so the next token is a scored
+  answer, with each answer's difficulty label ("format" positions skipped). Fewer if the first `count`
+  eval examples hold fewer answers."""
+  names = data_pipeline.data_info(data).difficulty_names or {}
+  prompts, labels = [], []
+  batch = next(iter(data_pipeline.make_dataset(data, "eval", max(count, 1), seed=0)))
+  inputs = np.asarray(batch[example_lib.INPUTS])
+  mask = np.asarray(batch[example_lib.LOSS_MASK])
+  difficulty = np.asarray(batch.get(example_lib.DIFFICULTY, np.zeros_like(inputs)))
+  for row in range(inputs.shape[0]):
+    for position in np.nonzero(mask[row])[0]:
+      label = names.get(int(difficulty[row, position]), str(int(difficulty[row, position])))
+      if label == "format":
+        continue
+      prompts.append(inputs[row, :position + 1].tolist())
+      labels.append(label)
+      if len(prompts) == count:
+        return prompts, labels
+  return prompts, labels
+
+
+def _answer_samples(params, model_config: model_lib.ModelConfig, num_pauses: int, data, *,
+                    num_samples: int, policy: str, tau: float, q: float,
+                    display: TokenDisplay) -> list[str]:
+  """A synthetic task's samples: the answer alone after `answer_prompts` (what follows an answer is not
+  a trained target), each labelled with its difficulty."""
+  prompts, labels = answer_prompts(data, num_samples)
+  width = max(len(ids) for ids in prompts)
+  padded = np.zeros((len(prompts), width), np.int32)
+  for row, ids in enumerate(prompts):
+    padded[row, width - len(ids):] = ids
+  out = generate.generate(params, padded, model_config, num_tokens=1, num_pauses=num_pauses,
+                          policy=policy, tau=tau, q=q, prompt_lengths=[len(ids) for ids in prompts])
+  samples = []
+  for row, (ids, label) in enumerate(zip(prompts, labels)):
+    shown_prompt = "".join(display.pieces(np.asarray(ids))[-64:])
+    answer = report.render_sample(display.pieces(np.asarray(out.tokens[row])), np.asarray(out.pauses[row]))
+    samples.append(f"({label}) ...{shown_prompt}|>{answer}")
+  return samples
+
+
 def generate_samples(params, model_config: model_lib.ModelConfig, num_pauses: int, data, *,
                      num_samples: int, policy: str, tau: float, q: float,
                      display: TokenDisplay) -> list[str]:
-  """Continuations of the first eval examples' first halves, each pause marked."""
+  """Samples for the report, each pause marked: on text, continuations of the first eval examples'
+  first halves; on a synthetic task, answers to eval queries (`_answer_samples`)."""
   if num_samples <= 0:
     return []
+  if display.tokenizer is None:
+    return _answer_samples(params, model_config, num_pauses, data, num_samples=num_samples, policy=policy,
+                           tau=tau, q=q, display=display)
   batch = next(iter(data_pipeline.make_dataset(data, "eval", num_samples, seed=0)))
   seq_len = batch[example_lib.INPUTS].shape[1]
   prompt_len = max(1, seq_len // 2)

@@ -22,7 +22,6 @@ import numpy as np
 
 from cyb_jax import configuration
 from cyb_jax import model as model_lib
-from cyb_jax.data import example as example_lib
 from cyb_jax.data import pipeline as data_pipeline
 from cyb_jax.data import tokenizer as tokenizer_lib
 from cyb_jax.evaluation import eval_checkpoint
@@ -100,22 +99,7 @@ def eval_prompts(sampler: Sampler, count: int) -> tuple[list[list[int]], list[st
   Only the answers are trained targets; what a model writes after them is not, so a sample of a
   synthetic task is best the answer alone (sample.py generates one token for these prompts).
   """
-  names = data_pipeline.data_info(sampler.data).difficulty_names or {}
-  prompts, labels = [], []
-  batch = next(iter(data_pipeline.make_dataset(sampler.data, "eval", max(count, 1), seed=0)))
-  inputs = np.asarray(batch[example_lib.INPUTS])
-  mask = np.asarray(batch[example_lib.LOSS_MASK])
-  difficulty = np.asarray(batch.get(example_lib.DIFFICULTY, np.zeros_like(inputs)))
-  for row in range(inputs.shape[0]):
-    for position in np.nonzero(mask[row])[0]:
-      label = names.get(int(difficulty[row, position]), str(int(difficulty[row, position])))
-      if label == "format":
-        continue
-      prompts.append(inputs[row, :position + 1].tolist())
-      labels.append(label)
-      if len(prompts) == count:
-        return prompts, labels
-  return prompts, labels
+  return eval_checkpoint.answer_prompts(sampler.data, count)
 
 
 def stop_ids(sampler: Sampler, stops: Optional[Sequence[str]] = None) -> list[int]:
