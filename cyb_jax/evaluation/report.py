@@ -72,7 +72,7 @@ def _plot_halting(result: dict, path: str) -> None:
 def _plot_difficulty(result: dict, path: str) -> None:
   names = list(result["difficulty_tokens"])
   xs = range(len(names))
-  fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 3.8))
   left.bar(xs, [result["mean_pauses_by_difficulty"][n] for n in names], color="tab:orange")
   left.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
   left.set_ylabel("mean pauses per token")
@@ -89,7 +89,7 @@ def _plot_difficulty(result: dict, path: str) -> None:
   right.set_xticks([x + 0.4 for x in xs], names, rotation=30, ha="right", fontsize=8)
   right.set_ylabel("accuracy")
   right.set_ylim(0, 1.05)
-  right.legend(fontsize=7)
+  right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: bars reach 1.0
   right.set_title("Accuracy by difficulty")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -104,6 +104,9 @@ def _plot_tokens(highest: list, lowest: list, path: str) -> None:
   labels = [repr(name) for name, _, _ in rows]
   ax.barh(range(len(rows)), [p for _, p, _ in rows],
           color=["tab:red"] * len(highest) + ["tab:blue"] * len(lowest))
+  for i, (_, pauses, _) in enumerate(rows):  # the value beside each bar: a rate of 0 has no bar to see
+    ax.text(pauses, i, f" {pauses:.2f}", va="center", fontsize=7)
+  ax.set_xlim(0, 1.15 * max([p for _, p, _ in rows] + [0.01]))
   ax.set_yticks(range(len(rows)), labels, fontsize=8)
   ax.invert_yaxis()
   ax.set_xlabel("mean pauses before predicting this token")
@@ -143,10 +146,12 @@ def _plot_groups(result: dict, path: str) -> None:
     names = list(table)
     xs = range(len(names))
     ax.bar(xs, [table[n]["pause_rate"] for n in names], color="tab:orange", label="paused (fraction)")
+    for x, n in zip(xs, names):  # how many tokens each bar stands for (a bin of 1 token looks like any other)
+      ax.text(x, 1.0, f"{table[n]['tokens']}", ha="center", va="bottom", fontsize=6)
     ax.plot(xs, [table[n]["accuracy"] for n in names], "ks", label="accuracy (policy)")
     ax.set_xticks(xs, names, rotation=35, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_title(GROUP_TABLES[key][0].split(" (")[0], fontsize=9)
+    ax.set_title(GROUP_TABLES[key][0].split(" (")[0] + " (tokens above the bars)", fontsize=9, pad=12)
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -164,7 +169,8 @@ def _plot_steps(result: dict, path: str) -> None:
   twin.plot(steps, result["accuracy_at_step"], "s--", color="tab:green", label="accuracy")
   twin.set_ylabel("accuracy")
   ax.set_title("Quality at each step")
-  fig.legend(fontsize=8, loc="upper right")
+  lines = ax.get_lines() + twin.get_lines()
+  ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
