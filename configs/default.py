@@ -161,6 +161,9 @@ def get_config(task: str = "pointer_chasing") -> ml_collections.ConfigDict:
   config.train.eval_batches = 8         # batches of batch_size per periodic eval (0 = the whole split)
   config.train.checkpoint_every = 1000
   config.train.keep_checkpoints = 3
+  # The training data starts at this global batch of the seed's order, e.g. for the second half of
+  # a warm start continuing where its first half's data stopped (synthetic tasks and text files).
+  config.train.skip_batches = 0
 
   # Inference policy used for eval metrics during training and in the summary.
   config.eval = ml_collections.ConfigDict()

@@ -180,6 +180,11 @@ def init_keep_pauses(config: ml_collections.ConfigDict) -> bool:
   return bool(config.get("init_keep_pauses", False))
 
 
+def skip_batches(config: ml_collections.ConfigDict) -> int:
+  """`config.train.skip_batches`, or 0 (configs written before the option existed have no such key)."""
+  return int(config.train.get("skip_batches", 0))
+
+
 def init_from_hf(config: ml_collections.ConfigDict) -> str:
   """`config.init_from_hf`, or "" (configs written before the option existed have no such key)."""
   return str(config.get("init_from_hf", "") or "")
@@ -336,6 +341,9 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
               "keep_checkpoints"):
     _require(int(train[key]) >= 1, f"train.{key}", f"must be >= 1, got {train[key]}")
   _require(int(train.eval_batches) >= 0, "train.eval_batches", f"must be >= 0, got {train.eval_batches}")
+  _require(skip_batches(config) >= 0, "train.skip_batches", f"must be >= 0, got {skip_batches(config)}")
+  _require(not skip_batches(config) or data.name != data_pipeline.TFDS, "train.skip_batches",
+           "is not supported for TFDS data (each host packs documents at its own pace)")
   _require(train.batch_size % device_count == 0, "train.batch_size",
            f"= {train.batch_size} is not divisible by the device count {device_count}")
   _require(train.batch_size % process_count == 0, "train.batch_size",

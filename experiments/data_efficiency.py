@@ -135,6 +135,10 @@ OBJECTIVE_OVERRIDES = {
 # from whose parameters (pause ones included, `config.init_keep_pauses`) the CYB objective goes on.
 # DESIGN.md section 8: CYB then only has to learn when to stop, not how to use the pause step.
 WARM_START = "warm_start"
+# Another such key: True makes a warm start's CYB part read the training data after its pause_ce part's
+# (`train.skip_batches`), so the run sees as many distinct examples as the baselines; without it (the
+# entries measured first) the CYB part re-reads the pause_ce part's data from the beginning.
+WARM_CONTINUES = "warm_continues_data"
 GRID = {
     "cyb_ap": {"": {"objective.gamma": 0.9, "objective.omega": 0.1},
                "gamma.97": {"objective.gamma": 0.97, "objective.omega": 0.1},
@@ -173,6 +177,12 @@ GRID = {
                "beta.03,warm.5,any0": {"objective.prior_p": 0.5, "objective.beta": 0.03,
                                        "objective.anytime_weight": 0.0, "model.dk_init_prob": 0.9,
                                        WARM_START: 0.5},
+               # The warm starts above with the CYB part reading fresh data (WARM_CONTINUES).
+               "beta.03,warm.5,cont": {"objective.prior_p": 0.5, "objective.beta": 0.03,
+                                       "model.dk_init_prob": 0.9, WARM_START: 0.5, WARM_CONTINUES: True},
+               "beta.03,warm.5,any0,cont": {"objective.prior_p": 0.5, "objective.beta": 0.03,
+                                            "objective.anytime_weight": 0.0, "model.dk_init_prob": 0.9,
+                                            WARM_START: 0.5, WARM_CONTINUES: True},
                # The same with the stream option (pauses are ordinary tokens, no feedback); its pause_ce
                # half streams too. On 1-layer bytes a forced stream pause pays half of what feedback does.
                "beta.03,warm.5,any0,stream": {"objective.prior_p": 0.5, "objective.beta": 0.03,
@@ -189,15 +199,18 @@ GRID = {
                # Half the budget as pause_ce; <dk> restarts at 0.9, so CYB starts out pausing nearly
                # everywhere (the pause_ce model's step 0 is an intermediate state, not an answer).
                "warm.5": {"objective.cost": 0.0, "objective.budget": 0.25, "objective.dual_lr": 0.05,
-                          "model.dk_init_prob": 0.9, WARM_START: 0.5}},
+                          "model.dk_init_prob": 0.9, WARM_START: 0.5},
+               "warm.5,cont": {"objective.cost": 0.0, "objective.budget": 0.25, "objective.dual_lr": 0.05,
+                               "model.dk_init_prob": 0.9, WARM_START: 0.5, WARM_CONTINUES: True}},
 }
 COMMON = {"optim.schedule": "constant"}
 # Grid entries trained only when --runs names them (levers tried on one setting, not part of a setting's
 # default grid): the warm-start fractions and anytime weights, CYB-AP warm and with a cheaper pause,
-# first-layer feedback, the stream option.
+# first-layer feedback, the stream option, warm starts reading fresh data.
 ON_REQUEST = frozenset({"cyb_va@beta.03,warm.25", "cyb_va@beta.03,warm.75", "cyb_va@beta.03,warm.5,any.3",
                         "cyb_va@beta.03,warm.5,any0", "cyb_ap@warm.5", "cyb_va@beta.03,fb0",
                         "cyb_ap@gamma.99,omega0,warm.5", "cyb_ap@gamma.99,omega0,any0,warm.5",
+                        "cyb_va@beta.03,warm.5,cont", "cyb_va@beta.03,warm.5,any0,cont", "cyb_dp@warm.5,cont",
                         "cyb_va@beta.03,warm.5,any0,stream"})
 
 
@@ -354,7 +367,10 @@ def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple
     # steps and tokens count both parts, so it is compared at the same training data as the others.
     warm_steps = int(round(overrides.get(WARM_START, 0.0) * steps))
     config = make_config(setting, objective, steps * BASELINE_FACTOR.get(objective, 1) - warm_steps,
-                         eval_every, quick, {k: v for k, v in overrides.items() if k != WARM_START})
+                         eval_every, quick,
+                         {k: v for k, v in overrides.items() if k not in (WARM_START, WARM_CONTINUES)})
+    if warm_steps and overrides.get(WARM_CONTINUES):
+      config.train.skip_batches = warm_steps
     config.seed = seed
     finetune_from_pretrained(config, objective)
     seconds = 0.0

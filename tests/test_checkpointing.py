@@ -88,7 +88,7 @@ from helpers import tiny  # noqa: E402
 
 def _meta(process_count=1, **config):
   base = {"data": {"name": "pointer_chasing", "seq_len": None, "eval_examples": 1024},
-          "train": {"batch_size": 8, "num_steps": 10}, "seed": 0, "num_pauses": 1,
+          "train": {"batch_size": 8, "num_steps": 10, "skip_batches": 0}, "seed": 0, "num_pauses": 1,
           "objective": {"name": "cyb_dp", "budget": 0.25, "gamma": 0.9},
           "model": {"pause_context": "private", "pause_feedback": True, "pause_feedback_layer": -1,
                     "pause_reads_token": False, "dk_init_prob": 0.5}}
@@ -104,6 +104,7 @@ def _meta(process_count=1, **config):
 @pytest.mark.parametrize("change, message", [
     ({"data__seq_len": 64}, "config.data.seq_len is 64 here but None in the checkpoint"),
     ({"train__batch_size": 16}, "config.train.batch_size is 16 here but 8 in the checkpoint"),
+    ({"train__skip_batches": 900}, "config.train.skip_batches is 900 here but 0 in the checkpoint"),
     ({"seed": 3}, "config.seed is 3 here but 0 in the checkpoint"),
     ({"objective__budget": 0.5}, "config.objective.budget is 0.5 here but 0.25 in the checkpoint"),
     ({"objective__name": "cyb_ap"}, "config.objective.name is 'cyb_ap' here but 'cyb_dp' in the checkpoint"),

@@ -39,7 +39,7 @@ def train_error(config, workdir, monkeypatch) -> str:
     ({"data.name": "pointer_hunting"},
      r"^config\.data\.name must be one of \[.*'pointer_chasing'.*\], got 'pointer_hunting'$"),
     ({"num_pauses": -1}, r"^config\.num_pauses must be a non-negative integer, got -1$"),
-    ({"num_pauses": 3}, r"^config\.num_pauses = 3 exceeds config\.model\.max_pauses = 2$"),
+    ({"num_pauses": 3}, r"^config\.num_pauses = 3 exceeds config\.model\.max_pauses = 2 \(raise that too\)$"),
     ({"objective.budget": -0.5}, r"^config\.objective\.budget must be >= 0 \(or None\), got -0\.5$"),
     ({"objective.cost": -0.1}, r"^config\.objective\.cost must be >= 0, got -0\.1$"),
     ({"train.batch_size": 12},
@@ -50,8 +50,9 @@ def train_error(config, workdir, monkeypatch) -> str:
      r"^config\.optim\.schedule must be one of \('cosine', 'constant'\), got 'linear'$"),
     ({"eval.tau_sweep": (0.5, 1.0)},
      r"^config\.eval\.tau_sweep must hold thresholds in \(0, 1\), got \(0\.5, 1\.0\)$"),
+    ({"train.skip_batches": -2}, r"^config\.train\.skip_batches must be >= 0, got -2$"),
 ], ids=["objective", "task", "negative_num_pauses", "num_pauses_above_max", "negative_budget",
-        "negative_cost", "batch_vs_devices", "too_many_devices", "schedule", "tau_sweep"])
+        "negative_cost", "batch_vs_devices", "too_many_devices", "schedule", "tau_sweep", "skip_batches"])
 def test_bad_config_is_a_one_line_error_before_compiling(overrides, pattern, tmp_path, monkeypatch):
   message = train_error(tiny(overrides=overrides), tmp_path / "run", monkeypatch)
   assert re.search(pattern, message), message

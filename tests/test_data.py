@@ -326,6 +326,45 @@ def test_hosts_rows_side_by_side_are_the_one_process_batch(config, split, tmp_pa
   assert len(set(row_keys(one))) == 18  # 18 different rows: the comparison is not between copies
 
 
+@pytest.mark.parametrize("config", [{"name": "addition", "task": {"num_digits": 3}}, "text"])
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_skipping_batches_starts_later_in_the_same_order(config, process_count, tmp_path):
+  """A run with skip_batches = 5 reads global batches 5, 6, ... of the order a run without it reads
+  (a warm start's second half continues its first half's data), on every host."""
+  if config == "text":
+    config = {"name": "text_file", "seq_len": 16,
+              "text_path": write_text(tmp_path, "t.txt", random_text(3000, seed=2))}
+  for p in range(process_count):
+    kwargs = {"batch_size": 4, "seed": 3, "process_index": p, "process_count": process_count}
+    whole = take(iter(data.make_dataset(config, "train", **kwargs)), 8)
+    later = take(iter(data.make_dataset(config, "train", skip_batches=5, **kwargs)), 3)
+    for step in range(3):
+      assert_batches_equal([later[step]], [whole[5 + step]])
+    assert len(set(row_keys(whole[:5] + later))) == 8 * 4 // process_count  # no batch read twice
+
+
+def test_a_skipped_stream_resumes_from_its_saved_state():
+  """Resuming a run with skip_batches restores its iterator's position within the skipped stream."""
+  config = {"name": "pointer_chasing"}
+  iterator = iter(data.make_dataset(config, "train", batch_size=3, seed=4, skip_batches=7))
+  take(iterator, 2)
+  state = json.loads(json.dumps(iterator.get_state()))
+  expected = take(iterator, 3)
+  resumed = iter(data.make_dataset(config, "train", batch_size=3, seed=4, skip_batches=7))
+  resumed.set_state(state)
+  assert_batches_equal(take(resumed, 3), expected)
+  whole = take(iter(data.make_dataset(config, "train", batch_size=3, seed=4)), 12)
+  assert_batches_equal(expected, whole[9:12])
+
+
+def test_skipping_batches_is_refused_where_it_has_no_meaning():
+  for split, config in [("eval", {"name": "set_sum"}), ("train", {"name": "tfds", "tfds_name": "lm1b"})]:
+    with pytest.raises(ValueError, match="only for the train split of a synthetic task or text file"):
+      data.make_dataset(config, split, batch_size=4, skip_batches=2)
+  with pytest.raises(ValueError, match="must be >= 0"):
+    data.make_dataset({"name": "set_sum"}, "train", batch_size=4, skip_batches=-1)
+
+
 def test_synthetic_eval_is_finite_padded_and_shared_across_hosts():
   config = {"name": "set_sum", "eval_examples": 10, "eval_seed": 1}
   source = data.make_source(config, "eval")

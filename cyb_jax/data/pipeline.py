@@ -243,7 +243,7 @@ class _PaddedSource:
 
 
 def make_dataset(config_like, split: str, batch_size: int, seed: int = 0,
-                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+                 process_index: int = 0, process_count: int = 1, skip_batches: int = 0) -> grain.IterDataset:
   """Batches of ``split`` for host ``process_index`` of ``process_count``.
 
   Args:
@@ -251,6 +251,8 @@ def make_dataset(config_like, split: str, batch_size: int, seed: int = 0,
     split: "train" (infinite, shuffled by ``seed``) or "eval" (finite, deterministic).
     batch_size: global batch size B; each host gets B // process_count rows.
     seed: run seed, in [0, 2**32): shuffling and synthetic train examples.
+    skip_batches: "train" only: start at global batch `skip_batches` of the same order (the batches
+      another run with this seed already read); not for TFDS, whose hosts pack documents at their own pace.
 
   Returns:
     grain.IterDataset of batch dicts (see example.py), arrays [B // process_count, N].
@@ -267,6 +269,9 @@ def make_dataset(config_like, split: str, batch_size: int, seed: int = 0,
   if not 0 <= seed < 2**32:
     raise ValueError(f"seed must be in [0, 2**32), got {seed}")
   host_batch = batch_size // process_count
+  if skip_batches < 0 or (skip_batches and (split != "train" or config.name == TFDS)):
+    raise ValueError(f"skip_batches = {skip_batches}: must be >= 0, and is only for the train split of a "
+                     "synthetic task or text file")
 
   if config.name == TFDS:
     # Documents are dealt out to hosts, each packing its own: hosts then advance through their documents
@@ -293,6 +298,7 @@ def make_dataset(config_like, split: str, batch_size: int, seed: int = 0,
   if config.name not in tasks.TASKS:
     # Per-epoch reshuffle: ShuffleMapDataset re-seeds by epoch as repeat runs past its end.
     dataset = dataset.shuffle(seed)
+  host_batches = slice(skip_batches * process_count + process_index, None, process_count)
   dataset = dataset.repeat().batch(host_batch, drop_remainder=True)[host_batches]
   return dataset.to_iter_dataset(read_options)
 

@@ -247,8 +247,8 @@ class _Window:
 # pause_feedback's extra projection, not the others, so they are compared here: a resumed run would go on
 # training a different rollout.
 PAUSE_ROLLOUT_FIELDS = ("pause_context", "pause_feedback", "pause_feedback_layer", "pause_reads_token")
-RESUME_SENSITIVE = ("data", "train.batch_size", "seed", "num_pauses", "objective.name", "objective.budget",
-                    "process_count", *(f"model.{field}" for field in PAUSE_ROLLOUT_FIELDS))
+RESUME_SENSITIVE = ("data", "train.batch_size", "train.skip_batches", "seed", "num_pauses", "objective.name",
+                    "objective.budget", "process_count", *(f"model.{field}" for field in PAUSE_ROLLOUT_FIELDS))
 # data.* fields that do not touch the training stream (eval-only, where it is read from, how fast).
 RESUME_FREE = ("data.eval_seed", "data.eval_examples", "data.tfds_eval_split", "data.tfds_data_dir",
                "data.read_threads", "data.prefetch_batches")
@@ -329,7 +329,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch_size = int(config.train.batch_size)
   train_data = iter(data_pipeline.make_dataset(
       settings.data, "train", batch_size, seed=int(config.seed), process_index=jax.process_index(),
-      process_count=jax.process_count()))
+      process_count=jax.process_count(), skip_batches=configuration.skip_batches(config)))
+  if configuration.skip_batches(config):
+    log.info("training data starts at global batch %d (train.skip_batches)", configuration.skip_batches(config))
   latest = checkpointer.latest_step()
   if latest is not None:
     saved_meta = checkpointer.meta_or_explain(latest)
