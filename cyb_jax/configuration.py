@@ -391,6 +391,14 @@ def model_shape(model: model_lib.ModelConfig) -> dict:
   return model_lib.parameter_shapes(model)
 
 
+def shape_differences(saved: model_lib.ModelConfig, current: model_lib.ModelConfig) -> str:
+  """The shape fields on which a checkpoint's model and a config's differ, as "model.width is 16 in the
+  checkpoint but 32 here; ..." ("" if none), for one-line errors that name what to change."""
+  before, now = model_shape(saved), model_shape(current)
+  return "; ".join(f"model.{key} is {before.get(key)!r} in the checkpoint but {now.get(key)!r} here"
+                   for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key))
+
+
 def as_json_dict(config: ml_collections.ConfigDict) -> dict:
   """The config as plain JSON types (for checkpoints and logs)."""
   def plain(value):

@@ -169,7 +169,8 @@ def test_eval_cli_errors_name_the_problem(trained, tmp_path):
     eval_checkpoint.evaluate_checkpoint(config, workdir, out_dir=str(a_file / "eval"), progress=False)
   wider = tiny_config.get_config()
   wider.model.width = 32
-  with pytest.raises(configuration.ConfigError, match="does not fit this config"):
+  with pytest.raises(configuration.ConfigError,
+                     match=r"does not fit this config: .*model\.width is 16 in the checkpoint but 32 here"):
     eval_checkpoint.evaluate_checkpoint(wider, workdir, progress=False)
 
   # Through the command line: one line on stderr, non-zero exit.

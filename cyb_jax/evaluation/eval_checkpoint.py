@@ -181,10 +181,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
   configuration.check_output_dir(out_dir, "eval output directory")  # before the evaluation, not after
   params, meta, step = load_params(workdir, step)
   saved_model = model_lib.ModelConfig(**meta["model"])
-  if configuration.model_shape(saved_model) != configuration.model_shape(settings.model):
-    raise configuration.ConfigError(
-        f"checkpoint {step} in {workdir!r} does not fit this config: checkpoint model "
-        f"{configuration.model_shape(saved_model)}, config {configuration.model_shape(settings.model)}")
+  differences = configuration.shape_differences(saved_model, settings.model)
+  if differences:
+    raise configuration.ConfigError(f"checkpoint {step} in {workdir!r} does not fit this config: {differences}")
   # The checkpoint knows its own architecture options; the config only chooses data and policy.
   model_config = dataclasses.replace(saved_model, max_len=max(saved_model.max_len, settings.model.max_len))
   saved_pauses = int(meta["config"].get("num_pauses", settings.num_pauses))

@@ -335,11 +335,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   latest = checkpointer.latest_step()
   if latest is not None:
     saved_meta = checkpointer.meta_or_explain(latest)
-    saved_shape = configuration.model_shape(model_lib.ModelConfig(**saved_meta["model"]))
-    if saved_shape != configuration.model_shape(model_config):
+    differences = configuration.shape_differences(model_lib.ModelConfig(**saved_meta["model"]), model_config)
+    if differences:
       raise configuration.ConfigError(
           f"work directory {workdir!r} holds a checkpoint (step {latest}) of a different model shape: "
-          f"{saved_shape} vs this config's {configuration.model_shape(model_config)}; use a new --workdir")
+          f"{differences}; use a new --workdir")
     check_resumable(saved_meta, meta, latest, workdir)
     state, _ = checkpointer.restore_or_explain(latest, state_spec, train_data)
     log.info("resumed from %s at step %d", checkpointer.directory, latest)
