@@ -247,7 +247,9 @@ class _Window:
 # pause_feedback's extra projection, not the others, so they are compared here: a resumed run would go on
 # training a different rollout.
 PAUSE_ROLLOUT_FIELDS = ("pause_context", "pause_feedback", "pause_feedback_layer", "pause_reads_token")
-RESUME_SENSITIVE = ("data", "train.batch_size", "train.skip_batches", "seed", "num_pauses", "objective.name",
+# In the order they are checked: the objective first, since changing it (e.g. --config=configs/ce.py into
+# an old work directory) changes num_pauses too, and the objective is what the user changed.
+RESUME_SENSITIVE = ("objective.name", "data", "train.batch_size", "train.skip_batches", "seed", "num_pauses",
                     "objective.budget", "process_count", *(f"model.{field}" for field in PAUSE_ROLLOUT_FIELDS))
 # data.* fields that do not touch the training stream (eval-only, where it is read from, how fast).
 RESUME_FREE = ("data.eval_seed", "data.eval_examples", "data.tfds_eval_split", "data.tfds_data_dir",
