@@ -252,3 +252,9 @@ def test_data_iterator_state_restores_from_both_layouts(tmp_path):
     np.testing.assert_array_equal(restored["w"], state["w"])
     np.testing.assert_array_equal(next(resumed)["inputs"], expected)
   assert not np.array_equal(next(_data_iterator(0))["inputs"], expected)  # the position matters
+
+
+def test_a_changed_objective_is_named_before_the_num_pauses_it_implies():
+  """configs/ce.py into a CYB run's work directory changes both; the objective is what the user changed."""
+  with pytest.raises(configuration.ConfigError, match=r"^config\.objective\.name is 'ce' here but 'cyb_dp'"):
+    trainer.check_resumable(_meta(), _meta(objective__name="ce", num_pauses=0), 40, "W")
