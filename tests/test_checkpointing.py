@@ -258,3 +258,11 @@ def test_a_changed_objective_is_named_before_the_num_pauses_it_implies():
   """configs/ce.py into a CYB run's work directory changes both; the objective is what the user changed."""
   with pytest.raises(configuration.ConfigError, match=r"^config\.objective\.name is 'ce' here but 'cyb_dp'"):
     trainer.check_resumable(_meta(), _meta(objective__name="ce", num_pauses=0), 40, "W")
+
+
+def test_the_last_feedback_layer_is_the_same_however_it_is_written():
+  saved, now = _meta(), _meta(model__pause_feedback_layer=1)
+  saved["model"] = now["model"] = {"num_layers": 2}
+  trainer.check_resumable(saved, now, 40, "W")  # -1 and 1 of 2 layers: no error
+  with pytest.raises(configuration.ConfigError, match=r"^config\.model\.pause_feedback_layer is 0 here but 1"):
+    trainer.check_resumable(saved, _meta(model__pause_feedback_layer=0) | {"model": {"num_layers": 2}}, 40, "W")

@@ -280,11 +280,18 @@ def check_resumable(saved_meta: dict, meta: dict, step: int, workdir: str) -> No
   """Raises ConfigError naming the first setting in RESUME_SENSITIVE whose value differs between the
   checkpoint (`saved_meta`) and this run (`meta`), with both values. Settings a checkpoint predates are
   not compared, except the pause-rollout model options: a config without one built the ModelConfig
-  default, so that is what it is compared as."""
+  default, so that is what it is compared as. The feedback layer is compared modulo each side's
+  num_layers (from the metas' "model", where present)."""
   saved = {**saved_meta.get("config", {}), "process_count": saved_meta.get("process_count", _MISSING)}
   defaults = {f.name: f.default for f in dataclasses.fields(model_lib.ModelConfig)}
   saved["model"] = {**{field: defaults[field] for field in PAUSE_ROLLOUT_FIELDS}, **saved.get("model", {})}
   current = {**meta["config"], "process_count": meta["process_count"]}
+  current["model"] = dict(current.get("model", {}))
+  # -1 and num_layers - 1 are the same feedback layer: compared as layer indices in [0, L).
+  for tree, model in ((saved, saved_meta.get("model")), (current, meta.get("model"))):
+    layer = tree["model"].get("pause_feedback_layer")
+    if isinstance(layer, int) and model and model.get("num_layers"):
+      tree["model"]["pause_feedback_layer"] = layer % int(model["num_layers"])
   for key in RESUME_SENSITIVE:
     before, now = _lookup(saved, key), _lookup(current, key)
     pairs = _leaf_pairs(key, before, now)
