@@ -1,13 +1,15 @@
 """Generate text from a checkpoint, with its pauses shown:
 
   python sample.py --workdir=DIR [--checkpoint=STEP] [--prompt="..." | --prompts_file=F.txt|F.jsonl
-      | --num_prompts=4] [--batch_size=N] [--max_new_tokens=64] [--output=OUT.jsonl] [--policy=threshold --tau=0.5] [--temperature=0.8
-      --top_k=40 --top_p=0.95 --seed=0] [--stop="<eos text>" | --stop=#ID ...]
+      | --num_prompts=4] [--batch_size=N] [--max_new_tokens=64] [--output=OUT.jsonl]
+      [--policy=threshold --tau=0.5] [--temperature=0.8 --top_k=40 --top_p=0.95 --seed=0]
+      [--stop="<eos text>" | --stop=#ID ...]
 
 Each completion is printed with ⏸ before a token once per pause it took (streamed as it is generated at
 batch size 1). Without a prompt, a synthetic task's run cuts `--num_prompts` eval examples right before
-their answers and generates the answers (prompts there are token ids separated by spaces). `--output` writes one JSON record per prompt, in
-prompt order: {"prompt", "completion", "tokens": [{"text", "pauses", "dk_probs"}, ...]}.
+their answers and generates the answers (prompts there are token ids separated by spaces). `--output`
+writes one JSON record per prompt, in prompt order:
+{"prompt", "completion", "tokens": [{"text", "pauses", "dk_probs"}, ...]}.
 See cyb_jax/inference/sampling.py.
 """
 

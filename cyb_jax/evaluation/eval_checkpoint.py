@@ -111,11 +111,7 @@ def _answer_samples(params, model_config: model_lib.ModelConfig, num_pauses: int
   """A synthetic task's samples: the answer alone after `answer_prompts` (what follows an answer is not
   a trained target), each labelled with its difficulty."""
   prompts, labels = answer_prompts(data, num_samples)
-  width = max(len(ids) for ids in prompts)
-  padded = np.zeros((len(prompts), width), np.int32)
-  for row, ids in enumerate(prompts):
-    padded[row, width - len(ids):] = ids
-  out = generate.generate(params, padded, model_config, num_tokens=1, num_pauses=num_pauses,
+  out = generate.generate(params, generate.left_pad(prompts), model_config, num_tokens=1, num_pauses=num_pauses,
                           policy=policy, tau=tau, q=q, prompt_lengths=[len(ids) for ids in prompts])
   samples = []
   for row, (ids, label) in enumerate(zip(prompts, labels)):
@@ -183,7 +179,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
   saved_model = model_lib.ModelConfig(**meta["model"])
   differences = configuration.shape_differences(saved_model, settings.model)
   if differences:
-    raise configuration.ConfigError(f"checkpoint {step} in {workdir!r} does not fit this config: {differences}")
+    raise configuration.ConfigError(
+        f"checkpoint {step} in {workdir!r} does not fit this config: {differences}")
   # The checkpoint knows its own architecture options; the config only chooses data and policy.
   model_config = dataclasses.replace(saved_model, max_len=max(saved_model.max_len, settings.model.max_len))
   saved_pauses = int(meta["config"].get("num_pauses", settings.num_pauses))

@@ -300,6 +300,16 @@ def _check_pause_arguments(num_pauses, config: model_lib.ModelConfig, policy: st
                      f"got {num_pauses}")
 
 
+def left_pad(prompts: Sequence[Sequence[int]]) -> np.ndarray:
+  """Ragged prompts (token ids) as the int32 `[B, T]` array `generate` takes with `prompt_lengths`: each
+  right-aligned, T the longest length, zeros before the shorter ones."""
+  width = max(len(ids) for ids in prompts)
+  padded = np.zeros((len(prompts), width), np.int32)
+  for row, ids in enumerate(prompts):
+    padded[row, width - len(ids):] = ids
+  return padded
+
+
 def generate(params, prompt: jax.Array, config: model_lib.ModelConfig, *, num_tokens: int,
              num_pauses: Optional[int] = None, policy: str = "threshold", tau: float = 0.5,
              q: float = 0.5, temperature: float = 0.0, rng: Optional[jax.Array] = None,

@@ -183,10 +183,7 @@ def sample(sampler: Sampler, prompts: Sequence[Sequence[int]], settings: Setting
   rng = jax.random.PRNGKey(settings.seed)
   for start in range(0, len(prompts), settings.batch_size):
     chunk = [list(p) for p in prompts[start:start + settings.batch_size]]
-    width = max(len(p) for p in chunk)
-    padded = np.zeros((len(chunk), width), np.int32)
-    for row, ids in enumerate(chunk):
-      padded[row, width - len(ids):] = ids
+    padded = generate.left_pad(chunk)
     callback = None
     if on_token is not None and len(chunk) == 1:
       _STREAM_TARGET[0] = on_token
