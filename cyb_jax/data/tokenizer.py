@@ -458,10 +458,13 @@ class HFTokenizer(Tokenizer):
   def __init__(self, path: str, add_bos: bool | None = None, *,
                tokenizer_config: Mapping[str, Any] | None = None,
                generation_config: Mapping[str, Any] | None = None,
-               model_config: Mapping[str, Any] | None = None):
+               model_config: Mapping[str, Any] | None = None,
+               tokenizer_json: str | None = None):
     tokenizers = _import_tokenizers()
     path = str(path)
-    if os.path.isdir(path):
+    if tokenizer_json is not None:  # built in memory (a GGUF file's vocabulary); `path` names its source
+      file_path = path
+    elif os.path.isdir(path):
       file_path = os.path.join(path, TOKENIZER_JSON)
       if tokenizer_config is None:
         tokenizer_config = _read_json(os.path.join(path, TOKENIZER_CONFIG))
@@ -471,10 +474,11 @@ class HFTokenizer(Tokenizer):
         model_config = _read_json(os.path.join(path, MODEL_CONFIG))
     else:
       file_path = path
-    if not os.path.isfile(file_path):
+    if tokenizer_json is None and not os.path.isfile(file_path):
       raise FileNotFoundError(f"no {TOKENIZER_JSON} at {file_path!r}")
     self.path = file_path
-    self._tokenizer = tokenizers.Tokenizer.from_file(file_path)
+    self._tokenizer = (tokenizers.Tokenizer.from_str(tokenizer_json) if tokenizer_json is not None
+                       else tokenizers.Tokenizer.from_file(file_path))
     self._tokenizer.no_truncation()
     self._tokenizer.no_padding()
     tok = self._tokenizer
@@ -532,7 +536,7 @@ class HFTokenizer(Tokenizer):
 
 
 def load_pretrained_tokenizer(directory: str, add_bos: bool | None = None) -> Tokenizer:
-  """The tokenizer of a Hugging Face model directory.
+  """The tokenizer of a Hugging Face model directory, or of a GGUF file (``gguf_tokenizer``).
 
   tokenizer.json if present (``HFTokenizer``), else tokenizer.model (``SentencePieceTokenizer``
   with the directory's tokenizer_config.json, generation_config.json, config.json).
@@ -542,6 +546,8 @@ def load_pretrained_tokenizer(directory: str, add_bos: bool | None = None) -> To
     FileNotFoundError: the directory holds neither file.
   """
   directory = str(directory)
+  if directory.lower().endswith(".gguf"):
+    return gguf_tokenizer(directory, add_bos)
   if os.path.isfile(os.path.join(directory, TOKENIZER_JSON)):
     return HFTokenizer(directory, add_bos)
   model_path = os.path.join(directory, SENTENCEPIECE_MODEL)
@@ -553,6 +559,21 @@ def load_pretrained_tokenizer(directory: str, add_bos: bool | None = None) -> To
         model_config=_read_json(os.path.join(directory, MODEL_CONFIG)))
   raise FileNotFoundError(f"no tokenizer in {directory!r}: expected {TOKENIZER_JSON} or "
                           f"{SENTENCEPIECE_MODEL}")
+
+
+def gguf_tokenizer(path: str, add_bos: bool | None = None) -> HFTokenizer:
+  """The tokenizer a GGUF file's metadata describes (``cyb_jax.pretrained.gguf_file``), as an
+  ``HFTokenizer`` under the same BOS/EOS rule as a Hugging Face directory: BOS is added iff the
+  file's ``tokenizer.ggml.add_bos_token`` says so; EOS is ``tokenizer.ggml.eos_token_id``.
+
+  Raises:
+    FileNotFoundError: no such file. ValueError: a tokenizer model or pre-tokenizer it does not know.
+  """
+  from cyb_jax.pretrained import gguf_file  # pylint: disable=import-outside-toplevel
+  checkpoint = gguf_file.open_gguf(path)
+  return HFTokenizer(path, add_bos, tokenizer_json=checkpoint.tokenizer_json(),
+                     tokenizer_config=checkpoint.tokenizer_config(),
+                     generation_config=checkpoint.generation_config(), model_config={})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -612,7 +633,8 @@ def make_tokenizer(name: str = "byte", path: str = "", add_bos: bool | None = No
 
   - "byte": ``ByteTokenizer`` (no path; add_bos None -> False).
   - "sentencepiece": a ``.model`` file, without config files (add_bos None -> False).
-  - "hf": a Hugging Face model directory (``load_pretrained_tokenizer``) or a tokenizer.json.
+  - "hf": a Hugging Face model directory or GGUF file (``load_pretrained_tokenizer``) or a
+    tokenizer.json.
   - "bpe": a tokenizer.json made by ``train_bpe_tokenizer``.
   ``add_bos``: None follows each tokenizer's rule; True/False overrides it.
 
@@ -640,7 +662,7 @@ def make_tokenizer(name: str = "byte", path: str = "", add_bos: bool | None = No
     raise FileNotFoundError(f"tokenizer={name!r}: no file or directory at {path!r}")
   if name == "bpe":
     return load_bpe_tokenizer(path, add_bos)
-  if os.path.isdir(path):
+  if os.path.isdir(path) or path.lower().endswith(".gguf"):
     return load_pretrained_tokenizer(path, add_bos)
   return HFTokenizer(path, add_bos)
 

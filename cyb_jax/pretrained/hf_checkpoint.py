@@ -1,8 +1,9 @@
-"""Loading a local Hugging Face checkpoint directory as cyb_jax parameters.
+"""Loading a local Hugging Face checkpoint directory, or a GGUF file, as cyb_jax parameters.
 
 `load_hf_checkpoint(directory)` reads `config.json` (`hf_config.py`) and the safetensors weights (one
 `model.safetensors`, or the shards a `model.safetensors.index.json` names, bfloat16 included) without
-torch, and returns a plain LM (`max_pauses` = 0) whose step-0 logits are the original model's:
+torch; `load_hf_checkpoint(FILE.gguf)` reads the same from a llama.cpp file (`gguf_file.py`: the config
+from its metadata, tensors dequantized and put into the Hugging Face layout). Both return a plain LM (`max_pauses` = 0) whose step-0 logits are the original model's:
 `model.rollout(params, tokens, config, 0)[..., 0, :V]`.
 
 Layouts (PRETRAINED.md): HF linear weights are `[out, in]`; ours are `[in, out]` split into heads:
@@ -27,12 +28,14 @@ import numpy as np
 from safetensors import safe_open
 
 from cyb_jax.model.config import ModelConfig
+from cyb_jax.pretrained import gguf_file
 from cyb_jax.pretrained.hf_config import model_config_from_hf, read_hf_config
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # Tensors some checkpoints carry that are not parameters (recomputed from the config).
-BUFFER_SUFFIXES = (".rotary_emb.inv_freq",)
+# (rope_freqs.weight: a GGUF file's Llama 3 RoPE divisors, read into the config by gguf_file.py.)
+BUFFER_SUFFIXES = (".rotary_emb.inv_freq", "rope_freqs.weight")
 
 # place(path, array) -> the array where it belongs (e.g. on its sharding); path is like "blocks/0/q_proj/kernel".
 Place = Callable[[str, np.ndarray], Any]
@@ -62,31 +65,65 @@ def _weight_files(directory: str) -> dict[str, str]:
                           + (f" (found {others}; only safetensors are read)" if others else ""))
 
 
-class _Reader:
-  """Reads tensors by name from the checkpoint's files, each file opened once, and records what it read."""
+class _SafetensorsSource:
+  """The tensors of a checkpoint directory's safetensors files, each file opened once."""
 
-  def __init__(self, files: dict[str, str], stack: contextlib.ExitStack):
-    self.files = files
-    self.used: set[str] = set()
+  def __init__(self, directory: str, stack: contextlib.ExitStack):
+    self.files = _weight_files(directory)
     self._stack = stack
     self._handles: dict[str, Any] = {}
 
-  def has(self, name: str) -> bool:
-    return name in self.files
-
-  def read(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The tensor `name` as float32 numpy; ValueError if it is missing or not of `shape`."""
-    if name not in self.files:
-      raise ValueError(f"checkpoint tensor {name!r} is missing (expected shape {shape})")
+  def _handle(self, name: str):
     path = self.files[name]
     if path not in self._handles:
       self._handles[path] = self._stack.enter_context(safe_open(path, framework="np"))
-    tensor = self._handles[path].get_tensor(name)
-    if tuple(tensor.shape) != tuple(shape):
-      raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, the config implies "
+    return self._handles[path]
+
+  def tensor_names(self) -> list[str]:
+    return list(self.files)
+
+  def tensor_shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self._handle(name).get_slice(name).get_shape())
+
+  def tensor(self, name: str) -> np.ndarray:
+    return np.asarray(self._handle(name).get_tensor(name), np.float32)
+
+
+class _Reader:
+  """Reads tensors by Hugging Face name from a source (safetensors or GGUF), checking each shape before
+  converting it, and records what it read.
+
+  Names resolve as written, or without their `model.` prefix (a base-model export such as `LlamaModel`'s
+  `layers.0...`): both are valid exports of the same weights.
+  """
+
+  def __init__(self, source, where: str):
+    self.source = source
+    self.where = where
+    self.names = set(source.tensor_names())
+    self.used: set[str] = set()
+
+  def _resolve(self, name: str) -> Optional[str]:
+    if name in self.names:
+      return name
+    if name.startswith("model.") and name[len("model."):] in self.names:
+      return name[len("model."):]
+    return None
+
+  def has(self, name: str) -> bool:
+    return self._resolve(name) is not None
+
+  def read(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The tensor `name` as float32 numpy; ValueError if it is missing or not of `shape`."""
+    stored = self._resolve(name)
+    if stored is None:
+      raise ValueError(f"checkpoint tensor {name!r} is missing from {self.where} (expected shape {shape})")
+    found = tuple(self.source.tensor_shape(stored))
+    if found != tuple(shape):
+      raise ValueError(f"checkpoint tensor {stored!r} in {self.where} has shape {found}, the config implies "
                        f"{tuple(shape)}")
-    self.used.add(name)
-    return np.asarray(tensor, np.float32)
+    self.used.add(stored)
+    return self.source.tensor(stored)
 
 
 def _linear(reader: _Reader, name: str, out_features: int, in_features: int) -> np.ndarray:
@@ -155,12 +192,21 @@ def _set(tree: dict, path: str, value: Any) -> None:
   tree[leaf] = value
 
 
-def load_hf_checkpoint(directory: str, *, place: Optional[Place] = None,
+def read_pretrained_config(path: str) -> dict:
+  """The transformers `config.json` of a pretrained source: a Hugging Face directory's own file, or the
+  one a GGUF file's metadata describes (`gguf_file.GGUFCheckpoint.hf_config`)."""
+  if gguf_file.is_gguf(path):
+    return gguf_file.open_gguf(path).hf_config()
+  return read_hf_config(path)
+
+
+def load_hf_checkpoint(path: str, *, place: Optional[Place] = None,
                        **overrides) -> tuple[ModelConfig, dict]:
-  """(ModelConfig, params) of the Hugging Face checkpoint in `directory`, as a plain LM.
+  """(ModelConfig, params) of a pretrained checkpoint, as a plain LM.
 
   Args:
-    directory: holds config.json and model.safetensors or model.safetensors.index.json + its shards.
+    path: a Hugging Face directory (config.json and model.safetensors or model.safetensors.index.json +
+      its shards) or a llama.cpp GGUF file (`*.gguf`, dequantized tensor by tensor; `gguf_file.py`).
     place: called as `place(path, array)` on each parameter as soon as it is converted (float32 numpy),
       returning the array to keep, e.g. put on its sharding, so the whole model never exists twice on
       the host. Default: `jnp.asarray` (the default device).
@@ -169,23 +215,30 @@ def load_hf_checkpoint(directory: str, *, place: Optional[Place] = None,
   Returns:
     The config and a params pytree as `model.init` lays it out, float32.
   Raises:
-    ValueError naming an unsupported model_type or RoPE type, a missing, unmapped or misshapen tensor;
-    FileNotFoundError for a directory without config.json or safetensors weights.
+    ValueError naming an unsupported model_type, architecture, RoPE type or quantization type, a
+    missing, unmapped or misshapen tensor; FileNotFoundError for a path without config.json or weights.
   """
-  hf = read_hf_config(directory)
+  path = str(path)
   if overrides.get("max_pauses", 0):
     raise ValueError("load_hf_checkpoint returns a plain LM (max_pauses = 0); add pause parameters with "
                      "model.extend_params")
+  gguf = gguf_file.open_gguf(path) if gguf_file.is_gguf(path) else None
+  hf = gguf.hf_config() if gguf is not None else read_hf_config(path)
   config = model_config_from_hf(hf, **overrides)
   family = hf["model_type"]
-  place = place or (lambda path, array: jnp.asarray(array))
-  files = _weight_files(directory)
+  place = place or (lambda name, array: jnp.asarray(array))
   width, vocab = config.width, config.vocab_size
   params: dict = {"blocks": [{} for _ in range(config.num_layers)]}
   with contextlib.ExitStack() as stack:
-    reader = _Reader(files, stack)
-    embed = reader.read("model.embed_tokens.weight", (vocab, width))
-    if config.tie_embeddings and reader.has("lm_head.weight"):
+    source = gguf if gguf is not None else _SafetensorsSource(path, stack)
+    reader = _Reader(source, repr(path))
+    if config.tie_embeddings and not reader.has("model.embed_tokens.weight") and reader.has("lm_head.weight"):
+      # A de-duplicated tied export keeps the shared table under the head's name only.
+      embed_name = "lm_head.weight"
+    else:
+      embed_name = "model.embed_tokens.weight"
+    embed = reader.read(embed_name, (vocab, width))
+    if config.tie_embeddings and embed_name != "lm_head.weight" and reader.has("lm_head.weight"):
       # Some exports write the tied table twice; accept the copy only if it is one.
       if not np.array_equal(reader.read("lm_head.weight", (vocab, width)), embed):
         raise ValueError("tie_word_embeddings is true but lm_head.weight differs from "
@@ -193,18 +246,18 @@ def load_hf_checkpoint(directory: str, *, place: Optional[Place] = None,
     params["embed"] = place("embed", embed)
     del embed
     for layer in range(config.num_layers):
-      for path, array in _block_tensors(reader, config, family, layer):
-        _set(params["blocks"][layer], path, place(f"blocks/{layer}/{path}", array))
+      for name, array in _block_tensors(reader, config, family, layer):
+        _set(params["blocks"][layer], name, place(f"blocks/{layer}/{name}", array))
     params["final_norm"] = {"scale": place("final_norm/scale", reader.read("model.norm.weight", (width,)))}
     if not config.tie_embeddings:
       params["head"] = place("head", _linear(reader, "lm_head.weight", vocab, width))
-  unmapped = sorted(name for name in files
+  unmapped = sorted(name for name in reader.names
                     if name not in reader.used and not name.endswith(BUFFER_SUFFIXES))
   if unmapped:
     shown = ", ".join(repr(n) for n in unmapped[:5]) + (f" and {len(unmapped) - 5} more" if len(unmapped) > 5
                                                         else "")
-    raise ValueError(f"unmapped checkpoint tensor(s) {shown} in {directory!r}: not part of a "
-                     f"{family} model as its config.json describes it")
+    raise ValueError(f"unmapped checkpoint tensor(s) {shown} in {path!r}: not part of a "
+                     f"{family} model as its config describes it")
   return config, params
 
 
