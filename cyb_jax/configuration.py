@@ -190,6 +190,15 @@ def init_from_hf(config: ml_collections.ConfigDict) -> str:
   return str(config.get("init_from_hf", "") or "")
 
 
+def _check_pretrained_source(path: str) -> None:
+  """`config.init_from_hf` names a Hugging Face directory or an existing GGUF file."""
+  if pretrained.is_gguf(path):
+    _require(os.path.isfile(path), "init_from_hf", f"= {path!r}: no such GGUF file")
+  else:
+    _require(os.path.isdir(path), "init_from_hf", f"= {path!r} is neither a Hugging Face checkpoint "
+             "directory nor a .gguf file")
+
+
 def data_config(config: ml_collections.ConfigDict, workdir: Optional[str] = None,
                 write_files: bool = True) -> data_pipeline.DataConfig:
   """The data settings, validated; the tokenizer resolved to the file it reads.
@@ -217,12 +226,12 @@ def data_config(config: ml_collections.ConfigDict, workdir: Optional[str] = None
            f"must be one of {tokenizer_lib.KNOWN_TOKENIZERS}, got {data.tokenizer!r}")
   hf_dir = init_from_hf(config)
   if hf_dir:
-    _require(os.path.isdir(hf_dir), "init_from_hf", f"= {hf_dir!r} is not a directory")
+    _check_pretrained_source(hf_dir)
     _require(data.tokenizer == "hf", "data.tokenizer", f"must be 'hf' with config.init_from_hf (a pretrained "
              f"model reads its own tokenizer's ids), got {data.tokenizer!r}")
   if data.tokenizer == "hf" and not data_pipeline.tokenizer_path(data):
     _require(bool(hf_dir), "data.tokenizer_path", "is required for data.tokenizer='hf' (a Hugging Face "
-             "model directory), unless config.init_from_hf names one")
+             "model directory or GGUF file), unless config.init_from_hf names one")
     data = dataclasses.replace(data, tokenizer_path=hf_dir)
   if data.tokenizer == "bpe":
     _require(data.bpe_vocab_size >= tokenizer_lib.MIN_BPE_VOCAB, "data.bpe_vocab_size",
@@ -273,9 +282,9 @@ def _pretrained_model_config(config: ml_collections.ConfigDict, hf_dir: str,
                              info: data_pipeline.DataInfo) -> model_lib.ModelConfig:
   """The architecture of the checkpoint in `hf_dir`, with this config's pause and run options."""
   _require(not config.init_from, "init_from", "and config.init_from_hf are both set; choose one")
-  _require(os.path.isdir(hf_dir), "init_from_hf", f"= {hf_dir!r} is not a directory")
+  _check_pretrained_source(hf_dir)
   try:
-    hf = pretrained.read_hf_config(hf_dir)
+    hf = pretrained.read_pretrained_config(hf_dir)
     architecture = pretrained.model_config_from_hf(hf)
   except (OSError, ValueError) as error:
     raise ConfigError(f"config.init_from_hf: {error}") from None

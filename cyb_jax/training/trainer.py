@@ -133,8 +133,11 @@ def _initial_params(config: ml_collections.ConfigDict, settings: configuration.S
     place = pretrained.sharded_place(
         lambda path, shape: jax.sharding.NamedSharding(mesh, sharding.fsdp_spec(shape, fsdp)))
     run_options = {key: getattr(model_config, key) for key in configuration.RUN_MODEL_FIELDS}
-    plain_config, params = pretrained.load_hf_checkpoint(hf_dir, place=place, **{**run_options,
-                                                                                 "max_pauses": 0})
+    try:
+      plain_config, params = pretrained.load_hf_checkpoint(hf_dir, place=place, **{**run_options,
+                                                                                   "max_pauses": 0})
+    except (OSError, ValueError, ImportError) as error:  # a bad export: one line, not a traceback
+      raise configuration.ConfigError(f"config.init_from_hf: {error}") from None
     assert plain_config == dataclasses.replace(model_config, max_pauses=0)
     log.info("loaded the pretrained model in %s", hf_dir)
   else:
