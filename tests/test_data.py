@@ -716,7 +716,8 @@ def test_jsonl_documents_split_and_pack_by_hand(tmp_path):
   assert second["segment_ids"].tolist() == [1, 1, 1, 2]
   assert data.data_info(config).packed
   # The eval split is document 2 alone, "hi": 2 tokens, less than a window of 5, an error naming the file.
-  with pytest.raises(ValueError, match="d.jsonl: its eval split \\(1 documents\\) has 2 tokens, fewer than one window of 5"):
+  with pytest.raises(ValueError, match="d.jsonl: its eval split \\(1 documents\\) has 2 tokens, fewer than one "
+                                       "window of 5"):
     data.make_source(config, "eval")
 
 
@@ -752,7 +753,8 @@ def test_documents_with_bos_and_eos_by_hand(tmp_path):
       if window[i + 1] == 285:  # a BOS never is
         assert not example["loss_mask"][i]
   # Every EOS of the train stream is a target with loss exactly once per epoch.
-  eos_targets = sum(int(((e["targets"] == 286) & e["loss_mask"]).sum()) for e in (train[w] for w in range(len(train))))
+  examples = [train[w] for w in range(len(train))]
+  eos_targets = sum(int(((e["targets"] == 286) & e["loss_mask"]).sum()) for e in examples)
   assert eos_targets == sum(1 for i, t in enumerate(stream) if t == 286 and i < 5 * len(train))
 
 
@@ -822,7 +824,8 @@ def test_document_epochs_cover_every_window_once_across_hosts_and_resume(tmp_pat
   rows = [row for b in data.make_dataset(config, "eval", batch_size=8) for row in
           zip(b["inputs"], b["loss_mask"], b["segment_ids"])]
   real = [r for r in rows if r[1].any()]
-  assert [r[0].tobytes() for r in real] == [evaluation[w]["inputs"].tobytes() for w in range(len(evaluation))]
+  expected = [evaluation[w]["inputs"].tobytes() for w in range(len(evaluation))]
+  assert [r[0].tobytes() for r in real] == expected
   assert all((r[2] == 0).all() for r in rows if not r[1].any())
 
 
@@ -973,3 +976,13 @@ def test_special_token_text_in_a_text_file_is_plain_text(tmp_path):
   assert 267 not in tokens.tolist()
   with pytest.raises(data.text.DataFileError, match="t.txt, line 2: the text holds '<\\|endoftext\\|>'"):
     data.make_source({**config, "special_text": "error"}, "train")
+
+
+def test_tfds_records_spelling_a_special_token_stay_one_document():
+  directory = os.path.join(TOKENIZERS, "qwen_style")
+  tokenizer = data.load_pretrained_tokenizer(directory)
+  record = {"text": "ends <|endoftext|> not here"}
+  plain = tfds_text.TokenizeDocument(tokenizer, "text", max_tokens=64).map(record)["tokens"]
+  assert 267 not in plain.tolist() and tokenizer.decode(plain) == record["text"]
+  special = tfds_text.TokenizeDocument(tokenizer, "text", max_tokens=64, plain=False).map(record)["tokens"]
+  assert 267 in special.tolist()

@@ -238,4 +238,5 @@ def test_report_text_prompts_are_whole_characters_of_one_document():
   # Packed rows: only the document the prompt's last token lies in.
   batch["segment_ids"] = np.array([[1] * 3 + [2] * 13, [1] * 16], np.int32)
   prompts = eval_checkpoint.text_prompts(batch, 8, tokenizer_lib.ByteTokenizer())
-  assert [bytes(p).decode() for p in prompts] == ["er ", "ber 日"]  # row 0: positions 3-7, bytes "er " + 2 of 日
+  # Row 0: positions 3-7 are segment 2: "er " and 2 of 日's bytes.
+  assert [bytes(p).decode() for p in prompts] == ["er ", "ber 日"]

@@ -38,6 +38,9 @@ def test_a_resume_after_the_data_changed_is_refused_naming_the_file(tmp_path, mo
   corpus = tmp_path / "docs.jsonl"
   write_jsonl(corpus, TEXTS)
   workdir = str(tmp_path / "run")
+  # Rows pack documents: the train step reads their segment ids (as for TFDS), and so does eval.
+  settings = configuration.settings_from_config(docs_config(corpus, 2), device_count=8)
+  assert settings.data_info.packed and "segment_ids" in trainer.step_keys(settings.data_info)
   final = trainer.train(docs_config(corpus, 2), workdir)
   assert final["num_tokens"] > 0
   # The packed eval source through eval.py's path too: its report has text samples (prompts cut to one

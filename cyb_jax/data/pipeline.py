@@ -67,7 +67,9 @@ class DataConfig:
   text_field: str = "text"      # .jsonl: the field holding each document's text
   split_seed: int = 0           # documents: which are eval (text.split_documents)
   encoding: str = "utf-8"       # how text is decoded, strictly (the byte tokenizer reads a text file's bytes)
-  special_text: str = "plain"   # text spelling a special token: "plain" text (warned once), "special", "error"
+  # Text spelling a special token: "plain" text (warned once), "special" (the control token), "error";
+  # TFDS records: "plain" unless "special", without warning.
+  special_text: str = "plain"
   # TFDS: dataset prepared as ArrayRecord in tfds_data_dir (None = TFDS default dir).
   tfds_name: str = "lm1b"
   tfds_data_dir: str | None = None
@@ -344,7 +346,8 @@ def _tfds_dataset(config: DataConfig, split: str, batch_size: int, seed: int, ho
   if split == "train":
     documents = documents.shuffle(seed).repeat()
   documents = documents.map(tfds_text.TokenizeDocument(_tokenizer(config), config.tfds_text_field,
-                                                       max_tokens=seq_len + 1))
+                                                       max_tokens=seq_len + 1,
+                                                       plain=config.special_text != "special"))
   read_options = grain.ReadOptions(num_threads=config.read_threads,
                                    prefetch_buffer_size=config.prefetch_batches * host_batch)
   examples = tfds_text.pack_documents(documents.to_iter_dataset(read_options), seq_len,

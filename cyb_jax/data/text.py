@@ -33,11 +33,11 @@ nothing.
 **Reading.** Text is decoded strictly with ``encoding`` (UTF-8 by default): a byte that is not valid
 stops the run with a one-line ``DataFileError`` naming the file, the line, the byte offset and the
 encoding the bytes look like. The byte tokenizer reads one text file's raw bytes unless another encoding
-is set (the text is then re-encoded as UTF-8); documents are always decoded. Text that spells a special token of the tokenizer
-(``<|endoftext|>``, ``<s>``...) is encoded by ``special_text``: "plain" (default) as the ordinary
-characters it is, with one warning naming the file, line and token (a corpus that mentions a token must
-not inject a fake document boundary); "special" as the control token (corpora written in a chat
-template); "error" refuses it in one line.
+is set (the text is then re-encoded as UTF-8); documents are always decoded. Text that spells a special
+token of the tokenizer (``<|endoftext|>``, ``<s>``...) is encoded by ``special_text``: "plain" (default)
+as the ordinary characters it is, with one warning naming the file, line and token (a corpus that
+mentions a token must not inject a fake document boundary); "special" as the control token (corpora
+written in a chat template); "error" refuses it in one line.
 """
 
 from __future__ import annotations
