@@ -240,3 +240,8 @@ def test_report_text_prompts_are_whole_characters_of_one_document():
   prompts = eval_checkpoint.text_prompts(batch, 8, tokenizer_lib.ByteTokenizer())
   # Row 0: positions 3-7 are segment 2: "er " and 2 of 日's bytes.
   assert [bytes(p).decode() for p in prompts] == ["er ", "ber 日"]
+  # Padding (segment 0) after the documents, as TFDS packing leaves it: the last document before it.
+  batch["segment_ids"] = np.array([[1] * 5 + [0] * 11, [1] * 2 + [2] * 4 + [0] * 10], np.int32)
+  prompts = eval_checkpoint.text_prompts(batch, 8, tokenizer_lib.ByteTokenizer())
+  # Row 0: positions 0-4, "über". Row 1: positions 2-5 are bytes 3-6, "er " and 日's first byte.
+  assert [bytes(p).decode() for p in prompts] == ["über", "er "]

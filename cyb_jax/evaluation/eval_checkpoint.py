@@ -123,7 +123,7 @@ def _answer_samples(params, model_config: model_lib.ModelConfig, num_pauses: int
 
 def text_prompts(batch: dict, prompt_len: int, tokenizer) -> list[list[int]]:
   """The report's text prompts: each row's first `prompt_len` inputs (`batch` arrays `[B, N]`), kept to
-  the document their last token lies in (rows packing documents carry `segment_ids`), and cut at whole
+  the last document they reach (rows packing documents carry `segment_ids`; 0 is padding), and cut at whole
   characters at both ends (a byte-level cut can split a multi-byte character, which would show as U+FFFD
   and be a prompt no user writes). Returns B lists of token ids, each of length in [1, prompt_len]."""
   inputs = np.asarray(batch[example_lib.INPUTS])[:, :prompt_len]
@@ -133,7 +133,9 @@ def text_prompts(batch: dict, prompt_len: int, tokenizer) -> list[list[int]]:
     ids = inputs[row]
     if segments is not None:
       row_segments = np.asarray(segments)[row, :prompt_len]
-      ids = ids[row_segments == row_segments[-1]]  # segments rise along a row: one contiguous run
+      real = row_segments[row_segments > 0]  # 0: padding after a row's documents (TFDS packing)
+      if real.size:
+        ids = ids[row_segments == real[-1]]  # segments rise along a row: one contiguous run
     start, end = tokenizer_lib.trim_to_characters(tokenizer, ids)
     prompts.append([int(i) for i in ids[start:end]])
   return prompts
