@@ -7,6 +7,11 @@ shift every window and could move eval text into training. The fingerprint is, p
 file, the .jsonl file, or each *.txt of a folder), its size in bytes and the SHA-256 of its content:
 hashing runs at about 1 GB/s, far cheaper than the tokenisation the run does anyway, and, unlike a
 modification time, it survives copying the data to another machine. Synthetic and TFDS sources have none.
+
+A change is refused, not warned about: the run could not go on meaningfully (its saved position indexes
+windows of the old text, and with documents a changed file can move a document between the splits), and
+a warning scrolls past in a long log while the resumed curves look continuous. The way forward is
+explicit: restore the data, or start a new work directory from the old weights (`config.init_from`).
 """
 
 from __future__ import annotations
