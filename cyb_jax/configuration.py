@@ -6,8 +6,8 @@ bad command line fails in a second rather than after compilation or, worse, mid-
 
 from __future__ import annotations
 
-import dataclasses
 import codecs
+import dataclasses
 import difflib
 import functools
 import importlib.util
