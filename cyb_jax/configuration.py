@@ -6,6 +6,7 @@ bad command line fails in a second rather than after compilation or, worse, mid-
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import functools
@@ -20,6 +21,7 @@ from cyb_jax import losses
 from cyb_jax import model as model_lib
 from cyb_jax import pretrained
 from cyb_jax.data import pipeline as data_pipeline
+from cyb_jax.data import text as text_lib
 from cyb_jax.data import tokenizer as tokenizer_lib
 from cyb_jax.inference import policies
 from cyb_jax.training import train_state
@@ -218,10 +220,18 @@ def data_config(config: ml_collections.ConfigDict, workdir: Optional[str] = None
     _require(bool(data.text_path), "data.text_path", "is required for data.name='text_file'")
     _require(isinstance(data.eval_fraction, (int, float)) and 0.0 < data.eval_fraction < 1.0,
              "data.eval_fraction", f"must lie in (0, 1), got {data.eval_fraction!r}")
-    if not os.path.isfile(data.text_path):
-      raise ConfigError(f"config.data.text_path: no such file {data.text_path!r}")
-    if os.path.getsize(data.text_path) == 0:
+    if not os.path.isfile(data.text_path) and not os.path.isdir(data.text_path):
+      raise ConfigError(f"config.data.text_path: no such file or folder {data.text_path!r}")
+    if os.path.isfile(data.text_path) and os.path.getsize(data.text_path) == 0:
       raise ConfigError(f"config.data.text_path: file {data.text_path!r} is empty")
+    try:
+      codecs.lookup(data.encoding)
+    except (LookupError, TypeError):
+      raise ConfigError(f"config.data.encoding: unknown encoding {data.encoding!r}") from None
+    _require(data.special_text in text_lib.SPECIAL_TEXT_MODES, "data.special_text",
+             f"must be one of {text_lib.SPECIAL_TEXT_MODES}, got {data.special_text!r}")
+    _require(isinstance(data.text_field, str) and bool(data.text_field), "data.text_field",
+             f"must name a JSON field, got {data.text_field!r}")
   _require(data.tokenizer in tokenizer_lib.KNOWN_TOKENIZERS, "data.tokenizer",
            f"must be one of {tokenizer_lib.KNOWN_TOKENIZERS}, got {data.tokenizer!r}")
   hf_dir = init_from_hf(config)
@@ -245,6 +255,8 @@ def data_config(config: ml_collections.ConfigDict, workdir: Optional[str] = None
                f"'bpe': the run's tokenizer {trained!r} does not exist (was the run trained here?)")
       try:
         data = data_pipeline.prepare_tokenizer(data, workdir, write=write_files)
+      except text_lib.DataFileError as error:
+        raise ConfigError(f"config.data.text_path: {error}") from None
       except (OSError, ValueError) as error:
         raise ConfigError(f"config.data.tokenizer='bpe': {error}") from None
   path = data_pipeline.tokenizer_path(data)
@@ -338,6 +350,8 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
     for split in data_pipeline.SPLITS:
       try:
         data_pipeline.make_source(data, split)
+      except text_lib.DataFileError as error:
+        raise ConfigError(f"config.data.text_path: {error}") from None
       except ValueError as error:
         raise ConfigError(f"config.data.seq_len = {info.seq_len} with data.eval_fraction = "
                           f"{data.eval_fraction}: {error}") from None

@@ -91,7 +91,7 @@ def test_missing_or_empty_text_file_is_named(tmp_path, monkeypatch):
   missing = tmp_path / "nowhere" / "corpus.txt"
   config = tiny(overrides={"data.name": "text_file", "data.text_path": str(missing), "data.task": {}})
   message = train_error(config, tmp_path / "run", monkeypatch)
-  assert message == f"config.data.text_path: no such file {str(missing)!r}"
+  assert message == f"config.data.text_path: no such file or folder {str(missing)!r}"
 
   empty = tmp_path / "empty.txt"
   empty.write_bytes(b"")
@@ -184,6 +184,28 @@ def test_a_text_file_too_short_for_its_eval_split_fails_before_training(tmp_path
   message = train_error(config, tmp_path / "run", monkeypatch)
   assert message == (f"config.data.seq_len = 32 with data.eval_fraction = 0.1: text file {corpus}: its eval "
                      "split has 30 tokens, fewer than one window of 33")
+
+
+@pytest.mark.parametrize("content, overrides, expected", [
+    (b'{"text": "a first document"}\n{"text": "second\n', {},
+     "config.data.text_path: {path}, line 2: malformed JSON: Invalid control character at (column 17)"),
+    (b'{"text": "a first document"}\n{"body": "x"}\n', {},
+     "config.data.text_path: {path}, line 2: no field 'text' (fields: ['body']); set data.text_field"),
+    (b'{"text": "a first document"}\n{"text": "caf\xe9 au lait"}\n', {},
+     "config.data.text_path: {path}, line 2: not valid utf-8: byte 0xE9 at byte offset 42; it looks like "
+     "Latin-1 (ISO-8859-1): set data.encoding if it is meant to be read that way"),
+    (b'{"text": "a first document"}\n', {"data.encoding": "utf-9"},
+     "config.data.encoding: unknown encoding 'utf-9'"),
+    (b'{"text": "a first document"}\n', {"data.special_text": "drop"},
+     "config.data.special_text must be one of ('plain', 'special', 'error'), got 'drop'"),
+], ids=["malformed", "missing_field", "not_utf8", "unknown_encoding", "special_text"])
+def test_bad_documents_are_one_line_errors_before_compiling(content, overrides, expected, tmp_path,
+                                                           monkeypatch):
+  corpus = tmp_path / "docs.jsonl"
+  corpus.write_bytes(content)
+  config = tiny(overrides={"data.name": "text_file", "data.text_path": str(corpus), "data.task": {},
+                           "data.seq_len": 4, **overrides})
+  assert train_error(config, tmp_path / "run", monkeypatch) == expected.format(path=corpus)
 
 
 def test_a_work_directory_that_cannot_be_created_fails_before_anything(tmp_path, monkeypatch):

@@ -669,3 +669,320 @@ def test_loss_positions_list_every_loss_token(name, overrides):
         np.testing.assert_array_equal(np.sort(listed), np.flatnonzero(row_mask))
   with pytest.raises(ValueError, match="3 positions carry loss, more than the 2"):
     data.example.loss_positions(np.array([True, False, True, True]), 2)
+
+
+# ----------------------------------------------------------------------------------------
+# Documents: a .jsonl file or a folder of .txt files
+
+
+SOTU = "/work/shared/data/sotu.jsonl"
+TOKENIZERS = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizers")
+QWEN_STYLE = os.path.join(TOKENIZERS, "qwen_style")      # add_bos False, EOS <|endoftext|> = 267
+LLAMA3_STYLE = os.path.join(TOKENIZERS, "llama3_style")  # add_bos True, BOS 285, EOS 286
+
+
+def write_jsonl(tmp_path, name, texts, field="text"):
+  return write_text(tmp_path, name, "".join(json.dumps({field: t, "id": i}) + "\n"
+                                            for i, t in enumerate(texts)).encode("utf-8"))
+
+
+def whole_stream(source):
+  """The token stream a text source's windows tile (windows without BOS share one token)."""
+  return np.concatenate([stream_of(source[w])[:-1] for w in range(len(source))] +
+                        [source[len(source) - 1]["targets"][-1:]])
+
+
+def as_bytes(ids):
+  return bytes(int(i) for i in ids)
+
+
+def test_jsonl_documents_split_and_pack_by_hand(tmp_path):
+  # 4 documents, eval_fraction 0.25: E = max(1, round(4 * 0.25)) = 1 eval document, the first entry of
+  # default_rng(0).permutation(4) = [2, 0, 1, 3] (numpy's documented Generator): document 2, "hi".
+  path = write_jsonl(tmp_path, "d.jsonl", ["abc", "defg", "hi", "jklmn"])
+  config = {"name": "text_file", "text_path": path, "seq_len": 4, "eval_fraction": 0.25}
+  assert np.random.default_rng(0).permutation(4).tolist() == [2, 0, 1, 3]
+  train = data.make_source(config, "train")
+  assert train.documents.tolist() == [0, 1, 3]
+  # Bytes have no BOS (add_bos False) and no EOS: the train stream is "abc|defg|jklmn", 12 tokens, so
+  # (12 - 1) // 4 = 2 windows of 5 tokens sharing one: "abcde", "efgjk".
+  assert len(train) == 2
+  first, second = train[0], train[1]
+  assert as_bytes(first["inputs"]) == b"abcd" and as_bytes(first["targets"]) == b"bcde"
+  assert first["loss_mask"].tolist() == [True, True, False, True]   # c -> d crosses into document 1
+  assert first["segment_ids"].tolist() == [1, 1, 1, 2]
+  assert as_bytes(second["inputs"]) == b"efgj" and as_bytes(second["targets"]) == b"fgjk"
+  assert second["loss_mask"].tolist() == [True, True, False, True]  # g -> j: document 1 -> 3
+  assert second["segment_ids"].tolist() == [1, 1, 1, 2]
+  assert data.data_info(config).packed
+  # The eval split is document 2 alone, "hi": 2 tokens, less than a window of 5, an error naming the file.
+  with pytest.raises(ValueError, match="d.jsonl: its eval split \\(1 documents\\) has 2 tokens, fewer than one "
+                                       "window of 5"):
+    data.make_source(config, "eval")
+
+
+def test_documents_with_bos_and_eos_by_hand(tmp_path):
+  # A Llama 3-style tokenizer: each document is [BOS 285] + ids + [EOS 286].
+  tokenizer = data.load_pretrained_tokenizer(LLAMA3_STYLE)
+  texts = ["a b", "cd", "e", "fg h"]
+  path = write_jsonl(tmp_path, "d.jsonl", texts)
+  config = {"name": "text_file", "text_path": path, "seq_len": 5, "eval_fraction": 0.25,
+            "tokenizer": "hf", "tokenizer_path": LLAMA3_STYLE}
+  train = data.make_source(config, "train")
+  assert train.documents.tolist() == [0, 1, 3]  # eval: document 2 (see the test above)
+  stream, docs = [], []
+  for number, d in enumerate([0, 1, 3]):
+    ids = [285] + tokenizer.encode(texts[d]).tolist() + [286]
+    stream += ids
+    docs += [number] * len(ids)
+  # add_bos: window w is BOS + stream[5w : 5w + 5]; len(stream) // 5 windows.
+  assert len(train) == len(stream) // 5
+  for w in range(len(train)):
+    example = train[w]
+    body, body_docs = stream[5 * w:5 * w + 5], docs[5 * w:5 * w + 5]
+    starts_document = w == 0 or docs[5 * w - 1] != body_docs[0]
+    window = [285] + body
+    window_docs = [body_docs[0] - 1 if starts_document else body_docs[0]] + body_docs
+    assert example["inputs"].tolist() == window[:-1] and example["targets"].tolist() == window[1:]
+    for i in range(5):
+      same = window_docs[i] == window_docs[i + 1]
+      assert example["loss_mask"][i] == (same and window[i + 1] != 285), (w, i)
+      assert example["segment_ids"][i] == window_docs[i] - window_docs[0] + 1
+      if window[i + 1] == 286:  # an EOS is learnt, from its own document
+        assert example["loss_mask"][i]
+      if window[i + 1] == 285:  # a BOS never is
+        assert not example["loss_mask"][i]
+  # Every EOS of the train stream is a target with loss exactly once per epoch.
+  examples = [train[w] for w in range(len(train))]
+  eos_targets = sum(int(((e["targets"] == 286) & e["loss_mask"]).sum()) for e in examples)
+  assert eos_targets == sum(1 for i, t in enumerate(stream) if t == 286 and i < 5 * len(train))
+
+
+def test_folder_documents_are_the_txt_files_in_name_order(tmp_path):
+  folder = tmp_path / "docs"
+  folder.mkdir()
+  for name, text in [("b.txt", "defg"), ("a.txt", "abc"), ("d.txt", "jklmn"), ("c.txt", "hi"),
+                     ("notes.md", "ignored"), (".hidden", "ignored")]:
+    (folder / name).write_text(text)
+  config = {"name": "text_file", "text_path": str(folder), "seq_len": 4, "eval_fraction": 0.25}
+  train = data.make_source(config, "train")
+  # Sorted a, b, c, d = "abc", "defg", "hi", "jklmn": the same documents as the JSONL test above.
+  assert train.documents.tolist() == [0, 1, 3]
+  assert [as_bytes(train[w]["inputs"]) for w in range(len(train))] == [b"abcd", b"efgj"]
+  assert [train[w]["segment_ids"].tolist() for w in range(len(train))] == [[1, 1, 1, 2]] * 2
+
+
+def test_document_split_never_shares_a_document_and_follows_split_seed(tmp_path):
+  texts = [f"document {i:02d} " + "x" * i for i in range(20)]
+  path = write_jsonl(tmp_path, "d.jsonl", texts)
+  config = {"name": "text_file", "text_path": path, "seq_len": 8, "eval_fraction": 0.2}
+  splits = {}
+  for seed in (0, 1):
+    train = data.make_source({**config, "split_seed": seed}, "train")
+    evaluation = data.make_source({**config, "split_seed": seed}, "eval")
+    assert len(evaluation.documents) == 4 and len(train.documents) == 16  # round(20 * 0.2)
+    assert set(train.documents) | set(evaluation.documents) == set(range(20))
+    assert not set(train.documents) & set(evaluation.documents)
+    # Every eval window is text of eval documents only.
+    eval_text = "".join(texts[d] for d in evaluation.documents).encode()
+    for w in range(len(evaluation)):
+      assert as_bytes(stream_of(evaluation[w])) in eval_text
+    splits[seed] = evaluation.documents.tolist()
+  assert splits[0] != splits[1]
+  # At least one document on each side, whatever the fraction.
+  two = write_jsonl(tmp_path, "two.jsonl", ["first document", "second document"])
+  for fraction in (0.01, 0.99):
+    one = data.make_source({"name": "text_file", "text_path": two, "seq_len": 4,
+                            "eval_fraction": fraction}, "eval")
+    assert len(one.documents) == 1
+
+
+def test_document_epochs_cover_every_window_once_across_hosts_and_resume(tmp_path):
+  texts = [random_text(int(n), seed=i).decode() for i, n in enumerate(np.arange(30, 330, 20))]
+  path = write_jsonl(tmp_path, "d.jsonl", texts)
+  config = {"name": "text_file", "text_path": path, "seq_len": 16, "read_threads": 0}
+  source = data.make_source(config, "train")
+  windows = {source[w]["inputs"].tobytes() for w in range(len(source))}
+  per_epoch = len(source) // 8  # batches of 8 rows
+  for host in range(2):
+    iterator = iter(data.make_dataset(config, "train", batch_size=8, seed=3, process_index=host,
+                                      process_count=2))
+    batches = take(iterator, per_epoch)
+    assert all(b["segment_ids"].shape == (4, 16) for b in batches)
+    seen = [row.tobytes() for b in batches for row in b["inputs"]]
+    assert len(set(seen)) == len(seen) == per_epoch * 4 and set(seen) <= windows
+    state = json.loads(json.dumps(iterator.get_state()))
+    expected = take(iterator, 3)
+    resumed = iter(data.make_dataset(config, "train", batch_size=8, seed=3, process_index=host,
+                                     process_count=2))
+    resumed.set_state(state)
+    assert_batches_equal(take(resumed, 3), expected)
+  again = take(iter(data.make_dataset(config, "train", batch_size=8, seed=3)), 2)
+  assert_batches_equal(again, take(iter(data.make_dataset(config, "train", batch_size=8, seed=3)), 2))
+  # Eval: every window once, in order, rows carry segment ids (padding rows: segment 0, no loss).
+  evaluation = data.make_source(config, "eval")
+  rows = [row for b in data.make_dataset(config, "eval", batch_size=8) for row in
+          zip(b["inputs"], b["loss_mask"], b["segment_ids"])]
+  real = [r for r in rows if r[1].any()]
+  expected = [evaluation[w]["inputs"].tobytes() for w in range(len(evaluation))]
+  assert [r[0].tobytes() for r in real] == expected
+  assert all((r[2] == 0).all() for r in rows if not r[1].any())
+
+
+@pytest.mark.skipif(not os.path.exists(SOTU), reason="SOTU corpus not present")
+def test_sotu_splits_by_document_and_covers_every_document():
+  with open(SOTU, encoding="utf-8") as handle:
+    texts = [json.loads(line)["text"] for line in handle if line.strip()]
+  assert len(texts) == 233
+  config = {"name": "text_file", "text_path": SOTU, "seq_len": 512}
+  train, evaluation = data.make_source(config, "train"), data.make_source(config, "eval")
+  assert len(evaluation.documents) == 23 and len(train.documents) == 210  # round(233 * 0.1) = 23
+  assert sorted(train.documents.tolist() + evaluation.documents.tolist()) == list(range(233))
+  # Bytes: each split's stream is its documents' UTF-8 text end to end (no BOS, no EOS for bytes).
+  train_bytes = sum(len(texts[d].encode()) for d in train.documents)
+  assert len(train) == (train_bytes - 1) // 512
+  eval_text = b"".join(texts[d].encode() for d in evaluation.documents)
+  for w in (0, len(evaluation) // 2, len(evaluation) - 1):
+    start = w * 512
+    assert as_bytes(stream_of(evaluation[w])) == eval_text[start:start + 513]
+
+
+@pytest.mark.parametrize("content,problem", [
+    (b'{"text": "fine"}\n{"text": "broken\n', "line 2: malformed JSON"),
+    (b'{"text": "fine"}\n["a list"]\n', "line 2: expected a JSON object, got list"),
+    (b'{"text": "fine"}\n\n{"body": "x"}\n', "line 3: no field 'text'"),
+    (b'{"text": "fine"}\n{"text": 7}\n', "line 2: field 'text' holds int, not a string"),
+    (b'{"text": "fine"}\n{"text": "  "}\n', "line 2: field 'text' is an empty document"),
+    (b'{"text": "fine"}\n{"text": "caf\xe9"}\n', "line 2: not valid utf-8: byte 0xE9 at byte offset 30"),
+    (b'{"text": "only one"}\n', "1 document\\(s\\): at least 2 are needed"),
+])
+def test_jsonl_errors_are_one_line_naming_file_and_line(tmp_path, content, problem):
+  path = write_text(tmp_path, "bad.jsonl", content)
+  with pytest.raises(data.text.DataFileError, match=problem) as error:
+    data.make_source({"name": "text_file", "text_path": path, "seq_len": 2}, "train")
+  assert str(error.value).startswith(path) and "\n" not in str(error.value)
+
+
+def test_folder_errors_name_the_file(tmp_path):
+  folder = tmp_path / "docs"
+  folder.mkdir()
+  config = {"name": "text_file", "text_path": str(folder), "seq_len": 2}
+  with pytest.raises(data.text.DataFileError, match="a folder with no \\*.txt file"):
+    data.make_source(config, "train")
+  (folder / "a.txt").write_text("some text")
+  (folder / "b.txt").write_bytes(b"line one\nna\xefve\n")
+  with pytest.raises(data.text.DataFileError,
+                     match="b.txt, line 2: not valid utf-8: byte 0xEF at byte offset 11; it looks like Latin-1"):
+    data.make_source(config, "train")
+  (folder / "b.txt").write_text(" \n")
+  with pytest.raises(data.text.DataFileError, match="b.txt: empty document"):
+    data.make_source(config, "train")
+
+
+# ----------------------------------------------------------------------------------------
+# Encodings
+
+
+LATIN1_TEXT = "Caf\u00e9 cr\u00e8me, na\u00efve gar\u00e7on.\n" * 20
+
+
+def test_latin1_text_file_is_refused_with_hf_tokenizer_and_read_with_its_encoding(tmp_path):
+  raw = LATIN1_TEXT.encode("latin-1")
+  path = write_text(tmp_path, "latin.txt", raw)
+  config = {"name": "text_file", "text_path": path, "seq_len": 8, "tokenizer": "hf", "tokenizer_path": QWEN_STYLE}
+  # The first non-ASCII byte: "Caf" then 0xE9 at offset 3.
+  with pytest.raises(data.text.DataFileError,
+                     match="latin.txt, line 1: not valid utf-8: byte 0xE9 at byte offset 3; it looks like Latin-1"):
+    data.make_source(config, "train")
+  tokenizer = data.load_pretrained_tokenizer(QWEN_STYLE)
+  expected = tokenizer.encode(LATIN1_TEXT)  # the text as a str: no replacement character anywhere
+  assert tokenizer.decode(expected) == LATIN1_TEXT
+  source = data.make_source({**config, "encoding": "latin-1"}, "train")
+  cut = int(round(len(expected) * 0.9))
+  np.testing.assert_array_equal(stream_of(source[0]), expected[:9])
+  assert len(source) == (cut - 1) // 8
+
+
+def test_byte_tokenizer_reads_bytes_unless_an_encoding_is_set(tmp_path):
+  raw = LATIN1_TEXT.encode("latin-1")
+  path = write_text(tmp_path, "latin.txt", raw)
+  config = {"name": "text_file", "text_path": path, "seq_len": 8}
+  assert as_bytes(stream_of(data.make_source(config, "train")[0])) == raw[:9]
+  utf8 = LATIN1_TEXT.encode("utf-8")
+  assert as_bytes(stream_of(data.make_source({**config, "encoding": "latin-1"}, "train")[0])) == utf8[:9]
+
+
+def test_cp1252_bytes_are_named_as_such(tmp_path):
+  path = write_text(tmp_path, "quotes.txt", "\u201cquoted\u201d".encode("cp1252"))  # 0x93 ... 0x94
+  config = {"name": "text_file", "text_path": path, "seq_len": 2, "tokenizer": "hf", "tokenizer_path": QWEN_STYLE}
+  with pytest.raises(data.text.DataFileError, match="byte 0x93 at byte offset 0; it looks like Windows-1252"):
+    data.make_source(config, "train")
+
+
+def test_bpe_is_never_trained_on_damaged_text(tmp_path):
+  path = write_text(tmp_path, "latin.txt", LATIN1_TEXT.encode("latin-1"))
+  config = data.DataConfig(name="text_file", text_path=path, tokenizer="bpe", bpe_vocab_size=300)
+  with pytest.raises(data.text.DataFileError, match="byte offset 3"):
+    data.pipeline.prepare_tokenizer(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "tokenizer.json")
+  trained = data.pipeline.prepare_tokenizer(
+      data.DataConfig(name="text_file", text_path=path, tokenizer="bpe", bpe_vocab_size=300,
+                      encoding="latin-1"), str(tmp_path / "run"))
+  tokenizer = data.pipeline.configured_tokenizer(trained)
+  assert "\ufffd" not in tokenizer.decode(tokenizer.encode(LATIN1_TEXT))
+  assert tokenizer.decode(tokenizer.encode(LATIN1_TEXT)) == LATIN1_TEXT
+
+
+# ----------------------------------------------------------------------------------------
+# Text that spells a special token
+
+
+def test_special_token_text_in_documents(tmp_path, caplog):
+  # "<|endoftext|>" is the Qwen-style tokenizer's EOS (267): inside a document it must not end it.
+  texts = ["first doc", "a doc that mentions <|endoftext|> in its text", "third one", "fourth one"]
+  path = write_jsonl(tmp_path, "d.jsonl", texts)
+  config = {"name": "text_file", "text_path": path, "seq_len": 4, "eval_fraction": 0.25,
+            "tokenizer": "hf", "tokenizer_path": QWEN_STYLE}
+  tokenizer = data.load_pretrained_tokenizer(QWEN_STYLE)
+  assert tokenizer.eos_ids == (267,) and not tokenizer.add_bos
+  data.text._CACHE.clear()
+  with caplog.at_level("WARNING", logger="cyb_jax"):
+    train = data.make_source(config, "train")
+  assert train.documents.tolist() == [0, 1, 3]
+  stream = whole_stream(train)
+  # Document 0, its EOS, then document 1 up to the next 267, which must be its own EOS.
+  first = tokenizer.encode(texts[0]).tolist() + [267]
+  assert stream[:len(first)].tolist() == first
+  end = len(first) + stream[len(first):].tolist().index(267)
+  assert tokenizer.decode(stream[len(first):end]) == texts[1]
+  third = tokenizer.encode(texts[3]).tolist()
+  assert stream[end + 1:end + 1 + len(third)].tolist() == third[:len(stream) - end - 1]
+  warnings = [r.getMessage() for r in caplog.records if "special token" in r.getMessage()]
+  assert len(warnings) == 1 and "d.jsonl, line 2" in warnings[0] and "'<|endoftext|>'" in warnings[0]
+  # "special": the text is the control token, as transformers encodes it (a chat-formatted corpus).
+  special = data.make_source({**config, "special_text": "special"}, "train")
+  assert (whole_stream(special) == 267).sum() == (stream == 267).sum() + 1
+  # "error": refused in one line naming file, line and token.
+  with pytest.raises(data.text.DataFileError, match="d.jsonl, line 2: the text holds '<\\|endoftext\\|>'"):
+    data.make_source({**config, "special_text": "error"}, "train")
+
+
+def test_special_token_text_in_a_text_file_is_plain_text(tmp_path):
+  text = "line one\nthe end is <|endoftext|> here\n" * 10
+  path = write_text(tmp_path, "t.txt", text.encode())
+  config = {"name": "text_file", "text_path": path, "seq_len": 8, "tokenizer": "hf", "tokenizer_path": QWEN_STYLE}
+  source = data.make_source(config, "train")
+  tokens = np.concatenate([source[w]["inputs"] for w in range(len(source))])
+  assert 267 not in tokens.tolist()
+  with pytest.raises(data.text.DataFileError, match="t.txt, line 2: the text holds '<\\|endoftext\\|>'"):
+    data.make_source({**config, "special_text": "error"}, "train")
+
+
+def test_tfds_records_spelling_a_special_token_stay_one_document():
+  directory = os.path.join(TOKENIZERS, "qwen_style")
+  tokenizer = data.load_pretrained_tokenizer(directory)
+  record = {"text": "ends <|endoftext|> not here"}
+  plain = tfds_text.TokenizeDocument(tokenizer, "text", max_tokens=64).map(record)["tokens"]
+  assert 267 not in plain.tolist() and tokenizer.decode(plain) == record["text"]
+  special = tfds_text.TokenizeDocument(tokenizer, "text", max_tokens=64, plain=False).map(record)["tokens"]
+  assert 267 in special.tolist()

@@ -223,3 +223,25 @@ def test_sampling_a_synthetic_task_answers_its_eval_prompts(trained):
     sampling.encode_prompt(sampler, "three four")
   with pytest.raises(ValueError, match=r"outside \[0, 26\)"):
     sampling.encode_prompt(sampler, "3 99")
+
+
+def test_report_text_prompts_are_whole_characters_of_one_document():
+  # Byte-level rows: the report's prompts are the first half of each row (here 8 of 16 positions).
+  from cyb_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  row = "über 日本語 ok".encode()  # ü: bytes 0-1, "ber " 2-5, 日 6-8, 本 9-11
+  inputs = np.array([list(row[:16]), list(row[1:17])], np.int32)
+  batch = {"inputs": inputs}
+  prompts = eval_checkpoint.text_prompts(batch, 8, tokenizer_lib.ByteTokenizer())
+  # Row 0, bytes 0-7: "über " and 2 of 日's 3 bytes -> "über ". Row 1, bytes 1-8: ü's second byte, then
+  # "ber 日" -> "ber 日".
+  assert [bytes(p).decode() for p in prompts] == ["über ", "ber 日"]
+  # Packed rows: only the document the prompt's last token lies in.
+  batch["segment_ids"] = np.array([[1] * 3 + [2] * 13, [1] * 16], np.int32)
+  prompts = eval_checkpoint.text_prompts(batch, 8, tokenizer_lib.ByteTokenizer())
+  # Row 0: positions 3-7 are segment 2: "er " and 2 of 日's bytes.
+  assert [bytes(p).decode() for p in prompts] == ["er ", "ber 日"]
+  # Padding (segment 0) after the documents, as TFDS packing leaves it: the last document before it.
+  batch["segment_ids"] = np.array([[1] * 5 + [0] * 11, [1] * 2 + [2] * 4 + [0] * 10], np.int32)
+  prompts = eval_checkpoint.text_prompts(batch, 8, tokenizer_lib.ByteTokenizer())
+  # Row 0: positions 0-4, "über". Row 1: positions 2-5 are bytes 3-6, "er " and 日's first byte.
+  assert [bytes(p).decode() for p in prompts] == ["über", "er "]

@@ -128,3 +128,16 @@ def test_prompts_files_and_stop_tokens(runs, tmp_path):
                                sampling.Settings(max_new_tokens=8, stop_tokens=[ord(" ")], tau=TAU))
   texts = [t["text"] for t in records[0]["tokens"]]
   assert " " not in "".join(texts[:-1]) and (texts[-1] == " " or len(texts) == 8)
+
+
+def test_a_prompt_typed_with_its_bos_text_gets_one_bos():
+  # A Llama 3-style model starts every sequence with <|begin_of_text|> (285); a user who types it (as in a
+  # chat template) must not get it twice, and other special tokens in a prompt stay control tokens.
+  from cyb_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  directory = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizers", "llama3_style")
+  tokenizer = tokenizer_lib.load_pretrained_tokenizer(directory)
+  sampler = sampling.Sampler(params=None, model=None, num_pauses=0, data=None, tokenizer=tokenizer, step=0)
+  hello = tokenizer.encode("Hello").tolist()
+  assert sampling.encode_prompt(sampler, "Hello") == [285] + hello
+  assert sampling.encode_prompt(sampler, "<|begin_of_text|>Hello") == [285] + hello
+  assert sampling.encode_prompt(sampler, "Hello<|eot_id|>") == [285] + hello + [287]

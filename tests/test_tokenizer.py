@@ -352,3 +352,50 @@ def test_errors(tmp_path):
   assert not (tmp_path / "small.json").exists()
   with pytest.raises(FileNotFoundError, match="tokenizer.json"):
     tok_lib.HFTokenizer(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Text that spells special tokens; prompts that already hold BOS; cuts at character boundaries
+
+
+def test_plain_encoding_spells_special_tokens_out(gemma, llama3):
+  # SentencePiece: "<eos>" spelt out is exactly what the raw library gives (golden from sentencepiece).
+  gold = golden("gemma_spm")
+  case, raw = gold["cases"][-1], gold["raw_library"]["cases"][-1]
+  assert gemma.encode_plain(case["text"]).tolist() == raw["encode"]
+  assert gemma.encode(case["text"])[0] == 1  # encode still parses it, as AutoTokenizer does
+  # tokenizer.json: the special token's text becomes ordinary pieces that decode back to it.
+  text = "before <|begin_of_text|> after <|eot_id|>"
+  plain = llama3.encode_plain(text)
+  assert not set(plain.tolist()) & {285, 286, 287}
+  assert llama3.decode(plain) == text
+  assert set(llama3.encode(text).tolist()) >= {285, 287}
+  assert llama3.encode_plain("no specials here").tolist() == llama3.encode("no specials here").tolist()
+
+
+def test_find_special_text(llama3, gemma):
+  assert tok_lib.find_special_text(llama3, "a <|eot_id|> b <|begin_of_text|>") == (2, "<|eot_id|>")
+  assert tok_lib.find_special_text(llama3, "a < b and [c] <|not a token|>") is None
+  assert tok_lib.find_special_text(gemma, "x<eos>") == (1, "<eos>")
+  assert tok_lib.find_special_text(tok_lib.ByteTokenizer(), "<|endoftext|>") is None
+
+
+def test_text_starting_with_bos_text_gets_no_second_bos(llama3):
+  ids = llama3.encode_document("<|begin_of_text|>Hello")
+  assert ids.tolist() == [285] + llama3.encode("Hello").tolist()
+  assert llama3.encode_document("Hello").tolist() == [285] + llama3.encode("Hello").tolist()
+  # Plain text never holds the BOS id, so it does get one.
+  assert llama3.encode_document("<|begin_of_text|>Hello", plain=True)[0] == 285
+  assert (llama3.encode_document("<|begin_of_text|>Hello", plain=True) == 285).sum() == 1
+
+
+def test_trim_to_characters_on_bytes():
+  byte_level = tok_lib.ByteTokenizer()
+  raw = "über 日本語".encode()  # ü: 2 bytes (0-1); 日 本 語: 3 bytes each, at 6, 9, 12
+  assert len(raw) == 15
+  # Cut after the first byte of 本 (10 bytes) and from the second byte of ü: trimmed to " 日" ... "ber 日".
+  assert tok_lib.trim_to_characters(byte_level, list(raw[1:10])) == (1, 8)
+  assert bytes(raw[1:10][1:8]).decode() == "ber 日"
+  assert tok_lib.trim_to_characters(byte_level, list(raw[:11])) == (0, 9)  # 本 cut after 2 of 3 bytes
+  assert tok_lib.trim_to_characters(byte_level, list(raw)) == (0, 15)      # nothing to cut
+  assert tok_lib.trim_to_characters(byte_level, list(raw[6:7])) == (0, 1)  # never all of it

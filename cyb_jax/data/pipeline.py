@@ -28,6 +28,7 @@ import os
 from typing import Any, Mapping
 
 import grain
+import numpy as np
 
 from cyb_jax.data import example as example_lib
 from cyb_jax.data import synthetic
@@ -58,9 +59,17 @@ class DataConfig:
   task: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   eval_seed: int = 0            # synthetic eval set key, independent of the run seed
   eval_examples: int = 1024     # synthetic eval set size
-  # Text file: path, and the fraction of its tokens (at the end) held out for eval.
+  # Text file: path, and the fraction of its tokens (at the end) held out for eval. A .jsonl file or a
+  # folder of .txt files is read as documents (text.py): eval_fraction of the documents, chosen by
+  # split_seed, are held out, and rows pack documents with segment ids.
   text_path: str = ""
   eval_fraction: float = 0.1
+  text_field: str = "text"      # .jsonl: the field holding each document's text
+  split_seed: int = 0           # documents: which are eval (text.split_documents)
+  encoding: str = "utf-8"       # how text is decoded, strictly (the byte tokenizer reads a text file's bytes)
+  # Text spelling a special token: "plain" text (warned once), "special" (the control token), "error";
+  # TFDS records: "plain" unless "special", without warning.
+  special_text: str = "plain"
   # TFDS: dataset prepared as ArrayRecord in tfds_data_dir (None = TFDS default dir).
   tfds_name: str = "lm1b"
   tfds_data_dir: str | None = None
@@ -172,14 +181,26 @@ def prepare_tokenizer(config: DataConfig, workdir: str, *, write: bool = True) -
     if config.name != TEXT_FILE:
       raise ValueError("tokenizer='bpe' without tokenizer_path trains on a text file (data.name="
                        "'text_file'); for other sources train one first and set data.tokenizer_path")
-    with open(config.text_path, encoding="utf-8", errors="replace") as handle:
-      text = handle.read()
-    train_text = text[:int(round(len(text) * (1.0 - config.eval_fraction)))]
+    train_text = _bpe_training_text(config)
     os.makedirs(workdir, exist_ok=True)
     temporary = path + ".tmp"
     tokenizer_lib.train_bpe_tokenizer(train_text, config.bpe_vocab_size, temporary)
     os.replace(temporary, path)  # atomic: a crash never leaves a half-written tokenizer
   return dataclasses.replace(config, tokenizer_path=path)
+
+
+def _bpe_training_text(config: DataConfig) -> str:
+  """The text a run's BPE is trained on: a text file's first 1 - eval_fraction characters, or the train
+  documents joined by newlines; decoded strictly with `config.encoding`."""
+  if is_documents(config):
+    byte_level = tokenizer_lib.ByteTokenizer()  # reads the documents; its split is the one the run uses
+    documents = text_lib.read_documents(config.text_path, byte_level, text_field=config.text_field,
+                                        encoding=config.encoding, special_text="special")
+    train, _ = text_lib.split_documents(len(documents), config.eval_fraction, config.split_seed)
+    return "\n".join(documents[d].astype(np.uint8).tobytes().decode("utf-8") for d in train)
+  with open(config.text_path, "rb") as handle:
+    text = text_lib.decode_strict(handle.read(), config.encoding, config.text_path)
+  return text[:int(round(len(text) * (1.0 - config.eval_fraction)))]
 
 
 def _tokenizer(config: DataConfig):
@@ -195,7 +216,12 @@ def data_info(config_like=None) -> DataInfo:
     return DataInfo(task.vocab_size, task.seq_len, dict(task.difficulty_names),
                     loss_positions=min(task.max_loss_targets, task.seq_len))
   return DataInfo(_tokenizer(config).vocab_size, _text_seq_len(config), None,
-                  packed=config.name == TFDS)
+                  packed=config.name == TFDS or is_documents(config))
+
+
+def is_documents(config: DataConfig) -> bool:
+  """Whether the source is documents read from a .jsonl file or a folder (packed, with segment ids)."""
+  return config.name == TEXT_FILE and bool(config.text_path) and text_lib.is_documents(config.text_path)
 
 
 def make_source(config_like, split: str, seed: int = 0):
@@ -212,8 +238,14 @@ def make_source(config_like, split: str, seed: int = 0):
   if config.name == TEXT_FILE:
     if not config.text_path:
       raise ValueError("data source 'text_file' needs text_path")
+    if is_documents(config):
+      return text_lib.DocumentWindowSource(
+          config.text_path, _text_seq_len(config), split, config.eval_fraction, _tokenizer(config),
+          text_field=config.text_field, encoding=config.encoding, special_text=config.special_text,
+          split_seed=config.split_seed)
     return text_lib.TextWindowSource(config.text_path, _text_seq_len(config), split,
-                                     config.eval_fraction, _tokenizer(config))
+                                     config.eval_fraction, _tokenizer(config), encoding=config.encoding,
+                                     special_text=config.special_text)
   raise ValueError(f"data source {config.name!r} has no random-access source; "
                    "use make_dataset")
 
@@ -314,7 +346,8 @@ def _tfds_dataset(config: DataConfig, split: str, batch_size: int, seed: int, ho
   if split == "train":
     documents = documents.shuffle(seed).repeat()
   documents = documents.map(tfds_text.TokenizeDocument(_tokenizer(config), config.tfds_text_field,
-                                                       max_tokens=seq_len + 1))
+                                                       max_tokens=seq_len + 1,
+                                                       plain=config.special_text != "special"))
   read_options = grain.ReadOptions(num_threads=config.read_threads,
                                    prefetch_buffer_size=config.prefetch_batches * host_batch)
   examples = tfds_text.pack_documents(documents.to_iter_dataset(read_options), seq_len,

@@ -61,15 +61,19 @@ def record_text(record, text_field: str) -> str | bytes:
 
 
 class TokenizeDocument(grain.transforms.Map):
-  """record -> {"tokens": int32 [<= max_tokens]} = [BOS] + tokenizer(text), truncated."""
+  """record -> {"tokens": int32 [<= max_tokens]} = [BOS] + tokenizer(text), truncated. With ``plain``,
+  text that spells a special token is encoded as ordinary text (``Tokenizer.encode_plain``), so a record
+  that mentions "<|endoftext|>" does not end early."""
 
-  def __init__(self, tokenizer, text_field: str, max_tokens: int):
+  def __init__(self, tokenizer, text_field: str, max_tokens: int, plain: bool = True):
     self.tokenizer = tokenizer
     self.text_field = text_field
     self.max_tokens = int(max_tokens)
+    self.plain = bool(plain)
 
   def map(self, record):
-    tokens = self.tokenizer.encode(record_text(record, self.text_field))
+    text = record_text(record, self.text_field)
+    tokens = self.tokenizer.encode_plain(text) if self.plain else self.tokenizer.encode(text)
     if self.tokenizer.bos_id is not None:
       tokens = np.concatenate([np.asarray([self.tokenizer.bos_id], dtype=np.int32), tokens])
     return {_TOKENS: tokens[:self.max_tokens].astype(np.int32)}

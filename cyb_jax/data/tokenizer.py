@@ -5,8 +5,12 @@ Every tokenizer here has one interface (``Tokenizer``):
 - ``vocab_size``: every id it can produce is < vocab_size (added and special tokens included).
 - ``bos_id`` (or None), ``eos_ids`` (tuple, may be empty), ``add_bos`` (whether a document
   should start with BOS, as the model expects).
-- ``encode(text)`` -> int32 [n], the text's ids without any special token;
-  ``encode_document(text)`` -> [BOS] + encode(text) when ``add_bos``.
+- ``encode(text)`` -> int32 [n], the text's ids without any special token added (special-token
+  text in ``text``, e.g. "<|endoftext|>", becomes its control id, as transformers does);
+  ``encode_plain(text)`` the same with such text spelt out as ordinary text (what a corpus means);
+  ``special_texts``: the texts ``encode`` turns into control ids (``find_special_text`` finds one);
+  ``encode_document(text)`` -> [BOS] + encode(text) when ``add_bos`` (no second BOS if the
+  text already starts with it).
 - ``decode(ids)`` -> str, special tokens skipped, the run decoded as a whole.
 - ``token_text(id)`` -> how one token is shown to a person (never empty).
 
@@ -94,10 +98,20 @@ class Tokenizer(abc.ABC):
   def token_text(self, token_id: int) -> str:
     """One token as a person should see it in a table; never empty."""
 
-  def encode_document(self, text: str | bytes) -> np.ndarray:
-    """int32 [n (+1)]: [bos_id] + encode(text) if ``add_bos``, else encode(text)."""
-    ids = self.encode(text)
-    if not self.add_bos:
+  # Texts that `encode` turns into control ids; none unless a tokenizer says so.
+  special_texts: tuple[str, ...] = ()
+
+  def encode_plain(self, text: str | bytes) -> np.ndarray:
+    """int32 [n]: like ``encode``, but text that spells a special token (``special_texts``) is
+    encoded as the ordinary characters it is made of, never as the control id."""
+    return self.encode(text)
+
+  def encode_document(self, text: str | bytes, *, plain: bool = False) -> np.ndarray:
+    """int32 [n (+1)]: [bos_id] + ids if ``add_bos``, else ids, where ids = ``encode(text)``
+    (``encode_plain`` with ``plain``). Text that already starts with the BOS token's text (a prompt
+    typed as "<s>Hello") is not given a second BOS."""
+    ids = self.encode_plain(text) if plain else self.encode(text)
+    if not self.add_bos or (len(ids) and int(ids[0]) == self.bos_id):
       return ids
     return np.concatenate([np.asarray([self.bos_id], dtype=np.int32), ids])
 
@@ -324,6 +338,10 @@ class SentencePieceTokenizer(Tokenizer):
     self._added_pattern = (re.compile("|".join(re.escape(c) for c in contents))
                            if contents else None)
     self._added_ids = {content: i for i, (content, _) in sorted(self._added.items())}
+    plain_contents = sorted({c for c, special in self._added.values() if not special}, key=len, reverse=True)
+    self._plain_pattern = (re.compile("|".join(re.escape(c) for c in plain_contents))
+                           if plain_contents else None)
+    self.special_texts = tuple(sorted({c for c, special in self._added.values() if special and c}))
 
     def token_to_id(content: str) -> int | None:
       if content in self._added_ids:
@@ -345,11 +363,19 @@ class SentencePieceTokenizer(Tokenizer):
 
   def encode(self, text: str | bytes) -> np.ndarray:
     """Text -> int32 [n]: config-declared tokens matched first, the rest by SentencePiece."""
+    return self._encode(text, self._added_pattern)
+
+  def encode_plain(self, text: str | bytes) -> np.ndarray:
+    """Like ``encode``, but special config-declared tokens are left to SentencePiece, which spells
+    them out (its control pieces never match text)."""
+    return self._encode(text, self._plain_pattern)
+
+  def _encode(self, text: str | bytes, pattern) -> np.ndarray:
     text = _as_text(text)
     ids: list[int] = []
     start = 0
-    if self._added_pattern is not None:
-      for match in self._added_pattern.finditer(text):
+    if pattern is not None:
+      for match in pattern.finditer(text):
         ids.extend(self._processor.encode(text[start:match.start()]))
         ids.append(self._added_ids[match.group()])
         start = match.end()
@@ -483,6 +509,9 @@ class HFTokenizer(Tokenizer):
     self._tokenizer.no_padding()
     tok = self._tokenizer
     self._added = {int(i): token.content for i, token in tok.get_added_tokens_decoder().items()}
+    self.special_texts = tuple(sorted({token.content for token in tok.get_added_tokens_decoder().values()
+                                       if token.special and token.content}))
+    self._plain_tokenizer = None  # made on first use of encode_plain
     vocab = tok.get_vocab(with_added_tokens=True)
     self.vocab_size = max(int(tok.get_vocab_size(with_added_tokens=True)),
                           max(vocab.values(), default=-1) + 1)
@@ -507,6 +536,17 @@ class HFTokenizer(Tokenizer):
     """Text -> int32 [n], without the post-processor's special tokens. Special-token strings in
     the text become their ids (as with AutoTokenizer)."""
     ids = self._tokenizer.encode(_as_text(text), add_special_tokens=False).ids
+    return np.asarray(ids, dtype=np.int32)
+
+  def encode_plain(self, text: str | bytes) -> np.ndarray:
+    """Like ``encode``, but special tokens' text is encoded as ordinary text (``tokenizers``'
+    ``encode_special_tokens``, transformers' ``split_special_tokens``), on a second copy of the
+    tokenizer so that ``encode`` is never affected."""
+    if self._plain_tokenizer is None:
+      plain = _import_tokenizers().Tokenizer.from_str(self._tokenizer.to_str())
+      plain.encode_special_tokens = True
+      self._plain_tokenizer = plain
+    ids = self._plain_tokenizer.encode(_as_text(text), add_special_tokens=False).ids
     return np.asarray(ids, dtype=np.int32)
 
   def decode(self, ids) -> str:
@@ -675,9 +715,15 @@ class _RestrictedTokenizer(Tokenizer):
     self.vocab_size = int(num_ids)
     self.bos_id, self.add_bos = inner.bos_id, inner.add_bos
     self.eos_ids = tuple(i for i in inner.eos_ids if i < num_ids)
+    self.special_texts = inner.special_texts
 
   def encode(self, text: str | bytes) -> np.ndarray:
-    ids = self.inner.encode(text)
+    return self._restricted(self.inner.encode(text))
+
+  def encode_plain(self, text: str | bytes) -> np.ndarray:
+    return self._restricted(self.inner.encode_plain(text))
+
+  def _restricted(self, ids: np.ndarray) -> np.ndarray:
     beyond = ids[ids >= self.vocab_size]
     if beyond.size:
       token = self.inner.token_text(int(beyond[0]))
@@ -712,6 +758,45 @@ def restrict_vocabulary(tokenizer: Tokenizer, num_ids: int) -> Tokenizer:
                      f"and id {ordinary[0]} ({tokenizer.token_text(ordinary[0])!r}) is ordinary vocabulary: "
                      "not this model's tokenizer")
   return _RestrictedTokenizer(tokenizer, num_ids)
+
+
+def find_special_text(tokenizer: Tokenizer, text: str) -> tuple[int, str] | None:
+  """(character offset, token text) of the first place in ``text`` that spells one of the tokenizer's
+  ``special_texts`` (the longest such text at that offset), or None.
+
+  Costs one pass over ``text`` for the first characters of the special texts (usually "<" and "["),
+  whatever their number (Gemma's tokenizer has thousands).
+  """
+  specials = getattr(tokenizer, "special_texts", ())
+  if not specials:
+    return None
+  by_first: dict[str, list[str]] = {}
+  for special in sorted(specials, key=len, reverse=True):
+    by_first.setdefault(special[0], []).append(special)
+  pattern = re.compile("[" + "".join(re.escape(c) for c in by_first) + "]")
+  for match in pattern.finditer(text):
+    for special in by_first[match.group()]:
+      if text.startswith(special, match.start()):
+        return match.start(), special
+  return None
+
+
+def trim_to_characters(tokenizer: Tokenizer, ids) -> tuple[int, int]:
+  """(start, end) such that ``ids[start:end]`` decodes without a cut character at either end.
+
+  A run cut out of text at token positions (a prompt taken from eval text) can begin or end inside a
+  multi-byte character when tokens are bytes (byte tokenizer, byte-level BPE, byte fallback); such a
+  character decodes as U+FFFD. Up to 3 tokens are dropped at each end (a UTF-8 character has at most 4
+  bytes), and never all of them.
+  """
+  ids = _as_ids(ids)
+  start, end = 0, len(ids)
+  while start < min(3, end - 1) and tokenizer.decode(ids[start:start + 4]).startswith("\ufffd"):
+    start += 1
+  while end - 1 > start and len(ids) - end < 3 and tokenizer.decode(ids[max(start, end - 4):end]).endswith(
+      "\ufffd"):
+    end -= 1
+  return start, end
 
 
 def token_pieces(tokenizer: Tokenizer, ids) -> list[str]:

@@ -121,6 +121,26 @@ def _answer_samples(params, model_config: model_lib.ModelConfig, num_pauses: int
   return samples
 
 
+def text_prompts(batch: dict, prompt_len: int, tokenizer) -> list[list[int]]:
+  """The report's text prompts: each row's first `prompt_len` inputs (`batch` arrays `[B, N]`), kept to
+  the last document they reach (rows packing documents carry `segment_ids`; 0 is padding), and cut at whole
+  characters at both ends (a byte-level cut can split a multi-byte character, which would show as U+FFFD
+  and be a prompt no user writes). Returns B lists of token ids, each of length in [1, prompt_len]."""
+  inputs = np.asarray(batch[example_lib.INPUTS])[:, :prompt_len]
+  segments = batch.get(example_lib.SEGMENT_IDS)
+  prompts = []
+  for row in range(inputs.shape[0]):
+    ids = inputs[row]
+    if segments is not None:
+      row_segments = np.asarray(segments)[row, :prompt_len]
+      real = row_segments[row_segments > 0]  # 0: padding after a row's documents (TFDS packing)
+      if real.size:
+        ids = ids[row_segments == real[-1]]  # segments rise along a row: one contiguous run
+    start, end = tokenizer_lib.trim_to_characters(tokenizer, ids)
+    prompts.append([int(i) for i in ids[start:end]])
+  return prompts
+
+
 def generate_samples(params, model_config: model_lib.ModelConfig, num_pauses: int, data, *,
                      num_samples: int, policy: str, tau: float, q: float,
                      display: TokenDisplay) -> list[str]:
@@ -136,12 +156,13 @@ def generate_samples(params, model_config: model_lib.ModelConfig, num_pauses: in
   prompt_len = max(1, seq_len // 2)
   per_token = 1 if model_config.pause_context == "private" else num_pauses + 1  # cache entries per token
   num_tokens = max(1, min(48, (model_config.max_len - prompt_len) // per_token))
-  prompt = batch[example_lib.INPUTS][:, :prompt_len]
-  out = generate.generate(params, prompt, model_config, num_tokens=num_tokens, num_pauses=num_pauses,
-                          policy=policy, tau=tau, q=q)
+  prompts = text_prompts(batch, prompt_len, display.tokenizer)
+  out = generate.generate(params, generate.left_pad(prompts), model_config, num_tokens=num_tokens,
+                          num_pauses=num_pauses, policy=policy, tau=tau, q=q,
+                          prompt_lengths=[len(ids) for ids in prompts])
   samples = []
-  for row in range(prompt.shape[0]):
-    shown_prompt = "".join(display.pieces(prompt[row])[-64:])
+  for row, ids in enumerate(prompts):
+    shown_prompt = "".join(display.pieces(np.asarray(ids))[-64:])
     continuation = report.render_sample(display.pieces(np.asarray(out.tokens[row])),
                                         np.asarray(out.pauses[row]))
     samples.append(f"...{shown_prompt}|>{continuation}")

@@ -42,6 +42,7 @@ from cyb_jax.parallel import sharding
 from cyb_jax.evaluation import summary as summary_lib
 from cyb_jax.training import train_state as train_state_lib
 from cyb_jax.data import example as example_lib
+from cyb_jax.data import fingerprint as data_fingerprint
 from cyb_jax.data import pipeline as data_pipeline
 
 log = logging.getLogger("cyb_jax")
@@ -307,6 +308,9 @@ def check_resumable(saved_meta: dict, meta: dict, step: int, workdir: str) -> No
             f"{what} is {new!r} here but {old!r} in the checkpoint (step {step}) in {workdir!r}: resuming "
             f"would misread its saved data position or objective state, or change the pause rollout it was "
             f"trained with; use {old!r} or a new --workdir")
+  changed = data_fingerprint.change_message(saved_meta.get("data_files"), meta.get("data_files"), step, workdir)
+  if changed:
+    raise configuration.ConfigError(changed)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -329,7 +333,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state_shardings = sharding.state_shardings(abstract_state, mesh)
   checkpointer = checkpointing.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
   meta = {"config": configuration.as_json_dict(config), "model": dataclasses.asdict(model_config),
-          "process_count": jax.process_count(),
+          "process_count": jax.process_count(), "data_files": data_fingerprint.data_fingerprint(settings.data),
           "data_info": {"vocab_size": settings.data_info.vocab_size,
                         "seq_len": settings.data_info.seq_len,
                         "difficulty_names": settings.data_info.difficulty_names}}
