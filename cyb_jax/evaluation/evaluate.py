@@ -89,6 +89,19 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
   return float(u_stat / (num_pos * num_neg))
 
 
+def auroc_note(positives: np.ndarray) -> Optional[str]:
+  """Why `dk_auroc` (the AUROC of the step-0 `<dk>` probability for "the step-0 answer is wrong") is
+  undefined, or None when it is defined: one of its two classes of tokens is empty."""
+  positives = np.asarray(positives, bool)
+  if positives.size == 0:
+    return "no scored tokens"
+  if positives.all():
+    return "every step-0 answer is wrong: no right answer to rank below the errors"
+  if not positives.any():
+    return "every step-0 answer is right: no error for <dk> to flag"
+  return None
+
+
 # Bins of the step-0 entropy (nats) for the report's "pauses by the model's own uncertainty" table.
 ENTROPY_EDGES = (0.1, 0.5, 1.0, 2.0, 3.0, 4.0)
 
@@ -269,6 +282,9 @@ class EvalAccumulator:
            "accuracy_at_step": (self.correct_at_step / n).tolist(),
            "halt_distribution": (self.halt / n).tolist(),
            "dk_auroc": auroc(scores, wrong)}
+    note = auroc_note(wrong)
+    if note:  # dk_auroc is NaN ("nan" in JSON files); this says why
+      out["dk_auroc_note"] = note
     if self.policy == "threshold":
       out["tau"] = self.tau
     if self.policy == "cumulative":
