@@ -185,6 +185,11 @@ def skip_batches(config: ml_collections.ConfigDict) -> int:
   return int(config.train.get("skip_batches", 0))
 
 
+def final_eval_batches(config: ml_collections.ConfigDict) -> int:
+  """`config.train.final_eval_batches`, or 0 = the whole eval split (configs written before the option)."""
+  return int(config.train.get("final_eval_batches", 0))
+
+
 def init_from_hf(config: ml_collections.ConfigDict) -> str:
   """`config.init_from_hf`, or "" (configs written before the option existed have no such key)."""
   return str(config.get("init_from_hf", "") or "")
@@ -341,6 +346,9 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
               "keep_checkpoints"):
     _require(int(train[key]) >= 1, f"train.{key}", f"must be >= 1, got {train[key]}")
   _require(int(train.eval_batches) >= 0, "train.eval_batches", f"must be >= 0, got {train.eval_batches}")
+  _require(isinstance(train.get("final_eval_batches", 0), int) and final_eval_batches(config) >= 0,
+           "train.final_eval_batches", f"must be an integer >= 0 (0 = the whole eval split), got "
+           f"{train.get('final_eval_batches')!r}")
   _require(skip_batches(config) >= 0, "train.skip_batches", f"must be >= 0, got {skip_batches(config)}")
   _require(not skip_batches(config) or data.name != data_pipeline.TFDS, "train.skip_batches",
            "is not supported for TFDS data (each host packs documents at its own pace)")
