@@ -10,6 +10,7 @@ import pytest
 
 from cyb_jax import configuration
 from cyb_jax.data import pipeline as data_pipeline
+from cyb_jax.evaluation import evaluate
 from cyb_jax.training import trainer
 from helpers import forbid_compilation
 from helpers import tiny
@@ -19,8 +20,10 @@ def messages(caplog) -> list[str]:
   return [record.getMessage() for record in caplog.records if record.name == "cyb_jax"]
 
 
-def test_a_run_logs_its_compilations_and_what_its_final_eval_covers(tmp_path, caplog):
+def test_a_run_logs_its_compilations_and_what_its_final_eval_covers(tmp_path, caplog, monkeypatch):
   caplog.set_level(logging.INFO, logger="cyb_jax")
+  # As in a fresh process: an eval step another test compiled in this one would be reused, unannounced.
+  monkeypatch.setattr(evaluate, "_COMPILED_STEPS", {})
   config = tiny("", {"train.num_steps": 2, "train.eval_every": 100, "train.checkpoint_every": 2,
                      "train.final_eval_batches": 1})
   final = trainer.train(config, str(tmp_path / "run"))
