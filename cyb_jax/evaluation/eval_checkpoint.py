@@ -72,6 +72,9 @@ def load_run_config(workdir: str, step: Optional[int] = None,
     meta = checkpointer.meta_or_explain(step)
   finally:
     checkpointer.close()
+  if jax.process_index() == 0:
+    log.info("config: the one checkpoint %d in %s was trained with%s", step, workdir,
+             f", overridden by --config.{', --config.'.join(sorted(overrides))}" if overrides else "")
   return configuration.saved_run_config(meta["config"], overrides), step
 
 
