@@ -1,8 +1,10 @@
-"""Evaluate a checkpoint: `python eval.py --config=configs/x.py --workdir=DIR [--checkpoint=STEP]
-[--policy=threshold --tau=0.5 ...]`.
+"""Evaluate a checkpoint: `python eval.py --workdir=DIR [--checkpoint=STEP] [--policy=threshold --tau=0.5 ...]
+[--config.a.b=v ...] [--config=configs/x.py]`.
 
-Writes DIR/eval/report.json, report.md and PNG plots (see cyb_jax/report.py). The config supplies the data
-and eval settings; the model comes from the checkpoint.
+Writes DIR/eval/report.json, report.md and PNG plots (see cyb_jax/evaluation/report.py). The model comes
+from the checkpoint. The data and eval settings come from the config the checkpoint was trained with
+(saved in it), `--config.a.b=v` overriding any of them; `--config=FILE` uses that file instead (a
+warning names the data settings where it differs from the checkpoint's).
 """
 
 import sys
@@ -12,7 +14,7 @@ from absl import flags
 
 from cyb_jax import cli
 
-_CONFIG = cli.define_config_flag("The run's config file.")
+_CONFIG = cli.define_config_flag("A config file instead of the one saved in the checkpoint.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of the run to evaluate.", required=True)
 _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default: the latest).")
 _POLICY = flags.DEFINE_enum("policy", None, ["threshold", "sample", "cumulative", "never", "always"],
@@ -27,7 +29,7 @@ _OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/eval
 
 def main(argv):
   del argv
-  config = cli.loaded_config(_CONFIG)
+  config, overrides = cli.config_and_overrides(_CONFIG)
   cli.quiet_libraries()
   from cyb_jax import configuration  # pylint: disable=g-import-not-at-top
   from cyb_jax.evaluation import eval_checkpoint  # pylint: disable=g-import-not-at-top
@@ -36,7 +38,7 @@ def main(argv):
     result = eval_checkpoint.evaluate_checkpoint(
         config, _WORKDIR.value, step=_CHECKPOINT.value, policy=_POLICY.value, tau=_TAU.value,
         q=_Q.value, max_batches=_MAX_BATCHES.value, batch_size=_BATCH_SIZE.value,
-        num_samples=_SAMPLES.value, out_dir=_OUT.value)
+        num_samples=_SAMPLES.value, out_dir=_OUT.value, overrides=overrides)
   except (configuration.ConfigError, checkpointing.CheckpointError) as error:
     sys.exit(f"eval error: {error}")
   print(f"{result['policy']}: nll_policy {result['nll_policy']:.4f}, accuracy {result['accuracy']:.4f}, "

@@ -3,7 +3,11 @@
   python sample.py --workdir=DIR [--checkpoint=STEP] [--prompt="..." | --prompts_file=F.txt|F.jsonl
       | --num_prompts=4] [--batch_size=N] [--max_new_tokens=64] [--output=OUT.jsonl]
       [--policy=threshold --tau=0.5] [--temperature=0.8 --top_k=40 --top_p=0.95 --seed=0]
-      [--stop="<eos text>" | --stop=#ID ...]
+      [--stop="<eos text>" | --stop=#ID ...] [--config.a.b=v ...] [--config=configs/x.py]
+
+The tokenizer and data settings are the checkpoint's own (saved in it); `--config.a.b=v` overrides one
+(e.g. `--config.init_from_hf=DIR` for a pretrained model's tokenizer that moved), `--config=FILE` replaces
+them with that file's.
 
 Each completion is printed with ⏸ before a token once per pause it took (streamed as it is generated at
 batch size 1). Without a prompt, a synthetic task's run cuts `--num_prompts` eval examples right before
@@ -21,6 +25,7 @@ from absl import flags
 
 from cyb_jax import cli
 
+_CONFIG = cli.define_config_flag("A config file instead of the one saved in the checkpoint.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of the run.", required=True)
 _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default: the latest).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeat for several).")
@@ -47,12 +52,13 @@ _STREAM = flags.DEFINE_bool("stream", True, "At batch size 1, print tokens as th
 
 def main(argv):
   del argv
+  config, overrides = cli.config_and_overrides(_CONFIG)
   cli.quiet_libraries()
   from cyb_jax import configuration  # pylint: disable=g-import-not-at-top  (jax is slow to import)
   from cyb_jax.inference import sampling  # pylint: disable=g-import-not-at-top
   from cyb_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   try:
-    sampler = sampling.load_sampler(_WORKDIR.value, _CHECKPOINT.value)
+    sampler = sampling.load_sampler(_WORKDIR.value, _CHECKPOINT.value, config=config, overrides=overrides)
     texts = list(_PROMPT.value)
     if _PROMPTS_FILE.value:
       texts += sampling.read_prompts_file(_PROMPTS_FILE.value)
@@ -124,4 +130,4 @@ def _piece(sampler, token: int) -> str:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

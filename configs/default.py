@@ -163,6 +163,9 @@ def get_config(task: str = "pointer_chasing") -> ml_collections.ConfigDict:
   config.train.log_every = 50
   config.train.eval_every = 2000
   config.train.eval_batches = 8         # batches of batch_size per periodic eval (0 = the whole split)
+  # Batches of the end-of-run eval, whose numbers are the summary (0 = the whole eval split; at real
+  # model size on a CPU that can take many minutes). eval.py reads the whole split unless --max_batches.
+  config.train.final_eval_batches = 0
   config.train.checkpoint_every = 1000
   config.train.keep_checkpoints = 3
   # The training data starts at this global batch of the seed's order, e.g. for the second half of

@@ -15,8 +15,8 @@ with the hub's own CLI, e.g.
 On a TPU VM or GPU machine parameters and optimiser state are sharded over every device
 (`mesh.fsdp = -1`) and the matmuls run in bfloat16 (float32 master weights). At the end the run prints
 the eval summary: nll_policy (nats per word piece), accuracy, mean pauses, nll if forced to stop at each
-step, and dk_auroc; `python eval.py --config=configs/finetune_hf.py --config.init_from_hf=... --workdir=...`
-then writes the report, whose "pauses by token" tables list word pieces.
+step, and dk_auroc; `python eval.py --workdir=...` then writes the report (the model directory, tokenizer
+and text file come from the run's checkpoint), whose "pauses by token" tables list word pieces.
 
 The same path runs here on a tiny random Llama-family fixture made with the real transformers library
 (a few seconds; its tokenizer splits text into small pieces):

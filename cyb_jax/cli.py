@@ -1,4 +1,5 @@
-"""Command-line plumbing shared by train.py and eval.py: the --config flag with one-line errors.
+"""Command-line plumbing shared by train.py, eval.py and sample.py: the --config flag with one-line
+errors.
 
 ml_collections reports an unknown `--config.<key>` as a bare AttributeError/KeyError (a long traceback),
 and a --config file that fails to load only on first use; these helpers turn both into one line.
@@ -12,6 +13,7 @@ import re
 import sys
 
 from absl import app
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
@@ -59,6 +61,16 @@ def loaded_config(config_flag):
   except OSError as error:
     sys.exit("config error: " + " ".join(line.strip() for line in str(error).splitlines()))
   return config
+
+
+def config_and_overrides(config_flag):
+  """(config, overrides) for eval.py and sample.py: the --config file's config with its overrides applied,
+  or None when no --config was given (the checkpoint's saved config is then the base), and the
+  `--config.a.b=v` values as {"a.b": v} (typed by the config file, default configs/default.py), which
+  the caller applies on the saved config."""
+  holder = flags.FLAGS[config_flag.name]
+  overrides = dict(config_flags.get_override_values(holder))
+  return (loaded_config(config_flag) if holder.present else None), overrides
 
 
 def quiet_libraries() -> None:

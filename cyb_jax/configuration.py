@@ -7,6 +7,7 @@ bad command line fails in a second rather than after compilation or, worse, mid-
 from __future__ import annotations
 
 import codecs
+import copy
 import dataclasses
 import difflib
 import functools
@@ -187,6 +188,11 @@ def skip_batches(config: ml_collections.ConfigDict) -> int:
   return int(config.train.get("skip_batches", 0))
 
 
+def final_eval_batches(config: ml_collections.ConfigDict) -> int:
+  """`config.train.final_eval_batches`, or 0 = the whole eval split (configs written before the option)."""
+  return int(config.train.get("final_eval_batches", 0))
+
+
 def init_from_hf(config: ml_collections.ConfigDict) -> str:
   """`config.init_from_hf`, or "" (configs written before the option existed have no such key)."""
   return str(config.get("init_from_hf", "") or "")
@@ -364,6 +370,9 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
               "keep_checkpoints"):
     _require(int(train[key]) >= 1, f"train.{key}", f"must be >= 1, got {train[key]}")
   _require(int(train.eval_batches) >= 0, "train.eval_batches", f"must be >= 0, got {train.eval_batches}")
+  _require(isinstance(train.get("final_eval_batches", 0), int) and final_eval_batches(config) >= 0,
+           "train.final_eval_batches", f"must be an integer >= 0 (0 = the whole eval split), got "
+           f"{train.get('final_eval_batches')!r}")
   _require(skip_batches(config) >= 0, "train.skip_batches", f"must be >= 0, got {skip_batches(config)}")
   _require(not skip_batches(config) or data.name != data_pipeline.TFDS, "train.skip_batches",
            "is not supported for TFDS data (each host packs documents at its own pace)")
@@ -433,3 +442,49 @@ def as_json_dict(config: ml_collections.ConfigDict) -> dict:
       return value.item()
     return value
   return plain(config.to_dict())
+
+
+# How the saved run was started, not what it is: a later eval or sample on the saved config does not
+# join the training run's cluster or read its starting point again (the checkpoint holds the weights).
+LAUNCH_ONLY = {"distributed": False, "init_from": "", "init_keep_pauses": False}
+# data.* fields that do not change what is read (where from and how fast), left out of the comparison.
+DATA_READING_ONLY = ("read_threads", "prefetch_batches", "tfds_data_dir")
+
+
+def with_overrides(values: dict, overrides: Optional[dict] = None) -> ml_collections.ConfigDict:
+  """A ConfigDict of the plain dict `values` (e.g. a checkpoint's saved config) with `overrides`
+  ({dotted key: value}, as `--config.a.b=v` gives them) set in it; a key the dict lacks is added."""
+  values = copy.deepcopy(values)
+  for dotted, value in (overrides or {}).items():
+    *parents, leaf = dotted.split(".")
+    node = values
+    for part in parents:
+      if not isinstance(node.get(part), dict):
+        node[part] = {}
+      node = node[part]
+    node[leaf] = list(value) if isinstance(value, tuple) else value
+  return ml_collections.ConfigDict(values)
+
+
+def saved_run_config(saved: dict, overrides: Optional[dict] = None) -> ml_collections.ConfigDict:
+  """The config a checkpoint was trained with (`meta["config"]`, plain JSON), as the base of eval and
+  sampling: launch-only settings (LAUNCH_ONLY) reset, then `overrides` applied."""
+  values = {**copy.deepcopy(saved), **LAUNCH_ONLY}
+  values["cluster"] = {}
+  return with_overrides(values, overrides)
+
+
+def data_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """The data settings (`data.*`, and `init_from_hf`, whose tokenizer a "hf" run reads) on which
+  `config` differs from a checkpoint's saved config `saved` (plain JSON), as
+  "data.text_path is 'b.txt' here but 'a.txt' in the checkpoint"; keys either side lacks are skipped."""
+  def leaves(tree, prefix):
+    if isinstance(tree, dict):
+      return {k: v for key, sub in tree.items() for k, v in leaves(sub, f"{prefix}.{key}").items()}
+    return {prefix: list(tree) if isinstance(tree, tuple) else tree}
+  current = as_json_dict(config)
+  before = {**leaves(saved.get("data", {}), "data"), "init_from_hf": saved.get("init_from_hf", "")}
+  now = {**leaves(current.get("data", {}), "data"), "init_from_hf": current.get("init_from_hf", "")}
+  skipped = {f"data.{key}" for key in DATA_READING_ONLY}
+  return [f"{key} is {now[key]!r} here but {before[key]!r} in the checkpoint"
+          for key in sorted(set(before) & set(now)) if key not in skipped and before[key] != now[key]]

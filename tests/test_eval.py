@@ -2,7 +2,10 @@
 numpy computation from the model's logits on the same batch."""
 
 import json
+import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +19,8 @@ from cyb_jax.evaluation import report
 from cyb_jax import model as model_lib
 from cyb_jax.training import trainer
 from cyb_jax.data import pipeline as data_pipeline
+from cyb_jax.inference import sampling
+from tests import helpers
 from tests import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,3 +250,121 @@ def test_report_text_prompts_are_whole_characters_of_one_document():
   prompts = eval_checkpoint.text_prompts(batch, 8, tokenizer_lib.ByteTokenizer())
   # Row 0: positions 0-4, "über". Row 1: positions 2-5 are bytes 3-6, "er " and 日's first byte.
   assert [bytes(p).decode() for p in prompts] == ["über", "er "]
+
+
+# eval.py and sample.py with only --workdir (issue 24): the config the checkpoint was trained with is the
+# base, `--config.a.b=v` overrides it, and an explicit --config is used as given (with a warning when it
+# reads other data). Each case runs a tiny config that differs from configs/default.py, whose settings the
+# entry points read before.
+
+def _messages(caplog) -> list[str]:
+  return [record.getMessage() for record in caplog.records if record.name == "cyb_jax"]
+
+
+def _headline(result: dict) -> tuple:
+  return tuple(result[key] for key in ("num_tokens", "nll_policy", "accuracy", "mean_pauses", "nll_marginal"))
+
+
+def test_eval_without_config_reads_the_synthetic_runs_saved_config(trained, tmp_path):
+  config, workdir = trained  # tests/tiny_config.py: 4 symbols, vocabulary 26, width 16
+  kwargs = dict(max_batches=1, num_samples=0, progress=False)
+  saved = eval_checkpoint.evaluate_checkpoint(None, workdir, out_dir=str(tmp_path / "saved"), **kwargs)
+  given = eval_checkpoint.evaluate_checkpoint(config, workdir, out_dir=str(tmp_path / "given"), **kwargs)
+  assert _headline(saved) == _headline(given)
+  assert saved["config"]["data"]["task"]["num_symbols"] == 4 and saved["model"]["vocab_size"] == 26
+
+
+TEXT_A = "Now is the winter of our discontent made glorious summer by this sun of York. " * 40
+TEXT_B = "0123456789 abcdefghij ABCDEFGHIJ +-*/=<>!? " * 60
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+  """A 2-step byte-level run on a text file of its own (the default config has no text file at all)."""
+  root = tmp_path_factory.mktemp("text_run")
+  corpus, other = root / "corpus.txt", root / "other.txt"
+  corpus.write_text(TEXT_A, encoding="utf-8")
+  other.write_text(TEXT_B, encoding="utf-8")
+  overrides = {"data.name": "text_file", "data.text_path": str(corpus), "data.task": {}, "data.seq_len": 16,
+               "train.num_steps": 2, "train.eval_every": 100, "train.checkpoint_every": 2,
+               "train.final_eval_batches": 1}
+  workdir = str(root / "run")
+  trainer.train(helpers.tiny("", overrides), workdir)
+  return dict(workdir=workdir, corpus=str(corpus), other=str(other), overrides=overrides, root=root)
+
+
+def test_eval_and_sample_take_a_text_runs_data_from_its_checkpoint(text_run, tmp_path, caplog):
+  workdir, corpus, other = text_run["workdir"], text_run["corpus"], text_run["other"]
+  kwargs = dict(max_batches=1, num_samples=0, progress=False)
+  saved = eval_checkpoint.evaluate_checkpoint(None, workdir, out_dir=str(tmp_path / "saved"), **kwargs)
+  assert saved["data"] == "text_file" and saved["config"]["data"]["text_path"] == corpus
+  given = eval_checkpoint.evaluate_checkpoint(helpers.tiny("", text_run["overrides"]), workdir,
+                                              out_dir=str(tmp_path / "given"), **kwargs)
+  assert _headline(saved) == _headline(given)
+
+  # An override wins over the saved value: the same numbers as a config that names the other file...
+  caplog.set_level(logging.WARNING, logger="cyb_jax")
+  overridden = eval_checkpoint.evaluate_checkpoint(None, workdir, overrides={"data.text_path": other},
+                                                   out_dir=str(tmp_path / "overridden"), **kwargs)
+  assert overridden["config"]["data"]["text_path"] == other
+  assert not [line for line in _messages(caplog) if "--config reads other data" in line]
+  elsewhere = helpers.tiny("", {**text_run["overrides"], "data.text_path": other})
+  explicit = eval_checkpoint.evaluate_checkpoint(elsewhere, workdir, out_dir=str(tmp_path / "explicit"),
+                                                 **kwargs)
+  assert _headline(overridden) == _headline(explicit) != _headline(saved)
+  # ... and that explicit --config, reading other data than the checkpoint's, is warned about.
+  [warning] = [line for line in _messages(caplog) if "--config reads other data" in line]
+  assert f"data.text_path is {other!r} here but {corpus!r} in the checkpoint" in warning
+
+  sampler = sampling.load_sampler(workdir)
+  assert sampler.data.text_path == corpus and sampler.is_text and sampler.data.seq_len == 16
+  missing = str(tmp_path / "missing.txt")
+  with pytest.raises(configuration.ConfigError, match=rf"^config\.data\.text_path: no such file '{missing}'$"):
+    sampling.load_sampler(workdir, overrides={"data.text_path": missing})
+
+
+def test_eval_py_and_sample_py_need_only_the_workdir(text_run, tmp_path):
+  workdir, corpus = text_run["workdir"], text_run["corpus"]
+  missing = str(tmp_path / "missing.txt")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  commands = {
+      "eval": ["eval.py", f"--workdir={workdir}", "--max_batches=1", "--num_samples=0",
+               f"--out={tmp_path / 'eval'}"],
+      "sample": ["sample.py", f"--workdir={workdir}", "--prompt=Now is", "--max_new_tokens=3", "--stop=#0"],
+      "override": ["eval.py", f"--workdir={workdir}", f"--config.data.text_path={missing}"],
+  }
+  processes = {name: subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for name, args in commands.items()}
+  outputs = {name: process.communicate(timeout=600) for name, process in processes.items()}
+  for name in ("eval", "sample"):
+    assert processes[name].returncode == 0, (name, outputs[name][1][-3000:])
+  with open(tmp_path / "eval" / "report.json", encoding="utf-8") as f:
+    report_json = json.load(f)
+  assert report_json["data"] == "text_file" and report_json["config"]["data"]["text_path"] == corpus
+  assert outputs["sample"][0].strip().splitlines()[-1].startswith("1 prompts, 3 tokens")
+  assert processes["override"].returncode != 0
+  last_line = outputs["override"][1].strip().splitlines()[-1]
+  assert last_line == f"eval error: config.data.text_path: no such file {missing!r}"
+
+
+def test_a_fine_tune_evaluates_from_its_saved_config_after_its_source_is_gone(tmp_path, caplog):
+  """configs/finetune.py's case: the run started from another run's checkpoint (`init_from`), which eval
+  does not need (the weights are in the fine-tune's own checkpoint). Also the `<dk>` calibration's lines."""
+  steps = {"train.num_steps": 2, "train.eval_every": 100, "train.checkpoint_every": 2,
+           "train.final_eval_batches": 1}
+  source, workdir = str(tmp_path / "source"), str(tmp_path / "finetune")
+  trainer.train(helpers.tiny("nopause", steps), source)
+  caplog.set_level(logging.INFO, logger="cyb_jax")
+  config = helpers.tiny("", {**steps, "init_from": source})
+  trainer.train(config, workdir)
+  lines = _messages(caplog)
+  start = lines.index("calibrating the <dk> bias on an eval batch of 8 x 16 (compiles a forward pass)...")
+  assert re.fullmatch(r"calibrated the <dk> bias in \d+\.\d s", lines[start + 1]), lines[start + 1]
+  before = eval_checkpoint.evaluate_checkpoint(None, workdir, max_batches=1, num_samples=0, progress=False,
+                                               out_dir=str(tmp_path / "before"))
+  shutil.rmtree(source)
+  with pytest.raises(configuration.ConfigError, match=r"config\.init_from = .* is not a directory"):
+    eval_checkpoint.evaluate_checkpoint(config, workdir, progress=False)  # the training config needs it
+  after = eval_checkpoint.evaluate_checkpoint(None, workdir, max_batches=1, num_samples=0, progress=False,
+                                              out_dir=str(tmp_path / "after"))
+  assert _headline(after) == _headline(before) and after["num_tokens"] > 0

@@ -98,3 +98,39 @@ def test_accumulator_by_token_class_and_entropy_bin_on_a_hand_case():
   assert table == {"< 0.1": {"tokens": 3, "pause_rate": 1 / 3, "mean_pauses": 1 / 3, "accuracy": 2 / 3},
                    "0.5-1": {"tokens": 1, "pause_rate": 0.0, "mean_pauses": 0.0, "accuracy": 1.0},
                    ">= 4": {"tokens": 2, "pause_rate": 1.0, "mean_pauses": 1.5, "accuracy": 0.5}}
+
+
+def _accumulate_step0(correct_step0):
+  """An EvalAccumulator (K = 1) fed one row whose step-0 answers are right where `correct_step0` is."""
+  n = len(correct_step0)
+  correct = np.stack([np.asarray(correct_step0, bool), np.ones(n, bool)], -1)[None]  # [1, N, 2]
+  log_d = np.stack([np.log(np.linspace(0.2, 0.8, n)), np.full(n, -np.inf)], -1)[None]  # step K: -inf
+  metrics = {"nll_at_step": np.ones((1, n, 2)), "correct_at_step": correct, "log_d": log_d,
+             "halt": np.full((1, n, 2), 0.5), "nll_marginal": np.ones((1, n))}
+  accumulator = evaluate.EvalAccumulator(2)
+  accumulator.add(metrics, np.ones((1, n), bool))
+  return accumulator.result()
+
+
+@pytest.mark.parametrize("correct_step0, why", [
+    ([True, True, True], "every step-0 answer is right: no error for <dk> to flag"),
+    ([False, False, False], "every step-0 answer is wrong: no right answer to rank below the errors"),
+])
+def test_an_undefined_dk_auroc_says_why_in_the_summary_and_report(correct_step0, why):
+  import types  # pylint: disable=g-import-not-at-top
+  from cyb_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+  from cyb_jax.evaluation import summary  # pylint: disable=g-import-not-at-top
+  result = _accumulate_step0(correct_step0)
+  assert np.isnan(result["dk_auroc"]) and result["dk_auroc_note"] == why
+  settings = types.SimpleNamespace(num_pauses=1, objective=types.SimpleNamespace(name="cyb_ap"),
+                                   config=types.SimpleNamespace(eval=types.SimpleNamespace(policy="never")))
+  text = summary.format_summary(result, settings)
+  assert f"dk_auroc n/a ({why})" in text and "nan" not in text
+  markdown = report.markdown(result, header={}, samples=[], highest=[], lowest=[], plots=[])
+  assert f"| dk_auroc | n/a ({why}) |" in markdown.splitlines()
+
+
+def test_a_defined_dk_auroc_has_no_note():
+  # Step-0 scores rise 0.2, 0.5, 0.8; the wrong answer has the highest: AUROC 1 (every pair ordered).
+  result = _accumulate_step0([True, True, False])
+  assert result["dk_auroc"] == pytest.approx(1.0) and "dk_auroc_note" not in result

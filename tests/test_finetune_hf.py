@@ -248,3 +248,19 @@ def test_sampling_a_pretrained_fine_tune_uses_its_tokenizer_and_bos(finetuned):
   assert record["prompt"].endswith("The quick brown")
   assert record["completion"] == "".join(t["text"] for t in record["tokens"])
   assert len(record["tokens"]) == 4 and all(len(t["dk_probs"]) == t["pauses"] + 1 for t in record["tokens"])
+
+
+def test_eval_of_a_pretrained_fine_tune_needs_only_its_workdir(finetuned, tmp_path):
+  """configs/finetune_hf.py names ../shared/data/tinyshakespeare.txt; this run read another file. Without
+  a config, eval takes the run's own text file and pretrained source (its tokenizer) from the checkpoint:
+  the same numbers as the run's config gives."""
+  kwargs = dict(max_batches=1, num_samples=0, progress=False)
+  saved = eval_checkpoint.evaluate_checkpoint(None, finetuned["workdir"], out_dir=str(tmp_path / "saved"),
+                                              **kwargs)
+  default_text = finetune_hf.get_config().data.text_path
+  assert saved["config"]["data"]["text_path"] == finetuned["text_path"] != default_text
+  assert saved["config"]["init_from_hf"] == LLAMA
+  given = eval_checkpoint.evaluate_checkpoint(_finetune_config(finetuned["text_path"]), finetuned["workdir"],
+                                              out_dir=str(tmp_path / "given"), **kwargs)
+  for key in ("num_tokens", "nll_policy", "accuracy", "mean_pauses", "nll_marginal"):
+    assert saved[key] == given[key], key

@@ -1,8 +1,8 @@
 """Evaluate a saved checkpoint on the eval split and write a report (what `eval.py` runs).
 
-The config gives the data and the eval settings; the model is read from the checkpoint's own metadata,
-and the two must agree on vocabulary and shape, or the run stops with a one-line error before any
-compilation.
+The config gives the data and the eval settings (by default the one the checkpoint was trained with,
+saved in its meta); the model is read from the checkpoint's own metadata, and the two must agree on
+vocabulary and shape, or the run stops with a one-line error before any compilation.
 """
 
 from __future__ import annotations
@@ -32,24 +32,59 @@ from cyb_jax.data import tokenizer as tokenizer_lib
 log = logging.getLogger("cyb_jax")
 
 
-def load_params(workdir: str, step: Optional[int] = None) -> tuple[dict, dict, int]:
-  """(params, meta, step) of checkpoint `step` (default: the latest) in `workdir`."""
+def _open_checkpoint(workdir: str, step: Optional[int]) -> tuple[checkpointing.Checkpointer, int]:
+  """A read-only checkpointer of `workdir` and the step to read (default: the latest); ConfigError
+  naming the flag when there is none."""
   try:
     checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
   except FileNotFoundError:
     raise configuration.ConfigError(f"--workdir {workdir!r} holds no checkpoints directory") from None
   available = checkpointer.all_steps()
   if not available:
+    checkpointer.close()
     raise configuration.ConfigError(f"--workdir {workdir!r} holds no checkpoint")
   if step is None:
     step = max(available)
   elif step not in available:
-    raise configuration.ConfigError(f"--checkpoint {step} is not in {workdir!r}; available: {sorted(available)}")
+    checkpointer.close()
+    raise configuration.ConfigError(
+        f"--checkpoint {step} is not in {workdir!r}; available: {sorted(available)}")
+  return checkpointer, step
+
+
+def load_params(workdir: str, step: Optional[int] = None) -> tuple[dict, dict, int]:
+  """(params, meta, step) of checkpoint `step` (default: the latest) in `workdir`."""
+  checkpointer, step = _open_checkpoint(workdir, step)
   try:
     meta, params = checkpointer.params_or_explain(step)
   finally:
     checkpointer.close()
   return params, meta, step
+
+
+def load_run_config(workdir: str, step: Optional[int] = None,
+                    overrides: Optional[dict] = None) -> tuple[ml_collections.ConfigDict, int]:
+  """(config, step): the config checkpoint `step` (default: the latest) of `workdir` was trained with,
+  saved in its meta, with `overrides` ({dotted key: value}) applied: the base of eval.py and sample.py
+  when no --config is given (see `configuration.saved_run_config`)."""
+  checkpointer, step = _open_checkpoint(workdir, step)
+  try:
+    meta = checkpointer.meta_or_explain(step)
+  finally:
+    checkpointer.close()
+  if jax.process_index() == 0:
+    log.info("config: the one checkpoint %d in %s was trained with%s", step, workdir,
+             f", overridden by --config.{', --config.'.join(sorted(overrides))}" if overrides else "")
+  return configuration.saved_run_config(meta["config"], overrides), step
+
+
+def warn_data_differences(config: ml_collections.ConfigDict, meta: dict, workdir: str, step: int) -> None:
+  """Logs a warning when a --config given on the command line reads other data (or another tokenizer)
+  than checkpoint `step` was trained on: allowed (e.g. another text file), but rarely meant."""
+  differences = configuration.data_differences(meta["config"], config)
+  if differences:
+    log.warning("--config reads other data than checkpoint %d in %s was trained on: %s (without --config "
+                "the checkpoint's own settings are used)", step, workdir, "; ".join(differences))
 
 
 class TokenDisplay:
@@ -169,17 +204,25 @@ def generate_samples(params, model_config: model_lib.ModelConfig, num_pauses: in
   return samples
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step: Optional[int] = None,
-                        policy: Optional[str] = None, tau: Optional[float] = None, q: Optional[float] = None,
-                        max_batches: int = 0, batch_size: int = 0, num_samples: int = 4,
-                        out_dir: Optional[str] = None, progress: bool = True) -> dict:
+def evaluate_checkpoint(config: Optional[ml_collections.ConfigDict], workdir: str, *,
+                        step: Optional[int] = None, policy: Optional[str] = None, tau: Optional[float] = None,
+                        q: Optional[float] = None, max_batches: int = 0, batch_size: int = 0,
+                        num_samples: int = 4, out_dir: Optional[str] = None, progress: bool = True,
+                        overrides: Optional[dict] = None) -> dict:
   """Evaluates a checkpoint of `workdir` and writes `out_dir` (default `workdir/eval`). Returns the report.
 
+  config: the data and eval settings; None = the config the checkpoint was trained with (its saved
+  data, tokenizer and pretrained source), with `overrides` ({dotted key: value}) applied. A given
+  config that reads other data than the checkpoint's logs a warning naming the settings.
   In a multi-process run (`config.distributed`, or under `python -m cyb_jax.launch`) each process reads
   its block of every eval batch and the metrics are gathered, so every process computes the report a
   single process would; process 0 writes it.
   """
-  runtime.initialize(config)
+  from_saved = config is None
+  # Before anything touches jax: the runtime settings come from the command line, never the saved run's.
+  runtime.initialize(configuration.with_overrides({}, overrides) if from_saved else config)
+  if from_saved:
+    config, step = load_run_config(workdir, step, overrides)  # the same step is evaluated
   is_main = jax.process_index() == 0
   eval_config = config.copy_and_resolve_references()
   with eval_config.unlocked():
@@ -191,12 +234,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
       eval_config.eval.q = q
     if batch_size:
       eval_config.train.batch_size = batch_size
-    eval_config.mesh.num_devices = 1
+    # One device, whatever mesh the run trained on (a saved config's data x fsdp would not fit it).
+    eval_config.mesh.num_devices, eval_config.mesh.data, eval_config.mesh.fsdp = 1, -1, 1
   settings = configuration.settings_from_config(eval_config, device_count=1, workdir=workdir,
                                                 process_count=jax.process_count(), write_files=False)
   out_dir = out_dir or os.path.join(workdir, "eval")
   configuration.check_output_dir(out_dir, "eval output directory")  # before the evaluation, not after
   params, meta, step = load_params(workdir, step)
+  if not from_saved:
+    warn_data_differences(eval_config, meta, workdir, step)
   saved_model = model_lib.ModelConfig(**meta["model"])
   differences = configuration.shape_differences(saved_model, settings.model)
   if differences:

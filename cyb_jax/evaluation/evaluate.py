@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cyb_jax import compile_log
 from cyb_jax import losses
 from cyb_jax import model as model_lib
 from cyb_jax.evaluation import token_classes
@@ -63,6 +64,29 @@ def step_metrics(params, inputs_BN, targets_BN, mask_BN, segment_ids_BN=None, *,
   }
 
 
+# Compiled `step_metrics`, by model, K and the shapes, dtypes and shardings of its arguments: compiled
+# ahead of time (announced, since it takes minutes at real size), once per process for each.
+_COMPILED_STEPS: dict = {}
+
+
+def _signature(tree) -> tuple:
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple((x.shape, str(x.dtype), getattr(x, "sharding", None)) for x in leaves)
+
+
+def compiled_step_metrics(params, args: tuple, config: model_lib.ModelConfig, num_pauses: int):
+  """`step_metrics` compiled for `params` and `args` (inputs, targets, mask, segment ids or None), called
+  as `compiled(params, *args)`; compiled once (logging what and how long) and reused."""
+  key = (config, num_pauses, _signature((params, args)))
+  if key not in _COMPILED_STEPS:
+    inputs = args[0]
+    devices = len(inputs.sharding.device_set) if hasattr(inputs, "sharding") else 1
+    shape = compile_log.shape_text(inputs.shape[0], inputs.shape[1], devices, num_pauses)
+    with compile_log.announce(f"compiling eval step ({shape})", "compiled eval step"):
+      _COMPILED_STEPS[key] = step_metrics.lower(params, *args, config=config, num_pauses=num_pauses).compile()
+  return _COMPILED_STEPS[key]
+
+
 def stop_steps(log_d_BNS: np.ndarray, policy: str, *, tau: float = 0.5, q: float = 0.5,
                rng: Optional[jax.Array] = None) -> np.ndarray:
   """Where `policy` stops each token, int `[B, N]`, replaying its decisions on log d_j `[B, N, S]`."""
@@ -87,6 +111,19 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
   average_rank = np.cumsum(counts) - (counts - 1) / 2.0
   u_stat = average_rank[inverse][positives].sum() - num_pos * (num_pos + 1) / 2.0
   return float(u_stat / (num_pos * num_neg))
+
+
+def auroc_note(positives: np.ndarray) -> Optional[str]:
+  """Why `dk_auroc` (the AUROC of the step-0 `<dk>` probability for "the step-0 answer is wrong") is
+  undefined, or None when it is defined: one of its two classes of tokens is empty."""
+  positives = np.asarray(positives, bool)
+  if positives.size == 0:
+    return "no scored tokens"
+  if positives.all():
+    return "every step-0 answer is wrong: no right answer to rank below the errors"
+  if not positives.any():
+    return "every step-0 answer is right: no error for <dk> to flag"
+  return None
 
 
 # Bins of the step-0 entropy (nats) for the report's "pauses by the model's own uncertainty" table.
@@ -269,6 +306,9 @@ class EvalAccumulator:
            "accuracy_at_step": (self.correct_at_step / n).tolist(),
            "halt_distribution": (self.halt / n).tolist(),
            "dk_auroc": auroc(scores, wrong)}
+    note = auroc_note(wrong)
+    if note:  # dk_auroc is NaN ("nan" in JSON files); this says why
+      out["dk_auroc_note"] = note
     if self.policy == "threshold":
       out["tau"] = self.tau
     if self.policy == "cumulative":
@@ -372,18 +412,20 @@ def evaluate(params, batches: Iterable[dict], config: model_lib.ModelConfig, num
   # DESIGN.md section 3: a stream model's headline numbers come from inference's own context.
   inference_context = config.pause_context == "stream" and num_pauses > 0
   packed = False
+  num_batches = 0
   for index, batch in enumerate(_in_lockstep(batches)):
     if max_batches and index >= max_batches:
       break
+    num_batches += 1
     if inference_context and example_lib.SEGMENT_IDS in batch:
       # Packed rows (TFDS): inference has no document boundaries, so only the rollout is reported.
       inference_context, packed = False, True
     device_batch = {k: batch[k] for k in keys if k in batch}  # segment ids of packed rows only
     if put_batch is not None:
       device_batch = put_batch(device_batch)
-    metrics = step_metrics(params, device_batch[example_lib.INPUTS], device_batch[example_lib.TARGETS],
-                           device_batch[example_lib.LOSS_MASK], device_batch.get(example_lib.SEGMENT_IDS),
-                           config=config, num_pauses=num_pauses)
+    args = (device_batch[example_lib.INPUTS], device_batch[example_lib.TARGETS],
+            device_batch[example_lib.LOSS_MASK], device_batch.get(example_lib.SEGMENT_IDS))
+    metrics = compiled_step_metrics(params, args, config, num_pauses)(params, *args)
     host = {k: batch.get(k) for k in (example_lib.LOSS_MASK, example_lib.DIFFICULTY, example_lib.TARGETS)}
     if jax.process_count() > 1:
       # Each host holds its own rows; gather all of them (in process order, as the global arrays are laid
@@ -399,6 +441,7 @@ def evaluate(params, batches: Iterable[dict], config: model_lib.ModelConfig, num
     if progress is not None:
       progress()
   result = accumulator.result()
+  result["num_batches"] = num_batches
   if packed:
     result["context_note"] = ("stream model on packed rows: the inference context is not computed; the "
                               "numbers are the training rollout's")

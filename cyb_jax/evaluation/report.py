@@ -218,7 +218,9 @@ def markdown(result: dict, *, header: dict, samples: Sequence[str], highest: lis
   lines += ["", "## Summary", "", "| metric | value |", "|---|---|"]
   for key in ("num_tokens", "policy", "tau", "q", "nll_policy", "accuracy", "mean_pauses", "nll_marginal",
               "dk_auroc"):
-    if key in result:
+    if key == "dk_auroc" and result.get("dk_auroc_note"):
+      lines.append(f"| dk_auroc | n/a ({result['dk_auroc_note']}) |")
+    elif key in result:
       lines.append(f"| {key} | {_fmt(result[key])} |")
   training = result.get("training_context")
   if training:

@@ -10,6 +10,12 @@ def _fmt(value, digits=3) -> str:
     return str(value)
 
 
+def dk_auroc_text(results: dict) -> str:
+  """"0.922", or "n/a (every step-0 answer is right: ...)" when it is undefined (evaluate.auroc_note)."""
+  note = results.get("dk_auroc_note")
+  return f"n/a ({note})" if note else _fmt(results["dk_auroc"])
+
+
 def format_summary(results: dict, settings) -> str:
   """Text table of eval `results` (EvalAccumulator.result()) for a run with `settings`."""
   num_pauses = settings.num_pauses
@@ -21,7 +27,7 @@ def format_summary(results: dict, settings) -> str:
       + f", {results['num_tokens']} tokens ==",
       f"nll_policy {_fmt(results['nll_policy'])}   accuracy {_fmt(results['accuracy'])}   "
       f"mean pauses {_fmt(results['mean_pauses'], 2)}   nll_marginal {_fmt(results['nll_marginal'])}   "
-      f"dk_auroc {_fmt(results['dk_auroc'])}",
+      f"dk_auroc {dk_auroc_text(results)}",
       "forced to stop at step j:   nll " + " ".join(_fmt(v) for v in results["nll_at_step"])
       + "   accuracy " + " ".join(_fmt(v) for v in results["accuracy_at_step"]),
       "pause histogram (tokens stopping at step 0..K): "
@@ -35,7 +41,7 @@ def format_summary(results: dict, settings) -> str:
     lines.insert(3, f"training context (rollout, K pauses after every token): nll_policy "
                  f"{_fmt(training['nll_policy'])}   accuracy {_fmt(training['accuracy'])}   mean pauses "
                  f"{_fmt(training['mean_pauses'], 2)}   nll_marginal {_fmt(results['nll_marginal'])}   "
-                 f"dk_auroc {_fmt(results['dk_auroc'])}")
+                 f"dk_auroc {dk_auroc_text(results)}")
   if "pause_rate_by_difficulty" in results:
     header = (f"{'difficulty':<12}{'tokens':>8}{'paused':>8}{'pauses':>8}{'acc':>8}"
               f"{'acc@0':>8}{'acc@K':>8}")

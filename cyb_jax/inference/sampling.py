@@ -48,15 +48,22 @@ class Sampler:
     return self.tokenizer is not None
 
 
-def load_sampler(workdir: str, step: Optional[int] = None) -> Sampler:
+def load_sampler(workdir: str, step: Optional[int] = None, config: Optional[ml_collections.ConfigDict] = None,
+                 overrides: Optional[dict] = None) -> Sampler:
   """The checkpoint `step` (default: latest) of `workdir`, with the tokenizer it was trained with.
 
+  config: the data settings (tokenizer, pretrained source); None = the config the checkpoint was
+  trained with, with `overrides` ({dotted key: value}, e.g. {"init_from_hf": new_dir}) applied. A given
+  config that reads other data than the checkpoint's logs a warning naming the settings.
   Raises configuration.ConfigError (no checkpoint, a missing tokenizer file) or
   checkpointing.CheckpointError (an unreadable checkpoint), each one line.
   """
   params, meta, step = eval_checkpoint.load_params(workdir, step)
   model = model_lib.ModelConfig(**meta["model"])
-  config = ml_collections.ConfigDict(meta["config"])
+  if config is None:
+    config = configuration.saved_run_config(meta["config"], overrides)
+  else:
+    eval_checkpoint.warn_data_differences(config, meta, workdir, step)
   data = configuration.data_config(config, workdir, write_files=False)
   tokenizer = None
   if data.name in (data_pipeline.TEXT_FILE, data_pipeline.TFDS):

@@ -10,7 +10,8 @@
      every `eval_every`; checkpoint every `checkpoint_every` (only after the window's losses were checked,
      so no bad state is ever saved), with each process's data-iterator state; on SIGTERM (to any process
      of a multi-process run: they agree on the step) save and return;
-  5. evaluate the final model on the eval split and print a summary.
+  5. evaluate the final model on the eval split (or its first `train.final_eval_batches` batches) and
+     print a summary.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 import optax
 
 from cyb_jax.training import checkpointing
+from cyb_jax import compile_log
 from cyb_jax import configuration
 from cyb_jax.evaluation import evaluate
 from cyb_jax import losses
@@ -153,8 +155,11 @@ def _initial_params(config: ml_collections.ConfigDict, settings: configuration.S
       process_index=jax.process_index(), process_count=jax.process_count())))
   batch = sharding.global_batch({k: batch[k] for k in (example_lib.INPUTS, example_lib.LOSS_MASK)},
                                 sharding.batch_sharding(mesh))
-  dk_bias = model_lib.calibrate_dk_bias(params, batch[example_lib.INPUTS], model_config,
-                                        batch[example_lib.LOSS_MASK])
+  inputs = batch[example_lib.INPUTS]
+  with compile_log.announce(f"calibrating the <dk> bias on an eval batch of {inputs.shape[0]} x "
+                            f"{inputs.shape[1]} (compiles a forward pass)", "calibrated the <dk> bias"):
+    dk_bias = model_lib.calibrate_dk_bias(params, inputs, model_config, batch[example_lib.LOSS_MASK])
+    dk_bias.block_until_ready()
   log.info("<dk> bias %.3f for an initial <dk> probability of %g", float(dk_bias.addressable_data(0)),
            model_config.dk_init_prob)
   if keep_pauses:
@@ -376,9 +381,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch_spec = {key: jax.ShapeDtypeStruct(
       (batch_size, settings.data_info.loss_positions if key == example_lib.LOSS_POSITIONS else seq_len),
       jnp.bool_ if key == example_lib.LOSS_MASK else jnp.int32, sharding=batch_sharding) for key in keys}
-  compiled_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                          out_shardings=(state_shardings, sharding.replicated(mesh)),
-                          donate_argnums=0).lower(state_spec, batch_spec).compile()
+  with compile_log.announce("compiling train step (" + compile_log.shape_text(
+      batch_size, seq_len, mesh.size, settings.num_pauses) + ")", "compiled train step"):
+    compiled_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+                            out_shardings=(state_shardings, sharding.replicated(mesh)),
+                            donate_argnums=0).lower(state_spec, batch_spec).compile()
 
   writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
   run_eval = functools.partial(_evaluate, settings=settings, put_batch=put_batch,
@@ -428,7 +435,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.write(step, "eval", results)
     progress.close()
     checkpointer.wait()
-    final = run_eval(state.params, max_batches=0)
+    final = _final_eval(run_eval, state.params, config, batch_size)
     final["step"] = num_steps
     writer.write(num_steps, "eval", final)
     if is_main:
@@ -455,6 +462,25 @@ def _evaluate(params, *, settings: configuration.Settings, put_batch, batch_size
                            difficulty_names=settings.data_info.difficulty_names,
                            tau_sweep=tuple(config.eval.tau_sweep) if settings.num_pauses else (),
                            max_batches=max_batches, put_batch=put_batch)
+
+
+def _final_eval(run_eval, params, config: ml_collections.ConfigDict, batch_size: int) -> dict:
+  """The end-of-run eval on `train.final_eval_batches` batches (0 = the whole eval split), saying in the
+  log what it covers: at real size the whole split can take many minutes."""
+  batches = configuration.final_eval_batches(config)
+  what = "the whole eval split" if not batches else (
+      "its first batch" if batches == 1 else f"its first {batches} batches")
+  is_main = jax.process_index() == 0
+  if is_main:
+    log.info("final eval on %s (batches of %d; train.final_eval_batches = %d, 0 = all)...", what,
+             batch_size, batches)
+  start = time.perf_counter()
+  final = run_eval(params, max_batches=batches)
+  if is_main:
+    count = final["num_batches"]
+    log.info("final eval covered %d scored tokens in %d batch%s (%s) in %.1f s", final["num_tokens"], count,
+             "es" * (count != 1), what, time.perf_counter() - start)
+  return final
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
