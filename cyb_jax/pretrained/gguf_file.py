@@ -385,7 +385,7 @@ class GGUFCheckpoint:
     return config
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=1)
 def _open(path: str, mtime_ns: int, size: int) -> GGUFCheckpoint:
   del mtime_ns, size  # cache keys only: a rewritten file is parsed again
   return GGUFCheckpoint(path)
