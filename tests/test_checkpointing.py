@@ -182,7 +182,7 @@ def test_an_unreadable_checkpoint_names_itself_and_the_newest_intact_one(three_s
   with pytest.raises(checkpointing.CheckpointError) as error:
     trainer.train(tiny("nopause", {"train.num_steps": 5, **RUN}), str(workdir))
   message = str(error.value)
-  assert message.startswith(f"checkpoint 3 in {workdir / 'checkpoints'} cannot be read (")
+  assert message.startswith(f"checkpoint 3 in {workdir / 'checkpoints'} cannot be read: ")
   assert message.endswith(f"the newest intact checkpoint is step 2: move {broken} away to use it")
   assert "\n" not in message
   # eval.py's reader says the same.
