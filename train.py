@@ -31,6 +31,8 @@ def main(argv):
     sys.exit(f"checkpoint error: {error}")
   except workdir_lock.WorkdirLockedError as error:
     sys.exit(f"workdir error: {error}")
+  except trainer.NonFiniteLossError as error:
+    sys.exit(f"training error: {error}")
 
 
 if __name__ == "__main__":

@@ -414,3 +414,17 @@ def test_extending_a_cosine_run_says_how_its_schedule_changed(tmp_path, caplog):
   logged = latest_by_step(workdir, "learning_rate")
   assert [logged[s] for s in (4, 5)] == pytest.approx([_cosine_lr(peak, warmup, 4, 3),
                                                       _cosine_lr(peak, warmup, 8, 4)])
+
+
+def test_train_py_ends_a_non_finite_run_in_one_line(tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, "train.py", "--config=tests/tiny_config.py:nopause",
+                           "--config.optim.learning_rate=1e30", f"--workdir={tmp_path / 'run'}"], cwd=root,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
+  output = result.stdout + result.stderr
+  last = [line for line in output.splitlines() if line.strip()][-1]
+  assert result.returncode == 1 and "Traceback" not in output, output[-3000:]
+  assert re.match(r"^training error: non-finite (loss|parameters)\b.* at step \d+\b.*; no checkpoint of this "
+                  r"state was written$", last), last
