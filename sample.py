@@ -79,6 +79,7 @@ def main(argv):
         stop_tokens=sampling.stop_ids(sampler, _STOP.value))
     pauses_requested = _NUM_PAUSES.value not in (None, 0) or (
         flags.FLAGS["policy"].present and _POLICY.value != "never")
+    sampling.check(sampler, prompts, settings, pauses_requested)  # before the first prompt is printed
     streaming = _STREAM.value and (_BATCH.value == 1 or len(prompts) == 1)
     records, timings = [], []
 

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import functools
 import importlib.util
+import math
 import os
 from typing import Any, Optional
 
@@ -73,16 +74,19 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 
 def unknown_key_message(section: str, unknown: list, known) -> str:
-  """'config.<section>.<key> is not a known key (did you mean '<closest>'?)' for the first unknown key."""
-  key = unknown[0]
+  """'config.<section>.<key> is not a known key (did you mean <section>.<closest>?)' for each unknown
+  key, joined by '; '."""
+  return "; ".join(_unknown_key(section, key, known) for key in unknown)
+
+
+def _unknown_key(section: str, key: str, known) -> str:
   prefix = f"{section}." if section else ""
   close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
   # An abbreviation by initials (lr -> learning_rate) or a prefix (warmup -> warmup_steps).
   close = close or sorted(k for k in known if "".join(w[:1] for w in k.split("_")) == key.lower()
                           or k.startswith(key.lower()))[:1]
   hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; known: {sorted(known)}"
-  more = f" (and {len(unknown) - 1} more unknown: {unknown[1:]})" if len(unknown) > 1 else ""
-  return f"config.{prefix}{key} is not a known key{hint}{more}"
+  return f"config.{prefix}{key} is not a known key{hint}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,15 +107,16 @@ def _default_keys() -> dict:
 
 
 def check_known_keys(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first key that configs/default.py does not define, and the closest
+  """Raises ConfigError naming every key that configs/default.py does not define, each with the closest
   valid one: a misspelt key in a config file (`objective.gama = 0.5`) would otherwise add a new key that
   nothing reads, silently. `model.*` and `data.*` are checked against their dataclasses' fields."""
   schema = _default_keys()
   values = config.to_dict()
+  problems = []
   if schema[""] is not None:
     unknown = sorted(set(values) - schema[""])
     if unknown:
-      raise ConfigError(unknown_key_message("", unknown, schema[""]))
+      problems.append(unknown_key_message("", unknown, schema[""]))
   sections = {section: known for section, known in schema.items() if section}
   sections["model"] = {f.name for f in dataclasses.fields(model_lib.ModelConfig)}
   sections["data"] = {f.name for f in dataclasses.fields(data_pipeline.DataConfig)}
@@ -120,7 +125,30 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
     if isinstance(value, dict):
       unknown = sorted(set(value) - known)
       if unknown:
-        raise ConfigError(unknown_key_message(section, unknown, known))
+        problems.append(unknown_key_message(section, unknown, known))
+  if problems:
+    raise ConfigError("; ".join(problems))
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_finite_floats(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming every float setting that is NaN or infinite as the float32 the run
+  computes in (`1e39` is a finite Python float but inf in float32: a learning rate of 1e39 would pass
+  every range check and kill the run at its first update)."""
+  def walk(prefix: str, value) -> list:
+    if isinstance(value, dict):
+      return [bad for key, item in sorted(value.items()) for bad in walk(f"{prefix}{key}.", item)]
+    if isinstance(value, (list, tuple)):
+      return [bad for index, item in enumerate(value) for bad in walk(f"{prefix[:-1]}[{index}].", item)]
+    if isinstance(value, (float, np.floating)) and not (math.isfinite(value) and abs(value) <= _FLOAT32_MAX):
+      return [f"config.{prefix[:-1]} = {float(value)!r}"]
+    return []
+  bad = walk("", config.to_dict())
+  if bad:
+    raise ConfigError(f"{'; '.join(bad)}: not a finite float32 number (the run computes in float32, whose "
+                      f"largest value is {_FLOAT32_MAX:.4g})")
 
 
 def check_output_dir(path: str, name: str) -> None:
@@ -324,6 +352,7 @@ def settings_from_config(config: ml_collections.ConfigDict, *, device_count: int
   `workdir`: the run's directory, where a "bpe" tokenizer is trained (with `write_files`) or read.
   """
   check_known_keys(config)
+  check_finite_floats(config)
   if workdir is not None and write_files:
     check_output_dir(workdir, "--workdir")
   num_devices = int(_get(config, "mesh.num_devices"))

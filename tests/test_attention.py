@@ -242,3 +242,41 @@ def test_blockwise_gradient_memory_grows_linearly_with_length():
   assert blockwise[2048] / blockwise[512] <= 4.5, blockwise
   assert dense[2048] / dense[512] > 8.0, dense  # the control: quadratic scores
   assert blockwise[2048] < dense[2048] / 4, (blockwise, dense)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The mask where it is defined (blockwise.visible, shared by the dense, blockwise and Pallas paths), by
+# hand: a window of w lets position p see keys p - w + 1 .. p (DESIGN.md section 9; Gemma/Qwen windows).
+
+
+def test_sliding_window_mask_written_out_by_hand():
+  from cyb_jax.model import blockwise  # pylint: disable=import-outside-toplevel
+  positions = jnp.arange(7)[None]
+  window_3 = np.array([[1, 0, 0, 0, 0, 0, 0],
+                       [1, 1, 0, 0, 0, 0, 0],
+                       [1, 1, 1, 0, 0, 0, 0],
+                       [0, 1, 1, 1, 0, 0, 0],
+                       [0, 0, 1, 1, 1, 0, 0],
+                       [0, 0, 0, 1, 1, 1, 0],
+                       [0, 0, 0, 0, 1, 1, 1]], bool)
+  causal = np.tril(np.ones((7, 7), bool))  # window 0: no window
+  np.testing.assert_array_equal(attention.real_key_mask(positions, positions, 3)[0], window_3)
+  np.testing.assert_array_equal(blockwise.visible_mask(positions, positions, None, None, 3)[0], window_3)
+  np.testing.assert_array_equal(attention.real_key_mask(positions, positions, 0)[0], causal)
+  np.testing.assert_array_equal(attention.real_key_mask(positions, positions, 1)[0], np.eye(7, dtype=bool))
+  # Queries at arbitrary positions (a pause step's, or decoding's single query) against keys 0..6.
+  queries = jnp.array([[6, 2, 0]])
+  np.testing.assert_array_equal(attention.real_key_mask(queries, positions, 3)[0],
+                                np.array([[0, 0, 0, 0, 1, 1, 1],
+                                          [1, 1, 1, 0, 0, 0, 0],
+                                          [1, 0, 0, 0, 0, 0, 0]], bool))
+  # Packed rows: documents [0, 0, 0, 1, 1, 1, 1]; the window does not reach across the boundary.
+  segments = jnp.array([[0, 0, 0, 1, 1, 1, 1]])
+  np.testing.assert_array_equal(attention.real_key_mask(positions, positions, 3, segments, segments)[0],
+                                np.array([[1, 0, 0, 0, 0, 0, 0],
+                                          [1, 1, 0, 0, 0, 0, 0],
+                                          [1, 1, 1, 0, 0, 0, 0],
+                                          [0, 0, 0, 1, 0, 0, 0],
+                                          [0, 0, 0, 1, 1, 0, 0],
+                                          [0, 0, 0, 1, 1, 1, 0],
+                                          [0, 0, 0, 0, 1, 1, 1]], bool))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -182,7 +183,7 @@ def test_an_unreadable_checkpoint_names_itself_and_the_newest_intact_one(three_s
   with pytest.raises(checkpointing.CheckpointError) as error:
     trainer.train(tiny("nopause", {"train.num_steps": 5, **RUN}), str(workdir))
   message = str(error.value)
-  assert message.startswith(f"checkpoint 3 in {workdir / 'checkpoints'} cannot be read (")
+  assert message.startswith(f"checkpoint 3 in {workdir / 'checkpoints'} cannot be read: ")
   assert message.endswith(f"the newest intact checkpoint is step 2: move {broken} away to use it")
   assert "\n" not in message
   # eval.py's reader says the same.
@@ -266,3 +267,69 @@ def test_the_last_feedback_layer_is_the_same_however_it_is_written():
   trainer.check_resumable(saved, now, 40, "W")  # -1 and 1 of 2 layers: no error
   with pytest.raises(configuration.ConfigError, match=r"^config\.model\.pause_feedback_layer is 0 here but 1"):
     trainer.check_resumable(saved, _meta(model__pause_feedback_layer=0) | {"model": {"num_layers": 2}}, 40, "W")
+
+
+def _last_line_and_noise(process: subprocess.CompletedProcess) -> tuple[str, str]:
+  output = process.stdout + process.stderr
+  lines = [line for line in output.splitlines() if line.strip()]
+  return lines[-1], output
+
+
+def test_a_truncated_array_file_is_one_line_from_train_eval_and_sample(tmp_path):
+  """The issue's case: a checkpoint's array file cut short. train.py used to print ~1000 lines (orbax's
+  background reads' `Event loop is closed` tracebacks around TensorStore's whole spec)."""
+  workdir = tmp_path / "run"
+  trainer.train(tiny("nopause", {"train.num_steps": 3, **RUN}), str(workdir))
+  # The largest of the OCDBT database's data files (`state/d/` holds the merged tree and small values,
+  # `state/ocdbt.process_<i>/d/` each process's larger values): one the restore needs.
+  state = workdir / "checkpoints" / "3" / "state"
+  biggest = max(state.glob("**/d/*"), key=lambda path: path.stat().st_size)
+  size = biggest.stat().st_size
+  assert size > 100
+  os.truncate(biggest, 10)
+  checkpoints = workdir / "checkpoints"
+  # What is wrong, by hand: the file holds 10 bytes where it held `size`, of which the data use some.
+  pattern = (rf"checkpoint 3 in {re.escape(str(checkpoints))} cannot be read: {re.escape(str(biggest))} is "
+             r"truncated \(10 bytes; its data runs to byte (\d+)\); the newest intact checkpoint is step 2: "
+             rf"move {re.escape(str(checkpoints / '3'))} away to use it$")
+  commands = {
+      "train": ["train.py", "--config=tests/tiny_config.py:nopause", "--config.train.num_steps=5"],
+      "eval": ["eval.py", "--config=tests/tiny_config.py:nopause"],
+      "sample": ["sample.py", "--num_prompts=1"],
+  }
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  running = {name: subprocess.Popen([sys.executable, *args, f"--workdir={workdir}"], cwd=ROOT, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, args in commands.items()}
+  for name, process in running.items():
+    stdout, stderr = process.communicate(timeout=300)
+    last, output = _last_line_and_noise(subprocess.CompletedProcess(process.args, process.returncode, stdout,
+                                                                    stderr))
+    assert process.returncode == 1, (name, output[-3000:])
+    assert "Traceback" not in output and "Event loop is closed" not in output, (name, output[-3000:])
+    prefix = {"train": "checkpoint error: ", "eval": "eval error: ", "sample": "sample error: "}[name]
+    assert last.startswith(prefix), (name, last)
+    match = re.match(pattern, last[len(prefix):])
+    assert match and 10 < int(match.group(1)) <= size, (name, last)
+  assert checkpoint_steps_here(workdir) == [1, 2, 3]  # nothing was written or removed
+
+
+def checkpoint_steps_here(workdir) -> list[int]:
+  return sorted(int(name) for name in os.listdir(workdir / "checkpoints") if name.isdigit())
+
+
+def test_unfinished_saves_are_removed_when_a_run_opens_its_checkpoints(tmp_path, caplog):
+  directory = tmp_path / "run" / "checkpoints"
+  stale = directory / "7.orbax-checkpoint-tmp-1764751234567890"  # a save cut off by a crash
+  (stale / "state").mkdir(parents=True)
+  (stale / "state" / "half_written").write_bytes(b"\0" * 100)
+  (directory / "keep_me.txt").write_text("not orbax's")
+  reader = checkpointing.Checkpointer(str(tmp_path / "run"), read_only=True)  # eval.py, sample.py: no writes
+  reader.close()
+  assert stale.exists()
+  with caplog.at_level("INFO", logger="cyb_jax"):
+    writer = checkpointing.Checkpointer(str(tmp_path / "run"))
+    writer.close()
+  assert sorted(os.listdir(directory)) == ["keep_me.txt"]
+  assert [r.getMessage() for r in caplog.records if r.name == "cyb_jax"] == [
+      f"removing 1 unfinished save(s) left by an interrupted run in {directory}: {stale.name}"]

@@ -51,8 +51,15 @@ def train_error(config, workdir, monkeypatch) -> str:
     ({"eval.tau_sweep": (0.5, 1.0)},
      r"^config\.eval\.tau_sweep must hold thresholds in \(0, 1\), got \(0\.5, 1\.0\)$"),
     ({"train.skip_batches": -2}, r"^config\.train\.skip_batches must be >= 0, got -2$"),
+    # Finite as a Python float, inf in the float32 the run computes in: it used to die at step 1.
+    ({"optim.learning_rate": 1e39},
+     r"^config\.optim\.learning_rate = 1e\+39: not a finite float32 number \(the run computes in float32, "
+     r"whose largest value is 3\.403e\+38\)$"),
+    ({"optim.b2": float("nan"), "optim.weight_decay": float("inf")},
+     r"^config\.optim\.b2 = nan; config\.optim\.weight_decay = inf: not a finite float32 number"),
 ], ids=["objective", "task", "negative_num_pauses", "num_pauses_above_max", "negative_budget",
-        "negative_cost", "batch_vs_devices", "too_many_devices", "schedule", "tau_sweep", "skip_batches"])
+        "negative_cost", "batch_vs_devices", "too_many_devices", "schedule", "tau_sweep", "skip_batches",
+        "learning_rate_inf_in_float32", "nan_and_inf"])
 def test_bad_config_is_a_one_line_error_before_compiling(overrides, pattern, tmp_path, monkeypatch):
   message = train_error(tiny(overrides=overrides), tmp_path / "run", monkeypatch)
   assert re.search(pattern, message), message
@@ -78,6 +85,20 @@ def test_misspelt_keys_in_a_config_file_are_named_with_the_closest(section, key,
   with node.unlocked():
     setattr(node, key, value)
   assert train_error(config, tmp_path / "run", monkeypatch) == message
+
+
+def test_several_misspelt_keys_in_a_config_file_are_all_named_at_once(tmp_path, monkeypatch):
+  config = tiny()
+  for node, key, value in ((config.optim, "lr", 0.1), (config.objective, "gama", 0.5), (config, "num_pause", 2),
+                           (config.train, "num_step", 5), (config.train, "eval_evry", 5)):
+    with node.unlocked():
+      setattr(node, key, value)
+  assert train_error(config, tmp_path / "run", monkeypatch) == (
+      "config.num_pause is not a known key (did you mean num_pauses?); "
+      "config.objective.gama is not a known key (did you mean objective.gamma?); "
+      "config.optim.lr is not a known key (did you mean optim.learning_rate?); "
+      "config.train.eval_evry is not a known key (did you mean train.eval_every?); "
+      "config.train.num_step is not a known key (did you mean train.num_steps?)")
 
 
 def test_batch_divisibility_counts_the_devices_in_use():

@@ -368,3 +368,39 @@ def test_a_fine_tune_evaluates_from_its_saved_config_after_its_source_is_gone(tm
   after = eval_checkpoint.evaluate_checkpoint(None, workdir, max_batches=1, num_samples=0, progress=False,
                                               out_dir=str(tmp_path / "after"))
   assert _headline(after) == _headline(before) and after["num_tokens"] > 0
+
+
+def test_the_table_by_difficulty_sums_over_every_batch():
+  """Four eval batches at once against each batch evaluated alone and combined by hand: token counts add
+  up, and each rate is the token-weighted mean of the batches' rates (a table that kept only the last batch,
+  or the first, fails here; every other eval test reads one batch)."""
+  from cyb_jax.evaluation import evaluate  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  config = tiny_config.get_config()
+  config.model.dk_init_prob = 0.5
+  settings = configuration.settings_from_config(config, device_count=1)
+  params = model_lib.init(settings.model, jax.random.PRNGKey(3))
+  kernel = params["dk_head"]["kernel"]  # a fresh head is input-independent: make it depend on the input
+  params["dk_head"]["kernel"] = jax.random.normal(jax.random.PRNGKey(4), kernel.shape, kernel.dtype)
+  batches = list(data_pipeline.make_dataset(settings.data, "eval", 4))
+  assert len(batches) == 4  # 16 eval examples
+  # A <dk> head around probability 0.5 and tau 0.5: some tokens pause and some do not.
+  run = lambda batch_list: evaluate.evaluate(params, iter(batch_list), settings.model, config.num_pauses,
+                                             tau=0.5, difficulty_names=settings.data_info.difficulty_names)
+  together, alone = run(batches), [run([batch]) for batch in batches]
+  names = sorted(together["difficulty_tokens"])
+  tokens = {name: [part["difficulty_tokens"].get(name, 0) for part in alone] for name in names}
+  assert together["difficulty_tokens"] == {name: sum(tokens[name]) for name in names}
+  assert sum(together["difficulty_tokens"].values()) == together["num_tokens"] == 16 * 6
+  assert len({tuple(part["difficulty_tokens"].values()) for part in alone}) > 1  # the batches differ
+  for key in ("pause_rate_by_difficulty", "mean_pauses_by_difficulty", "accuracy_by_difficulty"):
+    for name in names:
+      combined = sum(part[key][name] * n for part, n in zip(alone, tokens[name]) if n) / sum(tokens[name])
+      assert together[key][name] == pytest.approx(combined, abs=1e-9), (key, name)
+  for name in names:
+    combined = sum(np.asarray(part["accuracy_at_step_by_difficulty"][name]) * n
+                   for part, n in zip(alone, tokens[name]) if n) / sum(tokens[name])
+    np.testing.assert_allclose(together["accuracy_at_step_by_difficulty"][name], combined, atol=1e-9)
+  assert 0 < sum(together["pause_rate_by_difficulty"].values())  # there are pauses to count
+  np.testing.assert_array_equal(together["pause_histogram"],
+                                np.sum([part["pause_histogram"] for part in alone], axis=0))

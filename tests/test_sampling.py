@@ -112,6 +112,22 @@ def test_sample_py_errors_are_one_line(runs, tmp_path):
   assert lines["no_checkpoint"].startswith("sample error: --workdir") and "holds no checkpoint" in lines["no_checkpoint"]
 
 
+def test_sample_py_argument_errors_come_before_any_prompt_is_printed(runs):
+  cases = {  # each at batch size 1, where the prompt is streamed: "Hello|>" used to be printed first
+      "top_p": (["--top_p=2"], "sample error: top_p must lie in (0, 1] (1 = off), got 2.0"),
+      "temperature": (["--temperature=-1"], "sample error: temperature must be a finite number >= 0, got -1.0"),
+      "policy": (["--policy=sometimes"], "sample error: policy must be one of "),
+      "batch_size": (["--batch_size=0"], "sample error: --batch_size must be >= 1, got 0"),
+  }
+  processes = {name: _run([f"--workdir={runs['byte']}", "--prompt=Hello", *args])
+               for name, (args, _) in cases.items()}
+  for name, process in processes.items():
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode != 0 and "Traceback" not in stderr, (name, stderr[-2000:])
+    assert stdout == "", (name, stdout)
+    assert stderr.strip().splitlines()[-1].startswith(cases[name][1]), (name, stderr[-500:])
+
+
 def test_prompts_files_and_stop_tokens(runs, tmp_path):
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"prompt": "a"}\n{"text": "b"}\n', encoding="utf-8")

@@ -352,3 +352,79 @@ def test_chains_at_loss_positions_only_give_the_same_step(objective):
     np.testing.assert_allclose(sparse[key], dense[key], rtol=1e-5, atol=1e-6)
   for got, want in zip(jax.tree.leaves(sparse_state.params), jax.tree.leaves(dense_state.params)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reruns: past train.num_steps, finished, extended (issue 27).
+
+
+def test_a_rerun_past_num_steps_is_refused_and_a_finished_one_writes_nothing(reference, tmp_path, monkeypatch,
+                                                                              capsys):
+  import shutil  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference.workdir, workdir)
+  before = {name: open(os.path.join(workdir, name), "rb").read() for name in ("metrics.jsonl", "summary.json")}
+  forbid_compilation(monkeypatch)  # both are decided before anything compiles
+  # It used to train nothing and write the step-12 model's eval as step 6.
+  with pytest.raises(configuration.ConfigError) as error:
+    trainer.train(tiny(overrides={"train.num_steps": 6}), workdir)
+  assert str(error.value) == (
+      f"config.train.num_steps = 6 but the work directory {workdir!r} holds checkpoint step {NUM_STEPS}, past "
+      f"it: raise train.num_steps above {NUM_STEPS} to train on, or use a new --workdir")
+  capsys.readouterr()
+  final = trainer.train(tiny(), workdir)
+  assert capsys.readouterr().out == (
+      f"work directory {workdir!r} is finished: its checkpoint and summary.json are at train.num_steps = "
+      f"{NUM_STEPS}; nothing to do (raise train.num_steps to train on, or use a new --workdir)\n")
+  assert final["step"] == NUM_STEPS and final["nll_policy"] == pytest.approx(reference.final["nll_policy"])
+  for name, content in before.items():
+    assert open(os.path.join(workdir, name), "rb").read() == content, name
+  assert checkpoint_steps(workdir) == [4, 8, 12]
+
+
+def _cosine_lr(peak: float, warmup: int, num_steps: int, update: int) -> float:
+  """Linear warm-up from 0 over `warmup` updates, then half a cosine to 0 at `num_steps`, by hand."""
+  if update < warmup:
+    return peak * update / warmup
+  return peak * 0.5 * (1 + math.cos(math.pi * min(update - warmup, num_steps - warmup) / (num_steps - warmup)))
+
+
+def test_each_logged_step_has_its_learning_rate(reference):
+  config = tiny()
+  peak, warmup = config.optim.learning_rate, config.optim.warmup_steps
+  train = records(reference.workdir)
+  for record in train:  # step s is made by update s - 1 (optax counts updates from 0)
+    assert record["learning_rate"] == pytest.approx(_cosine_lr(peak, warmup, NUM_STEPS, record["step"] - 1),
+                                                    rel=1e-5, abs=1e-12)
+  assert train[0]["learning_rate"] == 0.0 and max(r["learning_rate"] for r in train) == pytest.approx(peak)
+
+
+def test_extending_a_cosine_run_says_how_its_schedule_changed(tmp_path, caplog):
+  workdir = str(tmp_path)
+  trainer.train(tiny(overrides={"train.num_steps": 4}), workdir)
+  with caplog.at_level("WARNING", logger="cyb_jax"):
+    trainer.train(tiny(overrides={"train.num_steps": 8}), workdir)
+  peak, warmup = tiny().optim.learning_rate, tiny().optim.warmup_steps
+  old, new = _cosine_lr(peak, warmup, 4, 4), _cosine_lr(peak, warmup, 8, 4)
+  assert old == 0.0 and new == pytest.approx(0.75 * peak)  # the finished run's lr 0 would jump back up
+  notes = [r.getMessage() for r in caplog.records if "learning-rate schedule" in r.getMessage()]
+  assert notes == [f"the learning-rate schedule changed since the checkpoint (step 4): num_steps 4 -> 8; the "
+                   f"learning rate at step 4 was {old:.3g} and is now {new:.3g}"]
+  # The logged rates follow the 4-step schedule, then the 8-step one from step 5.
+  logged = latest_by_step(workdir, "learning_rate")
+  assert [logged[s] for s in (4, 5)] == pytest.approx([_cosine_lr(peak, warmup, 4, 3),
+                                                      _cosine_lr(peak, warmup, 8, 4)])
+
+
+def test_train_py_ends_a_non_finite_run_in_one_line(tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, "train.py", "--config=tests/tiny_config.py:nopause",
+                           "--config.optim.learning_rate=1e30", f"--workdir={tmp_path / 'run'}"], cwd=root,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
+  output = result.stdout + result.stderr
+  last = [line for line in output.splitlines() if line.strip()][-1]
+  assert result.returncode == 1 and "Traceback" not in output, output[-3000:]
+  assert re.match(r"^training error: non-finite (loss|parameters)\b.* at step \d+\b.*; no checkpoint of this "
+                  r"state was written$", last), last

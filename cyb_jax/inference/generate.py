@@ -310,6 +310,16 @@ def left_pad(prompts: Sequence[Sequence[int]]) -> np.ndarray:
   return padded
 
 
+def check_sampling_arguments(temperature, top_k, top_p) -> None:
+  """ValueError (one line) for a temperature, top-k or top-p out of range (NaN included)."""
+  if not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0:
+    raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+  if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
+    raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+  if not isinstance(top_p, numbers.Real) or not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p must lie in (0, 1] (1 = off), got {top_p!r}")
+
+
 def generate(params, prompt: jax.Array, config: model_lib.ModelConfig, *, num_tokens: int,
              num_pauses: Optional[int] = None, policy: str = "threshold", tau: float = 0.5,
              q: float = 0.5, temperature: float = 0.0, rng: Optional[jax.Array] = None,
@@ -346,12 +356,7 @@ def generate(params, prompt: jax.Array, config: model_lib.ModelConfig, *, num_to
   if int(prompt_lengths.max()) + num_tokens * per_token > config.max_len:
     raise ValueError(f"prompt length {int(prompt_lengths.max())} + {num_tokens} generated tokens "
                      f"(x{per_token} cache entries each) exceeds model.max_len = {config.max_len}")
-  if not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0:
-    raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-  if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
-    raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
-  if not isinstance(top_p, numbers.Real) or not 0.0 < top_p <= 1.0:
-    raise ValueError(f"top_p must lie in (0, 1] (1 = off), got {top_p!r}")
+  check_sampling_arguments(temperature, top_k, top_p)
   stop_ids = np.asarray(list(stop_tokens) or [-1], np.int64)
   if stop_ids.ndim != 1 or (stop_ids.size and stop_tokens and
                             (stop_ids.min() < 0 or stop_ids.max() >= config.vocab_size)):

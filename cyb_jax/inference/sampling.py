@@ -150,9 +150,13 @@ class Settings:
 
 def check(sampler: Sampler, prompts: Sequence[Sequence[int]], settings: Settings,
           pauses_requested: bool = False) -> int:
-  """The K to use; ValueError (one line) for an unknown policy, a checkpoint without pause parameters
-  asked to pause, or a prompt too long for the model's context with the requested tokens."""
+  """The K to use; ValueError (one line) for an unknown policy, a sampling argument out of range, a
+  checkpoint without pause parameters asked to pause, or a prompt too long for the model's context with
+  the requested tokens. sample.py calls it before printing anything."""
   policies.check_policy(settings.policy, tau=settings.tau, q=settings.q)
+  generate.check_sampling_arguments(settings.temperature, settings.top_k, settings.top_p)
+  if settings.batch_size < 1:
+    raise ValueError(f"--batch_size must be >= 1, got {settings.batch_size}")
   num_pauses = sampler.num_pauses if settings.num_pauses is None else settings.num_pauses
   if sampler.model.max_pauses == 0:
     if pauses_requested or num_pauses > 0:

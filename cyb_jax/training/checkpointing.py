@@ -5,13 +5,24 @@ resolved model config (the shapes a later resume or fine-tune must match). `iter
 process's data-iterator state in its own file, `process_<i>-of-<n>.json` (grain's orbax handler), so each
 process resumes its own data stream wherever it stands (checkpoints before this layout hold one `data`
 item, read on resume by a single process). Saves are asynchronous and atomic: a
-save cut off by a crash leaves only a temporary directory that orbax ignores, so the latest complete
-checkpoint is always the one restored.
+save cut off by a crash leaves only a temporary directory (`<step>.orbax-checkpoint-tmp-*`) that orbax
+ignores, so the latest complete checkpoint is always the one restored; a writing manager removes such
+directories when it opens (orbax's `cleanup_tmp_directories`, on the primary process), saying so.
+
+A checkpoint that cannot be read is one line (CheckpointError) naming it, the damaged file where one is
+(checkpoint_integrity.py, checked before the restore is tried) and the newest intact step; what orbax and
+TensorStore print while failing goes to the log at debug level.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
 import os
+import sys
+import tempfile
+import time
 from typing import Any, Optional
 
 import grain
@@ -19,12 +30,26 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from cyb_jax.training import checkpoint_integrity
+
+log = logging.getLogger("cyb_jax")
+TMP_MARKER = ".orbax-checkpoint-tmp"
 ITEMS = ("state", "meta", "iterators")
 _LEGACY_DATA = "data"  # one JSON data-iterator state (checkpoints written before per-process states)
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be written or read; the one-line message names it and what to do."""
+
+
+def _innermost(error: BaseException) -> BaseException:
+  """The root of `error`'s chain of causes: TensorStore's own error under orbax's wrapper, whose message
+  is a whole spec."""
+  seen = {id(error)}
+  while error.__cause__ is not None and id(error.__cause__) not in seen:
+    error = error.__cause__
+    seen.add(id(error))
+  return error
 
 
 def _first_line(error: BaseException) -> str:
@@ -39,14 +64,20 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if read_only and not os.path.isdir(self.directory):
       raise FileNotFoundError(f"no checkpoints directory in {workdir!r}")
+    stale = sorted(name for name in (os.listdir(self.directory) if os.path.isdir(self.directory) else ())
+                   if TMP_MARKER in name)
+    if stale and not read_only and jax.process_index() == 0:
+      log.info("removing %d unfinished save(s) left by an interrupted run in %s: %s", len(stale),
+               self.directory, ", ".join(stale))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                            enable_async_checkpointing=not read_only,
-                                           read_only=read_only)
+                                           read_only=read_only, cleanup_tmp_directories=not read_only)
     # Handlers named up front so a read-only manager can read the saved arrays' metadata (shapes, dtypes).
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
                 "iterators": grain.checkpoint.CheckpointHandler(), _LEGACY_DATA: ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     self._pending: Optional[int] = None  # the step whose asynchronous save is in flight
+    self._closed = False
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -122,43 +153,96 @@ class Checkpointer:
     return params
 
   def restore_or_explain(self, step: int, abstract_state: Any, data_iterator: Any = None) -> tuple[Any, dict]:
-    """`restore`, or CheckpointError naming the unreadable step and the newest older one that reads."""
-    return self._explained(step, lambda s: self.restore(s, abstract_state, data_iterator))
+    """`restore`, or CheckpointError naming the unreadable step, the damaged file and the newest older
+    step that reads."""
+    return self._explained(step, lambda s: self.restore(s, abstract_state, data_iterator), arrays=True)
 
   def params_or_explain(self, step: int) -> tuple[dict, Any]:
     """(meta, params) of `step` (see `restore_params`), or CheckpointError as `restore_or_explain`."""
-    return self._explained(step, lambda s: (self.restore_meta(s), self.restore_params(s)))
+    return self._explained(step, lambda s: (self.restore_meta(s), self.restore_params(s)), arrays=True)
 
   def meta_or_explain(self, step: int) -> dict:
     """`restore_meta`, or CheckpointError as `restore_or_explain`."""
-    return self._explained(step, self.restore_meta)
+    return self._explained(step, self.restore_meta, arrays=False)
 
-  def _explained(self, step: int, read):
+  def _explained(self, step: int, read, arrays: bool):
+    """`read(step)`, or CheckpointError naming the step, what is wrong (the damaged array file, found
+    before any restore is tried, or the library's innermost error) and the newest older step that reads."""
+    problem = self._damaged(step) if arrays else None
+    if problem is None:
+      try:
+        with _library_output_to_debug_log():
+          return read(step)
+      except Exception as error:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+        log.debug("reading checkpoint %d failed", step, exc_info=True)
+        problem = _first_line(_innermost(error))
+    intact = next((older for older in sorted((s for s in self.all_steps() if s < step), reverse=True)
+                   if self._reads(older, read, arrays)), None)
+    advice = (f"the newest intact checkpoint is step {intact}: move {os.path.join(self.directory, str(step))} "
+              "away to use it" if intact is not None else "no older checkpoint reads either")
+    raise CheckpointError(f"checkpoint {step} in {self.directory} cannot be read: {problem}; {advice}")
+
+  def _damaged(self, step: int) -> Optional[str]:
+    return checkpoint_integrity.damaged_file(os.path.join(self.directory, str(step), "state"))
+
+  def _reads(self, step: int, read, arrays: bool) -> bool:
+    if arrays and self._damaged(step):
+      return False
     try:
-      return read(step)
-    except Exception as error:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
-      intact = None
-      for older in sorted((s for s in self.all_steps() if s < step), reverse=True):
-        try:
-          read(older)
-          intact = older
-          break
-        except Exception:  # pylint: disable=broad-except
-          continue
-      advice = (f"the newest intact checkpoint is step {intact}: move {os.path.join(self.directory, str(step))} "
-                "away to use it" if intact is not None else "no older checkpoint reads either")
-      raise CheckpointError(f"checkpoint {step} in {self.directory} cannot be read ({_first_line(error)}); "
-                            f"{advice}") from error
+      with _library_output_to_debug_log():
+        read(step)
+      return True
+    except Exception:  # pylint: disable=broad-except
+      log.debug("reading checkpoint %d failed", step, exc_info=True)
+      return False
 
   def wait(self) -> None:
     """Waits for the save in flight; raises CheckpointError if it failed."""
     self._raise_pending_failure()
 
   def close(self) -> None:
+    """Waits for the save in flight (raising CheckpointError if it failed) and for orbax's background
+    work, then closes the manager. Closing twice is closing once."""
+    if self._closed:
+      return
+    self._closed = True
     try:
       self._raise_pending_failure()
     finally:
+      # The removal of stale temporary directories runs in the background and is awaited only by a save.
+      getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
       self.manager.close()
+
+
+@contextlib.contextmanager
+def _library_output_to_debug_log():
+  """Sends what is written to stderr (file descriptor 2: Python's and C++'s alike) while the block runs to
+  the log at debug level when the block fails, or back to stderr when it succeeds. A failed TensorStore
+  restore leaves reads in flight whose callbacks print `RuntimeError: Event loop is closed` tracebacks as
+  they finish: they are collected (and their coroutines garbage-collected) before stderr is given back."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile(mode="w+b") as captured:
+    os.dup2(captured.fileno(), 2)
+    failed = False
+    try:
+      yield
+    except BaseException:
+      failed = True
+      time.sleep(0.2)  # the reads still in flight finish and print into the capture
+      gc.collect()
+      raise
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      text = captured.read().decode("utf-8", errors="replace")
+      if failed and text:
+        log.debug("checkpoint library output while failing:\n%s", text)
+      elif text:
+        sys.stderr.write(text)
+        sys.stderr.flush()
 
 
 def _target(saved_metadata: Any, sharding: Optional[jax.sharding.Sharding]) -> Any:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -37,6 +38,8 @@ from cyb_jax import configuration
 from cyb_jax.evaluation import evaluate
 from cyb_jax import losses
 from cyb_jax.training import metrics_writer
+from cyb_jax.training import resume
+from cyb_jax.training import workdir_lock
 from cyb_jax import model as model_lib
 from cyb_jax import pretrained
 from cyb_jax.parallel import runtime
@@ -319,8 +322,18 @@ def check_resumable(saved_meta: dict, meta: dict, step: int, workdir: str) -> No
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) the run in `workdir` and returns the final eval results."""
+  """Trains (or resumes) the run in `workdir` and returns the final eval results.
+
+  The work directory is locked for the run's lifetime (workdir_lock.py: a second run there is refused at
+  once); the checkpoint manager is closed however the run ends, so a failing run's last word is its error.
+  """
   distributed = runtime.initialize(config)
+  configuration.check_output_dir(workdir, "--workdir")  # before the lock creates it
+  with workdir_lock.hold(workdir, jax.process_index()), contextlib.ExitStack() as on_exit:
+    return _train(config, workdir, distributed, on_exit)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, distributed, on_exit: contextlib.ExitStack) -> dict:
   is_main = jax.process_index() == 0
   settings = _settings(config, workdir, is_main)
   mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.num_devices))
@@ -337,6 +350,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   abstract_state = jax.eval_shape(init_state, rng)
   state_shardings = sharding.state_shardings(abstract_state, mesh)
   checkpointer = checkpointing.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
+  on_exit.callback(checkpointer.close)
   meta = {"config": configuration.as_json_dict(config), "model": dataclasses.asdict(model_config),
           "process_count": jax.process_count(), "data_files": data_fingerprint.data_fingerprint(settings.data),
           "data_info": {"vocab_size": settings.data_info.vocab_size,
@@ -362,6 +376,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"work directory {workdir!r} holds a checkpoint (step {latest}) of a different model shape: "
           f"{differences}; use a new --workdir")
     check_resumable(saved_meta, meta, latest, workdir)
+    resume.check_steps(latest, num_steps, workdir)
+    summary = resume.finished_summary(workdir, latest, num_steps)
+    if summary is not None:
+      if is_main:
+        print(resume.finished_message(workdir, num_steps), flush=True)
+      return summary
+    schedule_note = resume.schedule_change(saved_meta.get("config", {}), config, latest)
+    if schedule_note and is_main:
+      log.warning("%s", schedule_note)
     state, _ = checkpointer.restore_or_explain(latest, state_spec, train_data)
     log.info("resumed from %s at step %d", checkpointer.directory, latest)
   elif config.init_from or configuration.init_from_hf(config):
@@ -406,8 +429,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mean = window.fetch()
     if mean is None:
       return
+    mean["learning_rate"] = resume.learning_rate(config.optim, num_steps, step - 1)  # step's update
     writer.write(step, "train", mean)
-    progress.set_postfix(loss=f"{mean['loss']:.4f}", pauses=f"{mean['mean_pauses']:.2f}",
+    progress.set_postfix(loss=f"{mean['loss']:.4f}", lr=f"{mean['learning_rate']:.2e}",
+                         pauses=f"{mean['mean_pauses']:.2f}",
                          tok_s=f"{mean['tokens_per_s']:.0f}", refresh=False)
 
   try:
