@@ -482,11 +482,15 @@ def _evaluate(params, *, settings: configuration.Settings, put_batch, batch_size
   batches = data_pipeline.make_dataset(settings.data, "eval", batch_size, seed=int(config.seed),
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count())
-  return evaluate.evaluate(params, iter(batches), settings.model, settings.num_pauses,
-                           policy=config.eval.policy, tau=config.eval.tau, q=config.eval.q,
-                           difficulty_names=settings.data_info.difficulty_names,
-                           tau_sweep=tuple(config.eval.tau_sweep) if settings.num_pauses else (),
-                           max_batches=max_batches, put_batch=put_batch)
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  # A bar on process 0 (an eval of a real model on a whole split takes minutes); cleared when done.
+  with tqdm(total=max_batches or None, desc="eval", unit="batch", leave=False,
+            disable=jax.process_index() != 0) as bar:
+    return evaluate.evaluate(params, iter(batches), settings.model, settings.num_pauses,
+                             policy=config.eval.policy, tau=config.eval.tau, q=config.eval.q,
+                             difficulty_names=settings.data_info.difficulty_names,
+                             tau_sweep=tuple(config.eval.tau_sweep) if settings.num_pauses else (),
+                             max_batches=max_batches, put_batch=put_batch, progress=lambda: bar.update(1))
 
 
 def _final_eval(run_eval, params, config: ml_collections.ConfigDict, batch_size: int) -> dict:
