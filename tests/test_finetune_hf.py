@@ -199,6 +199,37 @@ def test_unsupported_family_fails_before_compiling(tmp_path, monkeypatch):
     trainer.train(config, str(tmp_path / "run"))
 
 
+@pytest.mark.parametrize("problem", ["misshapen", "missing"])
+def test_a_broken_export_is_one_line_from_train_py(tmp_path, problem):
+  """A loader problem (a misshapen or missing tensor) reaches the user as train.py's one `config error:` line,
+  not a traceback through the trainer."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from safetensors.numpy import load_file, save_file  # pylint: disable=import-outside-toplevel
+  model_dir = str(tmp_path / "model")
+  shutil.copytree(LLAMA, model_dir)
+  weights = os.path.join(model_dir, "model.safetensors")
+  tensors = load_file(weights)
+  if problem == "misshapen":
+    tensors["model.layers.1.mlp.up_proj.weight"] = tensors["model.layers.1.mlp.up_proj.weight"][:, :-1]
+  else:
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+  save_file(tensors, weights)
+  text_path = _text_file(tmp_path)
+  result = subprocess.run(
+      [sys.executable, "train.py", "--config=configs/finetune_hf.py", f"--config.init_from_hf={model_dir}",
+       f"--config.data.text_path={text_path}", "--config.data.seq_len=32", "--config.train.batch_size=2", "--config.mesh.num_devices=1",
+       "--config.train.num_steps=1", f"--workdir={tmp_path / 'run'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  expected = "has shape (64, 31), the config implies (64, 32)" if problem == "misshapen" else "is missing"
+  assert last.startswith("config error: config.init_from_hf: checkpoint tensor 'model.layers.1.mlp.up_proj"
+                         ".weight'") and expected in last, last
+
+
 # ----------------------------------------------------------------------------------------------------------
 # A word-piece model trained from scratch: the BPE is trained on the training split and kept in the run.
 

@@ -264,6 +264,27 @@ def test_tied_head_copy_must_equal_the_embedding(tmp_path):
     load_hf_checkpoint(directory)
 
 
+def test_a_tied_table_stored_only_as_lm_head_loads(tmp_path):
+  """A de-duplicated tied export (transformers#38870) keeps the shared table under the head's name only; the
+  model is the same, so transformers' golden logits of the original checkpoint hold."""
+  directory = _copy("qwen2_bf16", tmp_path)
+  _edit_tensors(directory, lambda t: t.update({"lm_head.weight": t.pop("model.embed_tokens.weight")}))
+  config, params = load_hf_checkpoint(directory)
+  tokens, expected = _golden("qwen2_bf16")
+  np.testing.assert_allclose(_logits(config, params, tokens), expected, **TOL)
+
+
+def test_keys_without_the_model_prefix_load(tmp_path):
+  """A base-model export (`LlamaModel.save_pretrained`: `layers.0...`, `embed_tokens.weight`, `norm.weight`)
+  of a tied model is the same weights."""
+  directory = _copy("llama_llama3rope", tmp_path)
+  _edit_tensors(directory, lambda t: t.update(
+      {name[len("model."):]: t.pop(name) for name in [n for n in t if n.startswith("model.")]}))
+  config, params = load_hf_checkpoint(directory)
+  tokens, expected = _golden("llama_llama3rope")
+  np.testing.assert_allclose(_logits(config, params, tokens), expected, **TOL)
+
+
 def test_missing_files_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
     load_hf_checkpoint(str(tmp_path))
