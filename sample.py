@@ -10,8 +10,9 @@ The tokenizer and data settings are the checkpoint's own (saved in it); `--confi
 them with that file's.
 
 Each completion is printed with ⏸ before a token once per pause it took (streamed as it is generated at
-batch size 1). Without a prompt, a synthetic task's run cuts `--num_prompts` eval examples right before
-their answers and generates the answers (prompts there are token ids separated by spaces). `--output`
+batch size 1). Without a prompt, a text run continues the first halves of `--num_prompts` eval rows (as
+eval's report does), and a synthetic task's run cuts `--num_prompts` eval examples right before their
+answers and generates the answers (prompts there are token ids separated by spaces). `--output`
 writes one JSON record per prompt, in prompt order:
 {"prompt", "completion", "tokens": [{"text", "pauses", "dk_probs"}, ...]}.
 See cyb_jax/inference/sampling.py.
@@ -31,7 +32,7 @@ _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeat for several).")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, ".txt (one prompt per line) or .jsonl "
                                     '({"prompt": ...} per line).')
-_NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 4, "Without prompts: how many eval examples to continue.")
+_NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 4, "Without prompts: how many eval rows or examples to continue.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate per prompt (at most).")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the records to this .jsonl file.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Prompts generated together.")
@@ -66,12 +67,10 @@ def main(argv):
     max_new_tokens = _MAX_NEW.value
     if texts:
       prompts = [sampling.encode_prompt(sampler, text) for text in texts]
-    elif not sampler.is_text:
-      prompts, labels = sampling.eval_prompts(sampler, _NUM_PROMPTS.value)
-      if not flags.FLAGS["max_new_tokens"].present:
-        max_new_tokens = 1  # the answer: what follows it is not a trained target
     else:
-      raise ValueError("give --prompt or --prompts_file (a text model has no default prompts)")
+      prompts, labels = sampling.eval_prompts(sampler, _NUM_PROMPTS.value)
+      if not sampler.is_text and not flags.FLAGS["max_new_tokens"].present:
+        max_new_tokens = 1  # the answer: what follows it is not a trained target
     settings = sampling.Settings(
         max_new_tokens=max_new_tokens, policy=_POLICY.value, tau=_TAU.value, q=_Q.value,
         num_pauses=_NUM_PAUSES.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,

@@ -19,6 +19,7 @@ from cyb_jax.evaluation import report
 from cyb_jax import model as model_lib
 from cyb_jax.training import trainer
 from cyb_jax.data import pipeline as data_pipeline
+from cyb_jax.data import prompts as prompts_lib
 from cyb_jax.inference import sampling
 from tests import helpers
 from tests import tiny_config
@@ -236,18 +237,18 @@ def test_report_text_prompts_are_whole_characters_of_one_document():
   row = "über 日本語 ok".encode()  # ü: bytes 0-1, "ber " 2-5, 日 6-8, 本 9-11
   inputs = np.array([list(row[:16]), list(row[1:17])], np.int32)
   batch = {"inputs": inputs}
-  prompts = eval_checkpoint.text_prompts(batch, 8, tokenizer_lib.ByteTokenizer())
+  prompts = prompts_lib.text_prompts(batch, 8, tokenizer_lib.ByteTokenizer())
   # Row 0, bytes 0-7: "über " and 2 of 日's 3 bytes -> "über ". Row 1, bytes 1-8: ü's second byte, then
   # "ber 日" -> "ber 日".
   assert [bytes(p).decode() for p in prompts] == ["über ", "ber 日"]
   # Packed rows: only the document the prompt's last token lies in.
   batch["segment_ids"] = np.array([[1] * 3 + [2] * 13, [1] * 16], np.int32)
-  prompts = eval_checkpoint.text_prompts(batch, 8, tokenizer_lib.ByteTokenizer())
+  prompts = prompts_lib.text_prompts(batch, 8, tokenizer_lib.ByteTokenizer())
   # Row 0: positions 3-7 are segment 2: "er " and 2 of 日's bytes.
   assert [bytes(p).decode() for p in prompts] == ["er ", "ber 日"]
   # Padding (segment 0) after the documents, as TFDS packing leaves it: the last document before it.
   batch["segment_ids"] = np.array([[1] * 5 + [0] * 11, [1] * 2 + [2] * 4 + [0] * 10], np.int32)
-  prompts = eval_checkpoint.text_prompts(batch, 8, tokenizer_lib.ByteTokenizer())
+  prompts = prompts_lib.text_prompts(batch, 8, tokenizer_lib.ByteTokenizer())
   # Row 0: positions 0-4, "über". Row 1: positions 2-5 are bytes 3-6, "er " and 日's first byte.
   assert [bytes(p).decode() for p in prompts] == ["über", "er "]
 
@@ -321,6 +322,17 @@ def test_eval_and_sample_take_a_text_runs_data_from_its_checkpoint(text_run, tmp
   missing = str(tmp_path / "missing.txt")
   with pytest.raises(configuration.ConfigError, match=rf"^config\.data\.text_path: no such file '{missing}'$"):
     sampling.load_sampler(workdir, overrides={"data.text_path": missing})
+
+
+def test_a_text_run_samples_without_prompts_from_its_eval_rows(text_run):
+  """sample.py with only --workdir on a text run: the first halves of the first eval rows, as the report
+  continues them. By hand: byte tokens, eval = the last 10% of the file, rows of 16 inputs in order."""
+  sampler = sampling.load_sampler(text_run["workdir"])
+  prompts, labels = sampling.eval_prompts(sampler, 2)
+  raw = TEXT_A.encode()
+  cut = int(round(len(raw) * 0.9))
+  assert prompts == [list(raw[cut:cut + 8]), list(raw[cut + 16:cut + 24])]
+  assert labels == ["eval row 0", "eval row 1"]
 
 
 def test_eval_py_and_sample_py_need_only_the_workdir(text_run, tmp_path):

@@ -27,6 +27,7 @@ from cyb_jax.evaluation import report
 from cyb_jax.evaluation import token_classes
 from cyb_jax.data import example as example_lib
 from cyb_jax.data import pipeline as data_pipeline
+from cyb_jax.data import prompts as prompts_lib
 from cyb_jax.data import tokenizer as tokenizer_lib
 
 log = logging.getLogger("cyb_jax")
@@ -118,34 +119,12 @@ class TokenDisplay:
     return token_classes.row_classifier(self.pieces)
 
 
-def answer_prompts(data: data_pipeline.DataConfig, count: int) -> tuple[list[list[int]], list[str]]:
-  """Synthetic tasks: `count` eval examples cut right after a query, so the next token is a scored
-  answer, with each answer's difficulty label ("format" positions skipped). Fewer if the first `count`
-  eval examples hold fewer answers."""
-  names = data_pipeline.data_info(data).difficulty_names or {}
-  prompts, labels = [], []
-  batch = next(iter(data_pipeline.make_dataset(data, "eval", max(count, 1), seed=0)))
-  inputs = np.asarray(batch[example_lib.INPUTS])
-  mask = np.asarray(batch[example_lib.LOSS_MASK])
-  difficulty = np.asarray(batch.get(example_lib.DIFFICULTY, np.zeros_like(inputs)))
-  for row in range(inputs.shape[0]):
-    for position in np.nonzero(mask[row])[0]:
-      label = names.get(int(difficulty[row, position]), str(int(difficulty[row, position])))
-      if label == "format":
-        continue
-      prompts.append(inputs[row, :position + 1].tolist())
-      labels.append(label)
-      if len(prompts) == count:
-        return prompts, labels
-  return prompts, labels
-
-
 def _answer_samples(params, model_config: model_lib.ModelConfig, num_pauses: int, data, *,
                     num_samples: int, policy: str, tau: float, q: float,
                     display: TokenDisplay) -> list[str]:
   """A synthetic task's samples: the answer alone after `answer_prompts` (what follows an answer is not
   a trained target), each labelled with its difficulty."""
-  prompts, labels = answer_prompts(data, num_samples)
+  prompts, labels = prompts_lib.answer_prompts(data, num_samples)
   out = generate.generate(params, generate.left_pad(prompts), model_config, num_tokens=1, num_pauses=num_pauses,
                           policy=policy, tau=tau, q=q, prompt_lengths=[len(ids) for ids in prompts])
   samples = []
@@ -154,26 +133,6 @@ def _answer_samples(params, model_config: model_lib.ModelConfig, num_pauses: int
     answer = report.render_sample(display.pieces(np.asarray(out.tokens[row])), np.asarray(out.pauses[row]))
     samples.append(f"({label}) ...{shown_prompt}|>{answer}")
   return samples
-
-
-def text_prompts(batch: dict, prompt_len: int, tokenizer) -> list[list[int]]:
-  """The report's text prompts: each row's first `prompt_len` inputs (`batch` arrays `[B, N]`), kept to
-  the last document they reach (rows packing documents carry `segment_ids`; 0 is padding), and cut at whole
-  characters at both ends (a byte-level cut can split a multi-byte character, which would show as U+FFFD
-  and be a prompt no user writes). Returns B lists of token ids, each of length in [1, prompt_len]."""
-  inputs = np.asarray(batch[example_lib.INPUTS])[:, :prompt_len]
-  segments = batch.get(example_lib.SEGMENT_IDS)
-  prompts = []
-  for row in range(inputs.shape[0]):
-    ids = inputs[row]
-    if segments is not None:
-      row_segments = np.asarray(segments)[row, :prompt_len]
-      real = row_segments[row_segments > 0]  # 0: padding after a row's documents (TFDS packing)
-      if real.size:
-        ids = ids[row_segments == real[-1]]  # segments rise along a row: one contiguous run
-    start, end = tokenizer_lib.trim_to_characters(tokenizer, ids)
-    prompts.append([int(i) for i in ids[start:end]])
-  return prompts
 
 
 def generate_samples(params, model_config: model_lib.ModelConfig, num_pauses: int, data, *,
@@ -191,7 +150,7 @@ def generate_samples(params, model_config: model_lib.ModelConfig, num_pauses: in
   prompt_len = max(1, seq_len // 2)
   per_token = 1 if model_config.pause_context == "private" else num_pauses + 1  # cache entries per token
   num_tokens = max(1, min(48, (model_config.max_len - prompt_len) // per_token))
-  prompts = text_prompts(batch, prompt_len, display.tokenizer)
+  prompts = prompts_lib.text_prompts(batch, prompt_len, display.tokenizer)
   out = generate.generate(params, generate.left_pad(prompts), model_config, num_tokens=num_tokens,
                           num_pauses=num_pauses, policy=policy, tau=tau, q=q,
                           prompt_lengths=[len(ids) for ids in prompts])

@@ -23,6 +23,7 @@ import numpy as np
 from cyb_jax import configuration
 from cyb_jax import model as model_lib
 from cyb_jax.data import pipeline as data_pipeline
+from cyb_jax.data import prompts as prompts_lib
 from cyb_jax.data import tokenizer as tokenizer_lib
 from cyb_jax.evaluation import eval_checkpoint
 from cyb_jax.evaluation import report
@@ -100,13 +101,18 @@ def show_prompt(sampler: Sampler, ids: Sequence[int]) -> str:
 
 
 def eval_prompts(sampler: Sampler, count: int) -> tuple[list[list[int]], list[str]]:
-  """Synthetic tasks: `count` prompts from the eval split, each an example cut right after a query, so
-  the next token is an answer (the positions the task scores), with each answer's difficulty label.
+  """`count` default prompts from the run's eval split (`cyb_jax.data.prompts`), with labels.
 
-  Only the answers are trained targets; what a model writes after them is not, so a sample of a
-  synthetic task is best the answer alone (sample.py generates one token for these prompts).
+  Synthetic tasks: examples cut right after a query, so the next token is an answer (the positions the
+  task scores), labelled with each answer's difficulty. Only the answers are trained targets; what a
+  model writes after them is not, so a sample of a synthetic task is best the answer alone (sample.py
+  generates one token for these prompts). Text: the first half of each of the first eval rows (one
+  document, whole characters), labelled "eval row i", as eval's report continues them.
   """
-  return eval_checkpoint.answer_prompts(sampler.data, count)
+  if sampler.is_text:
+    prompts = prompts_lib.eval_text_prompts(sampler.data, sampler.tokenizer, count)
+    return prompts, [f"eval row {i}" for i in range(len(prompts))]
+  return prompts_lib.answer_prompts(sampler.data, count)
 
 
 def stop_ids(sampler: Sampler, stops: Optional[Sequence[str]] = None) -> list[int]:
