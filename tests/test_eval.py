@@ -320,7 +320,7 @@ def test_eval_and_sample_take_a_text_runs_data_from_its_checkpoint(text_run, tmp
   sampler = sampling.load_sampler(workdir)
   assert sampler.data.text_path == corpus and sampler.is_text and sampler.data.seq_len == 16
   missing = str(tmp_path / "missing.txt")
-  with pytest.raises(configuration.ConfigError, match=rf"^config\.data\.text_path: no such file '{missing}'$"):
+  with pytest.raises(configuration.ConfigError, match=rf"^config\.data\.text_path: no such file or folder '{missing}'$"):
     sampling.load_sampler(workdir, overrides={"data.text_path": missing})
 
 
@@ -356,7 +356,7 @@ def test_eval_py_and_sample_py_need_only_the_workdir(text_run, tmp_path):
   assert outputs["sample"][0].strip().splitlines()[-1].startswith("1 prompts, 3 tokens")
   assert processes["override"].returncode != 0
   last_line = outputs["override"][1].strip().splitlines()[-1]
-  assert last_line == f"eval error: config.data.text_path: no such file {missing!r}"
+  assert last_line == f"eval error: config.data.text_path: no such file or folder {missing!r}"
 
 
 def test_a_fine_tune_evaluates_from_its_saved_config_after_its_source_is_gone(tmp_path, caplog):
