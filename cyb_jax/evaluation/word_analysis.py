@@ -12,7 +12,9 @@ with high variability for ambiguous tokens like *won*". This module measures eac
 - the word's part of speech comes from a tagger, an optional dependency (spaCy's small English pipeline,
   `pip install 'cyb_jax[analysis]'`); without it every other table is still made and the report says in
   one line what to install;
-- contraction pieces are token_classes.py's ("wasn" first, "'t" later);
+- contraction pieces are token_classes.py's ("wasn" first, "'t" later; possessives and quoted words count
+  there too), and separately those of negations, words ending in n't (the paper's *wasn*, *didn*): the
+  paper's observation (b) is judged on these;
 - ambiguous words (default `DEFAULT_AMBIGUOUS`) are matched as whole words: a piece whose text, stripped
   of whitespace, is the word, and whose run of word characters is the word or the word and a contraction
   ("won", " won", " won" in " won't"; not " can" in " cancel"). Case-sensitive.
@@ -40,7 +42,7 @@ from cyb_jax.evaluation import token_classes
 POS_GROUPS = ("plural noun", "singular noun", "verb", "adjective", "adverb", "function word", "number",
               "punctuation", "other")
 NO_WORD = "no word (whitespace)"  # the row of tokens no tagged word holds
-CONTRACTION_PIECES = ("first piece", "later piece")
+CONTRACTION_PIECES = ("first piece", "later piece", "first piece of n't", "later piece of n't")
 DEFAULT_AMBIGUOUS = ("won", "lead", "can", "will")
 FRAMINGS = ("after", "before")
 MIN_COUNT = 20  # fewer occurrences than this: "cannot tell"
@@ -192,7 +194,8 @@ class RowWords(NamedTuple):
   """Labels of one row's tokens, each a list over the tokens.
 
   pos: index into POS_GROUPS, -1 for no word, -2 when there is no tagger;
-  contraction: 0 none, 1 first piece, 2 later piece; ambiguous: index into the analyzer's words or -1;
+  contraction: 0 none, 1 first piece, 2 later piece, +2 when the word ends in n't (3, 4);
+  ambiguous: index into the analyzer's words or -1;
   piece: the token's text stripped of whitespace (names the first pieces of contractions).
   """
   pos: list
@@ -214,8 +217,17 @@ def label_row(pieces: Sequence[str], spans: Optional[Sequence[Span]], words: Seq
   classes = token_classes.classify(pieces)
   first = classes[:, token_classes.CLASSES.index("contraction, first piece")]
   later = classes[:, token_classes.CLASSES.index("contraction, later piece")]
-  contraction = np.where(first, 1, np.where(later, 2, 0)).tolist()
-  return RowWords(pos, contraction, ambiguous_index(pieces, words), [p.strip() for p in pieces])
+  contraction = np.where(first, 1, np.where(later, 2, 0))
+  text = "".join(pieces)
+  for i, anchor in enumerate(anchors(pieces)):
+    if contraction[i] and anchor is not None and _is_negation(_word_run(text, anchor)):
+      contraction[i] += 2
+  return RowWords(pos, contraction.tolist(), ambiguous_index(pieces, words), [p.strip() for p in pieces])
+
+
+def _is_negation(word: str) -> bool:
+  """A contraction of "not": wasn't, didn't, won't, can't (either apostrophe)."""
+  return word.lower().replace("\u2019", "'").endswith("n't")
 
 
 class BatchWords(NamedTuple):
@@ -304,7 +316,7 @@ class WordAccumulator:
     groups = len(POS_GROUPS) + 1  # the last: no word
     self.all = np.zeros((2, _FIELDS))
     self.pos = np.zeros((2, groups, _FIELDS))
-    self.contraction = np.zeros((2, 2, _FIELDS))
+    self.contraction = np.zeros((2, len(CONTRACTION_PIECES), _FIELDS))
     self.ambiguous = np.zeros((2, len(self.words), _FIELDS))
     self.ambiguous_pos = np.zeros((2, len(self.words), groups, _FIELDS))
     self.first_pieces: dict[str, np.ndarray] = {}
@@ -325,14 +337,17 @@ class WordAccumulator:
     for f, (valid, s, p) in enumerate(_framed(stop, prob, mask).values()):
       self.all[f] += _sums(np.zeros_like(targets), valid, s, p, 1)[0]
       self.pos[f] += _sums(pos, valid, s, p, groups)
-      self.contraction[f] += _sums(words.contraction - 1, valid, s, p, 2)
+      # All contractions (n't ones included: codes 3, 4 count as 1, 2 too), then the n't ones alone.
+      pieces = np.where(words.contraction > 2, words.contraction - 2, words.contraction)
+      self.contraction[f, :2] += _sums(pieces - 1, valid, s, p, 2)
+      self.contraction[f, 2:] += _sums(np.where(words.contraction > 2, words.contraction - 3, -1), valid, s, p, 2)
       self.ambiguous[f] += _sums(words.ambiguous, valid, s, p, len(self.words))
       if self.words:
         combined = np.where((words.ambiguous >= 0) & (pos >= 0), words.ambiguous * groups + pos, -1)
         self.ambiguous_pos[f] += _sums(combined, valid, s, p, len(self.words) * groups).reshape(
             len(self.words), groups, _FIELDS)
       self.by_token[f] += _sums(targets, valid, s, p, vocab)
-      first = valid & (words.contraction == 1)
+      first = valid & ((words.contraction == 1) | (words.contraction == 3))
       for piece in np.unique(words.piece[first]) if first.any() else ():
         here = first & (words.piece == piece)
         row = self.first_pieces.setdefault(str(piece), np.zeros((2, _FIELDS)))
@@ -400,11 +415,11 @@ RULES = {
                "(NN/NNP) and that after all other tokens by more than the 95% interval of the difference "
                "(normal approximation to two binomials); does not hold: otherwise; cannot tell: fewer than "
                "{m} tokens in either noun group, no tagger, or the model never (or always) pauses"),
-    "contraction": ("holds: the pause rate after first pieces of contractions is below that after all other "
+    "contraction": ("holds: the pause rate after first pieces of n't contractions (wasn, didn) is below that after all other "
                     "tokens by more than the 95% interval of the difference (the paper's 'never' read as "
                     "'much less often'; the count of pauses says whether it is literally never); does not "
-                    "hold: otherwise; cannot tell: fewer than {m} first pieces, or the model never (or "
-                    "always) pauses"),
+                    "hold: otherwise; cannot tell: fewer than {m} such first pieces, or the model never "
+                    "(or always) pauses"),
     "ambiguous": ("holds: at least half of the ambiguous words seen {m} times or more have a spread (std "
                   "over occurrences of p = 1 - h_0) above the 75th percentile of the spreads of all tokens "
                   "seen {m} times or more; does not hold: otherwise; cannot tell: no ambiguous word seen "
@@ -464,11 +479,12 @@ def verdict_plural(analysis: dict, framing: str, min_count: int = MIN_COUNT) -> 
 
 
 def verdict_contraction(analysis: dict, framing: str, min_count: int = MIN_COUNT) -> tuple[str, str]:
-  """(verdict, evidence) of observation (b) in `framing`."""
-  first = analysis["contractions"]["first piece"][framing]
+  """(verdict, evidence) of observation (b) in `framing`: on the first pieces of n't contractions."""
+  first = analysis["contractions"]["first piece of n't"][framing]
   total = analysis["overall"][framing]
   k_rest, n_rest = _rest(total, first)
-  evidence = f"first pieces {_rate(first['paused'], first['tokens'])}, all other tokens {_rate(k_rest, n_rest)}"
+  evidence = (f"first pieces of n't words {_rate(first['paused'], first['tokens'])}, all other tokens "
+              f"{_rate(k_rest, n_rest)}")
   if first["tokens"] < min_count or n_rest < min_count:
     return "cannot tell", evidence + f"; under {min_count} tokens"
   reason = _no_contrast(total)
@@ -519,8 +535,8 @@ def _f(x: float, digits: int = 3) -> str:
 
 def _cells(entry: dict) -> str:
   a, b = entry["after"], entry["before"]
-  return (f"{a['tokens']} | {_f(a['pause_rate'])} | {_f(a['p_mean'])} ± {_f(a['p_std'])} | "
-          f"{b['tokens']} | {_f(b['pause_rate'])}")
+  after = f"{_f(a['pause_rate'])} | {_f(a['p_mean'])} ± {_f(a['p_std'])}" if a["tokens"] else "- | -"
+  return f"{a['tokens']} | {after} | {b['tokens']} | {_f(b['pause_rate']) if b['tokens'] else '-'}"
 
 
 _HEAD = ("tokens | paused after | p after (mean ± sd) | tokens | paused before |", "|---|---|---|---|---|")
@@ -540,7 +556,8 @@ def markdown_lines(analysis: dict) -> list[str]:
     lines.append(f"| all tokens | {_cells(analysis['overall'])} |")
   else:
     lines += ["", analysis.get("tagger_note", TAGGER_NOTE) + "."]
-  lines += ["", "### Contractions (first piece: wasn, didn, I of I'll; later piece: 't, 'll)", "",
+  lines += ["", "### Contractions (first piece: wasn, didn, I of I'll, nation of nation's; later: 't, 'll, 's)",
+            "",
             f"| piece | {_HEAD[0]}", _HEAD[1] + "---|"]
   for name, entry in analysis["contractions"].items():
     lines.append(f"| {name} | {_cells(entry)} |")
