@@ -24,6 +24,9 @@ _Q = flags.DEFINE_float("q", None, "Cumulative policy: stop once the halted mass
 _MAX_BATCHES = flags.DEFINE_integer("max_batches", 0, "Evaluate at most this many batches (0 = all).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "Eval batch size (0 = config.train.batch_size).")
 _SAMPLES = flags.DEFINE_integer("num_samples", 4, "Generated samples in the report.")
+_AMBIGUOUS = flags.DEFINE_list(
+    "ambiguous_words", None, "Text: words whose pause variability the report shows, e.g. won,lead,can,will "
+    "(the default; matched as whole words, with or without a leading space).")
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/eval).")
 
 
@@ -38,7 +41,8 @@ def main(argv):
     result = eval_checkpoint.evaluate_checkpoint(
         config, _WORKDIR.value, step=_CHECKPOINT.value, policy=_POLICY.value, tau=_TAU.value,
         q=_Q.value, max_batches=_MAX_BATCHES.value, batch_size=_BATCH_SIZE.value,
-        num_samples=_SAMPLES.value, out_dir=_OUT.value, overrides=overrides)
+        num_samples=_SAMPLES.value, out_dir=_OUT.value, overrides=overrides,
+        ambiguous_words=_AMBIGUOUS.value)
   except (configuration.ConfigError, checkpointing.CheckpointError) as error:
     sys.exit(f"eval error: {error}")
   print(f"{result['policy']}: nll_policy {result['nll_policy']:.4f}, accuracy {result['accuracy']:.4f}, "

@@ -335,6 +335,28 @@ def test_a_text_run_samples_without_prompts_from_its_eval_rows(text_run):
   assert labels == ["eval row 0", "eval row 1"]
 
 
+def test_a_text_runs_report_has_the_word_analysis(text_run, tmp_path):
+  """Bytes on "Now is the winter of our discontent...": every scored token is counted once in the part-of-speech
+  table (spaCy when installed; otherwise one line saying what to install), with the ambiguous words asked for."""
+  out = tmp_path / "eval"
+  result = eval_checkpoint.evaluate_checkpoint(None, text_run["workdir"], max_batches=1, num_samples=0,
+                                               progress=False, out_dir=str(out), ambiguous_words=["the", "sun"])
+  analysis = result["word_analysis"]
+  assert analysis["overall"]["before"]["tokens"] == result["num_tokens"]
+  assert set(analysis["ambiguous"]) == {"the", "sun"}
+  assert [row["observation"][:3] for row in analysis["paper"]] == ["(a)", "(b)", "(c)"]
+  with open(out / "report.json", encoding="utf-8") as f:
+    assert json.load(f)["word_analysis"]["overall"]["before"]["tokens"] == result["num_tokens"]
+  text = (out / "report.md").read_text(encoding="utf-8")
+  assert "### The paper's observations against this run" in text
+  if analysis["tagger"]:
+    table = analysis["by_part_of_speech"]
+    assert sum(row["before"]["tokens"] for row in table.values()) == result["num_tokens"]
+    assert (out / report.PLOTS["words"]).exists()
+  else:
+    assert analysis["tagger_note"] + "." in text.splitlines()
+
+
 def test_eval_py_and_sample_py_need_only_the_workdir(text_run, tmp_path):
   workdir, corpus = text_run["workdir"], text_run["corpus"]
   missing = str(tmp_path / "missing.txt")

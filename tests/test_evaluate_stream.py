@@ -2,6 +2,7 @@
 pauses enter the stream only where it paused, with the training rollout's numbers labelled beside."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -80,6 +81,38 @@ def test_stream_token_classes_count_inference_pauses():
     assert result["by_token_class"][name]["pause_rate"] == pytest.approx(float((stops[chosen] > 0).mean()))
   assert set(result["by_token_class"]) == set(names[:2])  # the other classes have no tokens
   assert sum(row["tokens"] for row in result["by_step0_entropy"].values()) == int(mask.sum())
+
+
+def test_stream_word_analysis_counts_inference_pauses():
+  """The word analysis follows the headline context too: with a stand-in text (token t reads " w<t>",
+  tagged as a plural noun when t is even, a verb otherwise), its rates are those of the inference stops,
+  before (position i) and after (position i + 1) each token."""
+  from cyb_jax.evaluation import word_analysis  # pylint: disable=g-import-not-at-top
+
+  def tagger(texts):
+    return [[(m.start(), m.end(), "NNS" if int(m.group()[1:]) % 2 == 0 else "VB", "")
+             for m in re.finditer(r"w\d+", t)] for t in texts]
+
+  analyzer = word_analysis.Analyzer(lambda ids: [f" w{int(t)}" for t in ids], tagger, ())
+  params = _params(CONFIG)
+  result = evaluate.evaluate(params, [_batch()], CONFIG, K, policy="threshold", tau=0.5, word_analyzer=analyzer)
+  batch = _batch()
+  tokens = np.concatenate([batch["inputs"][:, :1], batch["targets"]], axis=1)
+  stops = np.asarray(generate.teacher_forced(params, tokens, CONFIG, num_pauses=K, policy="threshold",
+                                             tau=0.5).pauses)
+  mask, targets = batch["loss_mask"], batch["targets"]
+  table = result["word_analysis"]["by_part_of_speech"]
+  after_mask = mask[:, :-1] & mask[:, 1:]
+  for group, member in (("plural noun", targets % 2 == 0), ("verb", targets % 2 == 1)):
+    before, after = member & mask, member[:, :-1] & after_mask
+    assert table[group]["before"]["paused"] == int((stops[before] > 0).sum())
+    assert table[group]["before"]["tokens"] == int(before.sum())
+    assert table[group]["after"]["paused"] == int((stops[:, 1:][after] > 0).sum())
+  overall = result["word_analysis"]["overall"]["before"]
+  assert overall["paused"] == int((stops[mask] > 0).sum())
+  # Here both contexts pause on as many tokens, but not as often: the mean tells them apart.
+  assert overall["mean_pauses"] == pytest.approx(result["mean_pauses"])
+  assert overall["mean_pauses"] != pytest.approx(result["training_context"]["mean_pauses"])
 
 
 def test_stream_with_policy_always_agrees_in_both_contexts():

@@ -25,6 +25,7 @@ from cyb_jax.inference import policies
 from cyb_jax.parallel import runtime
 from cyb_jax.evaluation import report
 from cyb_jax.evaluation import token_classes
+from cyb_jax.evaluation import word_analysis
 from cyb_jax.data import example as example_lib
 from cyb_jax.data import pipeline as data_pipeline
 from cyb_jax.data import prompts as prompts_lib
@@ -118,6 +119,18 @@ class TokenDisplay:
       return None
     return token_classes.row_classifier(self.pieces)
 
+  def word_analyzer(self, ambiguous_words=None) -> Optional[word_analysis.Analyzer]:
+    """For text data, the analysis of pauses by the word each target belongs to (word_analysis.py), with
+    spaCy's part-of-speech tagger when it is installed; None for synthetic tasks."""
+    if self.tokenizer is None:
+      return None
+    tagger, name = word_analysis.load_tagger()
+    if tagger is None:
+      log.info("%s (the rest of the word analysis runs without it)", name)
+    words = word_analysis.DEFAULT_AMBIGUOUS if ambiguous_words is None else tuple(ambiguous_words)
+    return word_analysis.Analyzer(self.pieces, tagger, words, tagger_name=name if tagger else "",
+                                  note="" if tagger else name)
+
 
 def _answer_samples(params, model_config: model_lib.ModelConfig, num_pauses: int, data, *,
                     num_samples: int, policy: str, tau: float, q: float,
@@ -167,12 +180,14 @@ def evaluate_checkpoint(config: Optional[ml_collections.ConfigDict], workdir: st
                         step: Optional[int] = None, policy: Optional[str] = None, tau: Optional[float] = None,
                         q: Optional[float] = None, max_batches: int = 0, batch_size: int = 0,
                         num_samples: int = 4, out_dir: Optional[str] = None, progress: bool = True,
-                        overrides: Optional[dict] = None) -> dict:
+                        overrides: Optional[dict] = None, ambiguous_words=None) -> dict:
   """Evaluates a checkpoint of `workdir` and writes `out_dir` (default `workdir/eval`). Returns the report.
 
   config: the data and eval settings; None = the config the checkpoint was trained with (its saved
   data, tokenizer and pretrained source), with `overrides` ({dotted key: value}) applied. A given
   config that reads other data than the checkpoint's logs a warning naming the settings.
+  ambiguous_words: the words whose pause variability the report shows (text; default
+  `word_analysis.DEFAULT_AMBIGUOUS`).
   In a multi-process run (`config.distributed`, or under `python -m cyb_jax.launch`) each process reads
   its block of every eval batch and the metrics are gathered, so every process computes the report a
   single process would; process 0 writes it.
@@ -230,7 +245,8 @@ def evaluate_checkpoint(config: Optional[ml_collections.ConfigDict], workdir: st
                              difficulty_names=settings.data_info.difficulty_names,
                              max_batches=max_batches, progress=bar.update if bar is not None else None,
                              other_policies=others, tau_sweep=tau_sweep, per_token=True,
-                             token_classifier=display.token_classifier())
+                             token_classifier=display.token_classifier(),
+                             word_analyzer=display.word_analyzer(ambiguous_words))
   if bar is not None:
     bar.close()
   samples = generate_samples(params, model_config, num_pauses, settings.data, num_samples=num_samples,

@@ -19,6 +19,7 @@ from cyb_jax import compile_log
 from cyb_jax import losses
 from cyb_jax import model as model_lib
 from cyb_jax.evaluation import token_classes
+from cyb_jax.evaluation import word_analysis
 from cyb_jax.inference import generate
 from cyb_jax.inference import policies
 from cyb_jax.data import example as example_lib
@@ -204,10 +205,16 @@ class EvalAccumulator:
   def __init__(self, num_steps: int, *, policy: str = "threshold", tau: float = 0.5, q: float = 0.5,
                difficulty_names: Optional[dict] = None, other_policies: Sequence[str] = (),
                tau_sweep: Sequence[float] = (), vocab_size: Optional[int] = None, seed: int = 0,
-               token_classifier: Optional[Callable[[np.ndarray], np.ndarray]] = None):
+               token_classifier: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+               word_analyzer: Optional[word_analysis.Analyzer] = None):
     policies.check_policy(policy, tau=tau, q=q)
     self.token_classifier = token_classifier  # target ids [B, N] -> bool [B, N, len(token_classes.CLASSES)]
     self._labels: tuple = (None, None)  # the last batch's token classes and entropy bins (add_inference)
+    # Text: pauses by the word each target belongs to, in the rollout and (stream models) in inference.
+    self.word_analyzer = word_analyzer
+    self.words_main = word_analyzer.accumulator() if word_analyzer is not None else None
+    self.words_inference = word_analyzer.accumulator() if word_analyzer is not None else None
+    self._words: Optional[tuple] = None  # the last batch's word labels and p = 1 - h_0 (add_inference)
     self.num_steps = num_steps
     self.policy, self.tau, self.q = policy, tau, q
     self.difficulty_names = {int(k): v for k, v in (difficulty_names or {}).items()}
@@ -238,6 +245,7 @@ class EvalAccumulator:
     mask = np.asarray(mask_BN, bool)
     self._batches += 1
     self._labels = (None, None)
+    self._words = None
     if not mask.any():
       return
     nll_at_step = np.asarray(metrics["nll_at_step"], np.float64)
@@ -252,6 +260,10 @@ class EvalAccumulator:
     if "entropy_0" in metrics:
       entropy_bin = np.digitize(np.asarray(metrics["entropy_0"], np.float64)[mask], ENTROPY_EDGES)
     self._labels = (classes, entropy_bin)
+    if self.word_analyzer is not None and targets_BN is not None:
+      # p = 1 - h_0: the probability of pausing at step 0, whose spread measures variability.
+      self._words = (self.word_analyzer.label(np.asarray(targets_BN)),
+                     1.0 - np.asarray(metrics["halt"], np.float64)[..., 0])
 
     self.tokens += int(mask.sum())
     self.nll_marginal += float(np.asarray(metrics["nll_marginal"], np.float64)[mask].sum())
@@ -270,8 +282,11 @@ class EvalAccumulator:
       stop = self._stop(log_d, policy, tau, q)
       labels = (difficulty, targets, classes, entropy_bin) if with_labels else ()
       accumulator.add(stop[mask], pick(nll_at_step, stop)[mask], pick(correct_at_step, stop)[mask], *labels)
+      return stop
 
-    add_policy(self.main, self.policy, self.tau, self.q, True)
+    main_stop = add_policy(self.main, self.policy, self.tau, self.q, True)
+    if self._words is not None:
+      self.words_main.add(self._words[0], main_stop, self._words[1], mask, np.asarray(targets_BN))
     for name, accumulator in self.others.items():
       add_policy(accumulator, name, self.tau, self.q, False)
     for tau, accumulator in self.sweep.items():
@@ -291,6 +306,8 @@ class EvalAccumulator:
                        pick(np.asarray(correct_BNS, bool), stop)[mask],
                        None if difficulty_BN is None else np.asarray(difficulty_BN)[mask],
                        None if targets_BN is None else np.asarray(targets_BN)[mask], *self._labels)
+    if self._words is not None and targets_BN is not None:
+      self.words_inference.add(self._words[0], stop, self._words[1], mask, np.asarray(targets_BN))
 
   def _label_name(self, label: int) -> str:
     return str(self.difficulty_names.get(label, label))
@@ -317,14 +334,14 @@ class EvalAccumulator:
       out["policies"] = {name: acc.result() for name, acc in self.others.items()}
     if self.sweep:
       out["tau_sweep"] = [{"tau": tau, **acc.result()} for tau, acc in sorted(self.sweep.items())]
-    main = self.main
+    main, words = self.main, self.words_main
     out["context"] = "rollout"
     if self.inference.tokens:
       out["training_context"] = {key: out[key] for key in ("nll_policy", "accuracy", "mean_pauses",
                                                              "pause_histogram")}
       out.update(self.inference.result())
       out["context"] = "inference"
-      main = self.inference
+      main, words = self.inference, self.words_inference
     if main.by_difficulty:
       labels = sorted(main.by_difficulty)
       names = {label: self._label_name(label) for label in labels}
@@ -344,6 +361,8 @@ class EvalAccumulator:
       out["by_token_class"] = _group_table(token_classes.CLASSES, main.by_class)
     if main.by_entropy is not None:
       out["by_step0_entropy"] = _group_table(entropy_bin_names(), main.by_entropy)
+    if words is not None and words.all[1, 0]:
+      out["word_analysis"] = words.result()
     return out
 
 
@@ -394,7 +413,8 @@ def evaluate(params, batches: Iterable[dict], config: model_lib.ModelConfig, num
              difficulty_names: Optional[dict] = None, max_batches: int = 0, put_batch=None,
              progress=None, other_policies: Sequence[str] = (), tau_sweep: Sequence[float] = (),
              per_token: bool = False,
-             token_classifier: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> dict:
+             token_classifier: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+             word_analyzer: Optional[word_analysis.Analyzer] = None) -> dict:
   """Streams `batches` (dicts of numpy arrays, see data/example.py) and returns the metrics.
 
   max_batches: stop after this many (0 = all). put_batch: optional function placing a host batch on
@@ -403,10 +423,13 @@ def evaluate(params, batches: Iterable[dict], config: model_lib.ModelConfig, num
   per_token: also report pauses per target token id (text: which tokens pause most).
   token_classifier: optional function from target ids `[B, N]` to bool `[B, N, len(token_classes.CLASSES)]`
   (`token_classes.row_classifier`): the result then has "by_token_class".
+  word_analyzer: optional `word_analysis.Analyzer` (text): the result then has "word_analysis", pauses by
+  the part of speech of each target's word, by contraction piece and for ambiguous words.
   """
   accumulator = EvalAccumulator(num_pauses + 1, policy=policy, tau=tau, q=q,
                                 difficulty_names=difficulty_names, other_policies=other_policies,
                                 tau_sweep=tau_sweep, token_classifier=token_classifier,
+                                word_analyzer=word_analyzer,
                                 vocab_size=config.vocab_size if per_token else None)
   keys = (example_lib.INPUTS, example_lib.TARGETS, example_lib.LOSS_MASK, example_lib.SEGMENT_IDS)
   # DESIGN.md section 3: a stream model's headline numbers come from inference's own context.

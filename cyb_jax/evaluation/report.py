@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
+from cyb_jax.evaluation import word_analysis  # noqa: E402
 from cyb_jax.training import metrics_writer  # noqa: E402
 
 PAUSE_MARK = "\u23f8"  # ⏸, written before a token once per pause it took
@@ -22,6 +23,7 @@ PLOTS = {
     "compute": "quality_vs_compute.png",
     "steps": "nll_at_step.png",
     "groups": "pause_rate_by_class_and_entropy.png",
+    "words": "pause_rate_by_part_of_speech.png",
 }
 # The group tables of `evaluate`: result key -> (report heading, first column's name).
 GROUP_TABLES = {"by_token_class": ("Pauses by token class (text; classes in token_classes.py)", "class"),
@@ -197,6 +199,10 @@ def write_report(out_dir: str, result: dict, *, header: dict, samples: Sequence[
     path = os.path.join(out_dir, PLOTS[name])
     plot(result, path)
     written[PLOTS[name]] = path
+  if result.get("word_analysis"):
+    path = os.path.join(out_dir, PLOTS["words"])
+    if word_analysis.plot(result["word_analysis"], path):  # no plot without a part-of-speech tagger
+      written[PLOTS["words"]] = path
   if highest:
     path = os.path.join(out_dir, PLOTS["tokens"])
     _plot_tokens(highest, lowest, path)
@@ -275,6 +281,8 @@ def markdown(result: dict, *, header: dict, samples: Sequence[str], highest: lis
       lines.append("| ... | | |")
     for name, pauses, count in lowest:
       lines.append(f"| {name!r} | {_fmt(pauses, 3)} | {count} |")
+  if result.get("word_analysis"):
+    lines += word_analysis.markdown_lines(result["word_analysis"])
   if samples:
     lines += ["", f"## Generated samples ({PAUSE_MARK} = one pause before the token that follows)", ""]
     for sample in samples:
