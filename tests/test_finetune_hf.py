@@ -154,7 +154,10 @@ def test_text_windows_start_with_the_models_bos(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    ({"init_from_hf": "/nonexistent/model"}, r"config\.init_from_hf = .*not a directory"),
+    ({"init_from_hf": "/nonexistent/model"}, r"config\.init_from_hf = .*neither a Hugging Face checkpoint "
+                                              r"directory nor a \.gguf file"),
+    ({"init_from_hf": "/nonexistent/model.gguf"}, r"config\.init_from_hf = '/nonexistent/model.gguf': no such "
+                                                  r"GGUF file"),
     ({"init_from": "/tmp"}, r"init_from.*init_from_hf are both set"),
     ({"data.seq_len": 4096}, r"data\.seq_len.*max_position_embeddings"),
     ({"data.tokenizer": "byte"}, r"data\.tokenizer must be 'hf' with config\.init_from_hf"),
