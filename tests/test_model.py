@@ -18,6 +18,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 import reference_transformer as ref
 from cyb_jax import model
+from cyb_jax.model import transformer
 
 V, D, H, F, L = 11, 20, 2, 14, 2
 B, N, K = 3, 7, 3
@@ -170,7 +171,8 @@ OPTION_CONTROLS = {
 def _neutralise(params, what):
   """Params with one option's effect removed while the config stays the same."""
   def blocks(fn):
-    return {**params, "blocks": [fn(dict(b)) for b in params["blocks"]]}
+    return {**params, "blocks": transformer.stack_blocks([fn(dict(b)) for b in
+                                                          transformer.unstack_blocks(params["blocks"])])}
   if what == "swap_kv_heads":  # KV head g serves query heads g*R.., a wrong grouping reads the other
     return blocks(lambda b: {**b, "kv_proj": {k: (jnp.flip(v, axis=-2) if v.ndim >= 2 else v)
                                               for k, v in b["kv_proj"].items()}})
@@ -467,6 +469,48 @@ def test_remat_same_values_and_gradients(name):
   for g_plain, g_remat in zip(jax.tree.leaves(grads_plain), jax.tree.leaves(grads_remat)):
     np.testing.assert_allclose(g_remat, g_plain, rtol=1e-5, atol=1e-6)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads_plain))
+
+
+# The layer scan: units of `layer_period` layers, a remainder past the last whole unit, feedback from a
+# layer inside the scan; against the unrolled loop (values and gradients), with and without remat.
+DEEP_GEMMA = dataclasses.replace(GEMMA_LIKE, num_layers=5, layer_windows=(3, 0, 3, 0, 3), pause_feedback=True,
+                                 pause_feedback_layer=2)
+DEEP_LLAMA = dataclasses.replace(LLAMA_LIKE, num_layers=3, pause_feedback=True, pause_feedback_layer=1)
+
+
+def test_layer_period():
+  assert model.layer_period(BASE) == 1
+  assert model.layer_period(DEEP_GEMMA) == 2
+  sliding_5_1 = dataclasses.replace(GEMMA_LIKE, num_layers=8, layer_windows=(3,) * 5 + (0,) + (3,) * 2)
+  assert model.layer_period(sliding_5_1) == 6
+  # The window alone differs (no local RoPE base): still a period of the windows.
+  assert model.layer_period(dataclasses.replace(DEEP_GEMMA, rope_local_base=0.0)) == 2
+
+
+@pytest.mark.parametrize("config,remat,context", [
+    (DEEP_GEMMA, False, "private"), (DEEP_GEMMA, True, "private"), (DEEP_LLAMA, True, "private"),
+    (dataclasses.replace(DEEP_GEMMA, pause_feedback=False), False, "stream")])
+def test_scanned_layers_equal_the_unrolled_loop(config, remat, context):
+  scanned = dataclasses.replace(config, remat=remat, pause_context=context)
+  unrolled = dataclasses.replace(scanned, scan_layers=False)
+  params, tokens = _params(scanned), jnp.asarray(_tokens())
+  assert params["blocks"]["attn_norm"]["scale"].shape == (config.num_layers, config.width)
+  rs = np.random.RandomState(5)
+  targets = jnp.asarray(rs.randint(0, V, (B, N)).astype(np.int32))
+  mask = jnp.asarray(rs.rand(B, N) < 0.8)
+
+  def value_and_grad(config):
+    return jax.jit(jax.value_and_grad(functools.partial(_stats_loss, config)))(params, tokens, targets, mask)
+
+  (loss_scan, grads_scan), (loss_unrolled, grads_unrolled) = value_and_grad(scanned), value_and_grad(unrolled)
+  # Not bitwise: XLA fuses and orders float32 sums differently inside a loop body.
+  np.testing.assert_allclose(loss_scan, loss_unrolled, rtol=1e-5)
+  for g_scan, g_unrolled in zip(jax.tree.leaves(grads_scan), jax.tree.leaves(grads_unrolled)):
+    np.testing.assert_allclose(g_scan, g_unrolled, **TOL)
+  # Every step's logits too (the loss above reads statistics of them).
+  np.testing.assert_allclose(
+      np.asarray(jax.jit(lambda p: model.rollout(p, tokens, scanned, K))(params)),
+      np.asarray(jax.jit(lambda p: model.rollout(p, tokens, unrolled, K))(params)), **TOL)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ INDEX_FILE = "model.safetensors.index.json"
 # (rope_freqs.weight: a GGUF file's Llama 3 RoPE divisors, read into the config by gguf_file.py.)
 BUFFER_SUFFIXES = (".rotary_emb.inv_freq", "rope_freqs.weight")
 
-# place(path, array) -> the array where it belongs (e.g. on its sharding); path is like "blocks/0/q_proj/kernel".
+# place(path, array) -> the array where it belongs (e.g. on its sharding); path is like "blocks/q_proj/kernel"
+# (block parameters come stacked on a leading layer axis [L]).
 Place = Callable[[str, np.ndarray], Any]
 
 
@@ -230,7 +231,7 @@ def load_hf_checkpoint(path: str, *, place: Optional[Place] = None,
   family = hf["model_type"]
   place = place or (lambda name, array: jnp.asarray(array))
   width, vocab = config.width, config.vocab_size
-  params: dict = {"blocks": [{} for _ in range(config.num_layers)]}
+  params: dict = {"blocks": {}}
   with contextlib.ExitStack() as stack:
     source = gguf if gguf is not None else _SafetensorsSource(path, stack)
     reader = _Reader(source, repr(path))
@@ -247,9 +248,18 @@ def load_hf_checkpoint(path: str, *, place: Optional[Place] = None,
                          "model.embed_tokens.weight")
     params["embed"] = place("embed", embed)
     del embed
+    # Layers are stacked on a leading axis: each tensor is copied into its parameter's host buffer [L, ...]
+    # as it is converted, and a parameter is placed (and its buffer freed) once its last layer is in, so
+    # the host holds at most the parameters once plus the stacked buffers not placed yet.
+    stacked: dict[str, np.ndarray] = {}
     for layer in range(config.num_layers):
       for name, array in _block_tensors(reader, config, family, layer):
-        _set(params["blocks"][layer], name, place(f"blocks/{layer}/{name}", array))
+        if layer == 0:
+          stacked[name] = np.empty((config.num_layers,) + array.shape, array.dtype)
+        stacked[name][layer] = array
+        del array
+        if layer == config.num_layers - 1:
+          _set(params["blocks"], name, place(f"blocks/{name}", stacked.pop(name)))
     params["final_norm"] = {"scale": place("final_norm/scale", reader.read("model.norm.weight", (width,)))}
     if not config.tie_embeddings:
       params["head"] = place("head", _linear(reader, "lm_head.weight", vocab, width))
