@@ -489,7 +489,7 @@ def test_layer_period():
 
 @pytest.mark.parametrize("config,remat,context", [
     (DEEP_GEMMA, False, "private"), (DEEP_GEMMA, True, "private"), (DEEP_LLAMA, True, "private"),
-    (dataclasses.replace(DEEP_GEMMA, pause_feedback=False), False, "stream")])
+    (dataclasses.replace(DEEP_GEMMA, pause_feedback=False, pause_feedback_layer=-1), False, "stream")])
 def test_scanned_layers_equal_the_unrolled_loop(config, remat, context):
   scanned = dataclasses.replace(config, remat=remat, pause_context=context)
   unrolled = dataclasses.replace(scanned, scan_layers=False)
@@ -628,6 +628,12 @@ def test_fsdp_sharded_parameters_give_the_same_rollout():
   sharded = jax.device_put(params, shardings)
   assert any(len(leaf.sharding.device_set) == 8 and not leaf.sharding.is_fully_replicated
              for leaf in jax.tree.leaves(sharded))
+  # Stacked layers are sharded as one layer would be, never on the layer axis (a scan step reads a layer).
+  for path, leaf in jax.tree_util.tree_flatten_with_path(sharded["blocks"])[0]:
+    spec = leaf.sharding.spec
+    assert (len(spec) == 0 or spec[0] is None), jax.tree_util.keystr(path)
+    assert tuple(spec[1:]) == tuple(sharding.fsdp_spec(leaf.shape[1:], 8)), jax.tree_util.keystr(path)
+  assert any(len(leaf.sharding.spec) for leaf in jax.tree.leaves(sharded["blocks"]))
   tokens = jnp.asarray(np.random.RandomState(33).randint(0, 16, (8, N)).astype(np.int32))
   rollout_fn = jax.jit(functools.partial(model.rollout, config=config, num_pauses=num_pauses))
   np.testing.assert_allclose(rollout_fn(sharded, tokens), rollout_fn(params, tokens), rtol=1e-5, atol=1e-5)

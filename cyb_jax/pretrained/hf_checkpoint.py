@@ -17,6 +17,7 @@ is reshaped, every tensor in the files must be mapped, and every expected tensor
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from typing import Any, Callable, Optional
@@ -188,6 +189,18 @@ def _block_tensors(reader: _Reader, config: ModelConfig, family: str, layer: int
     yield "mlp/down/bias", reader.read(mlp + "down_proj.bias", (width,))
 
 
+@functools.partial(jax.jit, donate_argnums=0)
+def _write_layer(stacked: jax.Array, layer_array: jax.Array, layer: jax.Array) -> jax.Array:
+  """`stacked` `[L, ...]` with row `layer` replaced by `layer_array`, in place (the buffer is donated)."""
+  return jax.lax.dynamic_update_index_in_dim(stacked, layer_array.astype(stacked.dtype), layer, 0)
+
+
+def _get(tree: dict, path: str) -> Any:
+  for part in path.split("/"):
+    tree = tree[part]
+  return tree
+
+
 def _set(tree: dict, path: str, value: Any) -> None:
   *parents, leaf = path.split("/")
   for part in parents:
@@ -212,7 +225,9 @@ def load_hf_checkpoint(path: str, *, place: Optional[Place] = None,
       its shards) or a llama.cpp GGUF file (`*.gguf`, dequantized tensor by tensor; `gguf_file.py`).
     place: called as `place(path, array)` on each parameter as soon as it is converted (float32 numpy),
       returning the array to keep, e.g. put on its sharding, so the whole model never exists twice on
-      the host. Default: `jnp.asarray` (the default device).
+      the host. Block parameters are placed once, as zeros of their stacked shape `[L, ...]` (path
+      "blocks/<name>"), and each layer is written into the placed array as it is converted. Default:
+      `jnp.asarray` (the default device).
     overrides: other ModelConfig fields (pause options, compute dtype, remat); `max_pauses` must stay 0
       here (add pause parameters with `model.extend_params`).
   Returns:
@@ -248,18 +263,16 @@ def load_hf_checkpoint(path: str, *, place: Optional[Place] = None,
                          "model.embed_tokens.weight")
     params["embed"] = place("embed", embed)
     del embed
-    # Layers are stacked on a leading axis: each tensor is copied into its parameter's host buffer [L, ...]
-    # as it is converted, and a parameter is placed (and its buffer freed) once its last layer is in, so
-    # the host holds at most the parameters once plus the stacked buffers not placed yet.
-    stacked: dict[str, np.ndarray] = {}
+    # Layers are stacked on a leading axis: each parameter's [L, ...] array is allocated where it belongs
+    # (placed as zeros) when its layer 0 is converted, and every layer's tensor is written into it in place
+    # (a donated update) as soon as it is converted, so the model never exists twice on the host.
     for layer in range(config.num_layers):
       for name, array in _block_tensors(reader, config, family, layer):
         if layer == 0:
-          stacked[name] = np.empty((config.num_layers,) + array.shape, array.dtype)
-        stacked[name][layer] = array
+          zeros = np.broadcast_to(np.zeros((), array.dtype), (config.num_layers,) + array.shape)
+          _set(params["blocks"], name, place(f"blocks/{name}", zeros))
+        _set(params["blocks"], name, _write_layer(_get(params["blocks"], name), array, np.int32(layer)))
         del array
-        if layer == config.num_layers - 1:
-          _set(params["blocks"], name, place(f"blocks/{name}", stacked.pop(name)))
     params["final_norm"] = {"scale": place("final_norm/scale", reader.read("model.norm.weight", (width,)))}
     if not config.tie_embeddings:
       params["head"] = place("head", _linear(reader, "lm_head.weight", vocab, width))
