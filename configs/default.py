@@ -92,6 +92,7 @@ def get_config(task: str = "pointer_chasing") -> ml_collections.ConfigDict:
   config.model.max_pauses = 2
   config.model.dtype = "float32"
   config.model.remat = False
+  config.model.scan_layers = True       # layers as one lax.scan over stacked parameters; False = unrolled
   config.model.dk_init_prob = 0.3
   config.model.pause_context = "private"
   config.model.pause_feedback = True

@@ -153,11 +153,21 @@ def block(p, config, layer, x_TD, positions_T):
   return x_TD + hidden
 
 
+def _layer_slice(tree, layer):
+  if isinstance(tree, dict):
+    return {name: _layer_slice(value, layer) for name, value in tree.items()}
+  return np.asarray(tree)[layer]
+
+
 def layer_outputs(params, config, x_TD, positions_T):
   """Every layer's output residual [T, D], first layer first."""
   x = np.asarray(x_TD, np.float64)
   outputs = []
-  for layer, block_params in enumerate(params["blocks"]):
+  blocks = params["blocks"]
+  if not isinstance(blocks, (list, tuple)):  # the model's layout: every array stacked on a layer axis
+    blocks = [{name: _layer_slice(value, layer) for name, value in blocks.items()}
+              for layer in range(config.num_layers)]
+  for layer, block_params in enumerate(blocks):
     x = block(block_params, config, layer, x, positions_T)
     outputs.append(x)
   return outputs

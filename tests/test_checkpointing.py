@@ -28,7 +28,7 @@ params, meta, step = eval_checkpoint.load_params(sys.argv[1])  # what eval.py, i
 assert step == 1
 checkpointer = checkpointing.Checkpointer(sys.argv[1], read_only=True)
 state = checkpointer.restore_raw_state(1)
-print(json.dumps({"devices": jax.device_count(), "blocks_1_w": np.asarray(params["blocks"][1]["w"]).tolist(),
+print(json.dumps({"devices": jax.device_count(), "blocks_1_w": np.asarray(params["blocks"]["w"][1]).tolist(),
                   "embed": np.asarray(params["embed"]).tolist(), "step": int(state["step"])}))
 """
 

@@ -18,6 +18,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 import reference_transformer as ref
 from cyb_jax import model
+from cyb_jax.model import transformer
 
 V, D, H, F, L = 11, 20, 2, 14, 2
 B, N, K = 3, 7, 3
@@ -170,7 +171,8 @@ OPTION_CONTROLS = {
 def _neutralise(params, what):
   """Params with one option's effect removed while the config stays the same."""
   def blocks(fn):
-    return {**params, "blocks": [fn(dict(b)) for b in params["blocks"]]}
+    return {**params, "blocks": transformer.stack_blocks([fn(dict(b)) for b in
+                                                          transformer.unstack_blocks(params["blocks"])])}
   if what == "swap_kv_heads":  # KV head g serves query heads g*R.., a wrong grouping reads the other
     return blocks(lambda b: {**b, "kv_proj": {k: (jnp.flip(v, axis=-2) if v.ndim >= 2 else v)
                                               for k, v in b["kv_proj"].items()}})
@@ -469,6 +471,48 @@ def test_remat_same_values_and_gradients(name):
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads_plain))
 
 
+# The layer scan: units of `layer_period` layers, a remainder past the last whole unit, feedback from a
+# layer inside the scan; against the unrolled loop (values and gradients), with and without remat.
+DEEP_GEMMA = dataclasses.replace(GEMMA_LIKE, num_layers=5, layer_windows=(3, 0, 3, 0, 3), pause_feedback=True,
+                                 pause_feedback_layer=2)
+DEEP_LLAMA = dataclasses.replace(LLAMA_LIKE, num_layers=3, pause_feedback=True, pause_feedback_layer=1)
+
+
+def test_layer_period():
+  assert model.layer_period(BASE) == 1
+  assert model.layer_period(DEEP_GEMMA) == 2
+  sliding_5_1 = dataclasses.replace(GEMMA_LIKE, num_layers=8, layer_windows=(3,) * 5 + (0,) + (3,) * 2)
+  assert model.layer_period(sliding_5_1) == 6
+  # The window alone differs (no local RoPE base): still a period of the windows.
+  assert model.layer_period(dataclasses.replace(DEEP_GEMMA, rope_local_base=0.0)) == 2
+
+
+@pytest.mark.parametrize("config,remat,context", [
+    (DEEP_GEMMA, False, "private"), (DEEP_GEMMA, True, "private"), (DEEP_LLAMA, True, "private"),
+    (dataclasses.replace(DEEP_GEMMA, pause_feedback=False, pause_feedback_layer=-1), False, "stream")])
+def test_scanned_layers_equal_the_unrolled_loop(config, remat, context):
+  scanned = dataclasses.replace(config, remat=remat, pause_context=context)
+  unrolled = dataclasses.replace(scanned, scan_layers=False)
+  params, tokens = _params(scanned), jnp.asarray(_tokens())
+  assert params["blocks"]["attn_norm"]["scale"].shape == (config.num_layers, config.width)
+  rs = np.random.RandomState(5)
+  targets = jnp.asarray(rs.randint(0, V, (B, N)).astype(np.int32))
+  mask = jnp.asarray(rs.rand(B, N) < 0.8)
+
+  def value_and_grad(config):
+    return jax.jit(jax.value_and_grad(functools.partial(_stats_loss, config)))(params, tokens, targets, mask)
+
+  (loss_scan, grads_scan), (loss_unrolled, grads_unrolled) = value_and_grad(scanned), value_and_grad(unrolled)
+  # Not bitwise: XLA fuses and orders float32 sums differently inside a loop body.
+  np.testing.assert_allclose(loss_scan, loss_unrolled, rtol=1e-5)
+  for g_scan, g_unrolled in zip(jax.tree.leaves(grads_scan), jax.tree.leaves(grads_unrolled)):
+    np.testing.assert_allclose(g_scan, g_unrolled, **TOL)
+  # Every step's logits too (the loss above reads statistics of them).
+  np.testing.assert_allclose(
+      np.asarray(jax.jit(lambda p: model.rollout(p, tokens, scanned, K))(params)),
+      np.asarray(jax.jit(lambda p: model.rollout(p, tokens, unrolled, K))(params)), **TOL)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 7. Validation.
 
@@ -584,6 +628,12 @@ def test_fsdp_sharded_parameters_give_the_same_rollout():
   sharded = jax.device_put(params, shardings)
   assert any(len(leaf.sharding.device_set) == 8 and not leaf.sharding.is_fully_replicated
              for leaf in jax.tree.leaves(sharded))
+  # Stacked layers are sharded as one layer would be, never on the layer axis (a scan step reads a layer).
+  for path, leaf in jax.tree_util.tree_flatten_with_path(sharded["blocks"])[0]:
+    spec = leaf.sharding.spec
+    assert (len(spec) == 0 or spec[0] is None), jax.tree_util.keystr(path)
+    assert tuple(spec[1:]) == tuple(sharding.fsdp_spec(leaf.shape[1:], 8)), jax.tree_util.keystr(path)
+  assert any(len(leaf.sharding.spec) for leaf in jax.tree.leaves(sharded["blocks"]))
   tokens = jnp.asarray(np.random.RandomState(33).randint(0, 16, (8, N)).astype(np.int32))
   rollout_fn = jax.jit(functools.partial(model.rollout, config=config, num_pauses=num_pauses))
   np.testing.assert_allclose(rollout_fn(sharded, tokens), rollout_fn(params, tokens), rtol=1e-5, atol=1e-5)

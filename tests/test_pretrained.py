@@ -21,6 +21,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from cyb_jax import model
+from cyb_jax.model.transformer import stack_blocks, unstack_blocks
 from cyb_jax.parallel import sharding
 from cyb_jax.pretrained import load_hf_checkpoint, model_config_from_hf, read_hf_config, sharded_place
 
@@ -67,17 +68,17 @@ def _wrong_kv_grouping(config, params):
   order = np.array([0, 2, 1, 3])
   blocks = [{**b, "q_proj": {**b["q_proj"], "kernel": b["q_proj"]["kernel"][:, order]},
              "out_proj": {**b["out_proj"], "kernel": b["out_proj"]["kernel"][order]}}
-            for b in params["blocks"]]
-  if "bias" in params["blocks"][0]["q_proj"]:
+            for b in unstack_blocks(params["blocks"])]
+  if "bias" in blocks[0]["q_proj"]:
     blocks = [{**b, "q_proj": {**b["q_proj"], "bias": b["q_proj"]["bias"][order]}} for b in blocks]
-  return config, {**params, "blocks": blocks}
+  return config, {**params, "blocks": stack_blocks(blocks)}
 
 
 def _swapped_gate_up(config, params):
   blocks = [{**b, "mlp": {**b["mlp"], "gate_up": {**b["mlp"]["gate_up"],
                                                   "kernel": b["mlp"]["gate_up"]["kernel"][:, ::-1]}}}
-            for b in params["blocks"]]
-  return config, {**params, "blocks": blocks}
+            for b in unstack_blocks(params["blocks"])]
+  return config, {**params, "blocks": stack_blocks(blocks)}
 
 
 def _missing_norm_offset(config, params):
@@ -90,8 +91,8 @@ def _meta_qk_permutation(config, params):
   blocks = [{**b, "q_proj": {**b["q_proj"], "kernel": b["q_proj"]["kernel"][..., order]},
              "kv_proj": {**b["kv_proj"], "kernel": b["kv_proj"]["kernel"].at[:, 0].set(
                  b["kv_proj"]["kernel"][:, 0][..., order])}}
-            for b in params["blocks"]]
-  return config, {**params, "blocks": blocks}
+            for b in unstack_blocks(params["blocks"])]
+  return config, {**params, "blocks": stack_blocks(blocks)}
 
 
 @pytest.mark.parametrize("name,bug", [
@@ -314,7 +315,7 @@ def test_parameters_are_placed_on_their_fsdp_shardings_as_converted():
 
   def by_path(path, shape):
     placed.append(path)
-    return jax.sharding.NamedSharding(mesh, sharding.fsdp_spec(shape, 8))
+    return jax.sharding.NamedSharding(mesh, sharding.param_spec(path, shape, 8))
 
   config, params = load_hf_checkpoint(_dir("gemma2"), place=sharded_place(by_path))
   assert len(placed) == len(jax.tree.leaves(params))

@@ -194,6 +194,45 @@ def test_resume_after_sigterm_in_process_is_bitwise_identical(reference, tmp_pat
     assert_bitwise_equal(saved_params(reference.workdir, 4), saved_params(reference.workdir, NUM_STEPS))
 
 
+def _old_layout_copy(source: str, workdir: str, step: int) -> None:
+  """`source`'s run up to checkpoint `step`, rewritten with its blocks as a per-layer list (the layout
+  every checkpoint had before the layers were stacked): params and optimiser moments alike, saved by orbax
+  as the trainer saved them (the metadata, data-iterator state and config files stay as written)."""
+  import shutil
+  import orbax.checkpoint as ocp
+  from cyb_jax.training import checkpointing
+  shutil.copytree(source, workdir)
+  for later in checkpoint_steps(workdir):
+    if later > step:
+      shutil.rmtree(os.path.join(workdir, "checkpoints", str(later)))
+  state = saved_state(workdir, step)
+  old = checkpointing._map_blocks(  # pylint: disable=protected-access
+      state, lambda blocks: model_lib.unstack_blocks(blocks))
+  assert isinstance(old["params"]["blocks"], list)
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  shutil.rmtree(path)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(path, old)
+  checkpointer.wait_until_finished()
+  assert isinstance(saved_state(workdir, step)["params"]["blocks"], (list, dict))
+
+
+def test_checkpoints_with_per_layer_blocks_resume_init_and_evaluate(reference, tmp_path):
+  old = str(tmp_path / "old")
+  _old_layout_copy(reference.workdir, old, 4)
+  stacked = saved_params(reference.workdir, 4)
+  # eval.py and sample.py (eval_checkpoint.load_params), and init_from: converted to the stacked layout.
+  from cyb_jax.evaluation import eval_checkpoint
+  params, _, step = eval_checkpoint.load_params(old)
+  assert step == 4
+  assert_bitwise_equal(params, stacked)
+  loaded = trainer._load_init_params(old, model_config(tiny()), keep_pauses=True)  # pylint: disable=protected-access
+  assert_bitwise_equal(loaded, stacked)
+  # Resume: the per-layer state is stacked onto the run's shardings, and training continues bitwise.
+  trainer.train(tiny(), old)
+  assert_bitwise_equal(saved_state(old, NUM_STEPS), saved_state(reference.workdir, NUM_STEPS))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Data sources, failures, fine-tuning. (Other device layouts: tests/test_multiprocess.py trains on 1
 # process x 4 devices and on 2 processes x 2 devices, fsdp-sharded, and compares the losses.)

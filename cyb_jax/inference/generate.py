@@ -71,8 +71,8 @@ class _State:
   logits: jax.Array         # [B, V+1] output of the query just run
   feedback: jax.Array       # [B, D] residual of the query just run that pause feedback reads
   log_survival: jax.Array   # [B] log R_j for the current token
-  real_cache: list          # per layer (k, v) [B, C, G, Dh]
-  chain_cache: list         # per layer (k, v) [B, K, G, Dh]
+  real_cache: tuple         # (k, v) [L, B, C, G, Dh], stacked on the layer axis
+  chain_cache: tuple        # (k, v) [L, B, K, G, Dh], or () with the stream option
   tokens: jax.Array         # [B, M]
   pauses: jax.Array         # [B, M]
   step_logits: jax.Array    # [B, M, S, V+1] or a dummy [B, 1, 1, 1]
@@ -106,7 +106,7 @@ def _query(params, config: model_lib.ModelConfig, x_BD, position_B, real_cache, 
   positions_B1 = position_B[:, None]
   chain_mask_B1K = None
   if chain_cache:
-    num_slots = chain_cache[0][0].shape[1]
+    num_slots = chain_cache[0].shape[2]
     chain_mask_B1K = (jnp.arange(num_slots)[None, :] < chain_visible_B[:, None])[:, None]
 
   def attend_layer(spec, q, k, v, layer_input):
@@ -122,11 +122,9 @@ def _query(params, config: model_lib.ModelConfig, x_BD, position_B, real_cache, 
     chain_keys = attention.ChainKeys(chain_k[:, None], chain_v[:, None], chain_mask_B1K)
     return attention.attend(q, positions_B1, real, spec, chain_keys), ((real_k, real_v), (chain_k, chain_v))
 
-  layer_inputs = list(zip(real_cache, chain_cache or [()] * config.num_layers))
-  x_B1D, outputs, feedback_B1D = model_lib.run_layers(params, x_BD[:, None], positions_B1, config,
-                                                      attend_layer, layer_inputs)
-  new_real = [real for real, _ in outputs]
-  new_chain = [chain for _, chain in outputs] if chain_cache else []
+  layer_inputs = (tuple(real_cache), tuple(chain_cache))
+  x_B1D, (new_real, new_chain), feedback_B1D = model_lib.run_layers(params, x_BD[:, None], positions_B1,
+                                                                     config, attend_layer, layer_inputs)
   return x_B1D[:, 0], new_real, new_chain, feedback_B1D[:, 0]
 
 
@@ -170,12 +168,13 @@ def _generate(params, prompt_BT, rng, tau, q, temperature, forced_BM, prompt_len
   hidden_BTD, prompt_kv, feedback_BTD = model_lib.causal_forward(
       params, model_lib.embed_tokens(params, prompt_BT, config), positions_BT, config)
   pad = [(0, 0), (0, cache_len - prompt_len), (0, 0), (0, 0)]
-  real_cache = [(jnp.pad(k, pad), jnp.pad(v, pad)) for k, v in prompt_kv]
+  real_cache = tuple(jnp.pad(kv, [(0, 0)] + pad) for kv in prompt_kv)
   cache_positions_BC = jnp.pad(positions_BT.astype(jnp.int32), [(0, 0), (0, cache_len - prompt_len)],
                                constant_values=attention.UNWRITTEN_POSITION)
   chain_shape = (batch, max(num_pauses, 1), config.kv_heads, config.head_size)
-  chain_cache = [] if stream else [
-      (jnp.zeros(chain_shape, k.dtype), jnp.zeros(chain_shape, k.dtype)) for k, _ in prompt_kv]
+  chain_shape = (config.num_layers,) + chain_shape
+  chain_cache = () if stream else (jnp.zeros(chain_shape, prompt_kv[0].dtype),
+                                   jnp.zeros(chain_shape, prompt_kv[0].dtype))
   last_hidden_BD = hidden_BTD[:, -1]
   logits_shape = (batch, num_tokens, num_pauses + 1, vocab + 1) if return_logits else (batch, 1, 1, 1)
   forced_shape = (batch, num_tokens, num_pauses + 1) if teacher_forced else (batch, 1, 1)

@@ -13,4 +13,5 @@ from cyb_jax.model.config import DTYPES, PAUSE_CONTEXTS, AttentionSpec, ModelCon
 from cyb_jax.model.rollout import (Params, causal_forward, extend_params, init, input_embedding_rms,
                                    pause_inputs, pause_step, plain_keys, rollout, rollout_readout,
                                    rollout_stats, calibrate_dk_bias)
-from cyb_jax.model.transformer import Block, embed_tokens, normalise_final, output_logits, run_layers
+from cyb_jax.model.transformer import (Block, embed_tokens, layer_period, normalise_final, output_logits, run_layers,
+                                       stack_blocks, unstack_blocks)

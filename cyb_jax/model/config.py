@@ -67,6 +67,7 @@ class ModelConfig:
   max_pauses: int = 3            # Kmax: rows of the step embedding; rollouts may use K <= Kmax
   dtype: str = "float32"         # compute dtype of matmuls: "float32" or "bfloat16"
   remat: bool = False            # rematerialise each layer in the backward pass (saves memory)
+  scan_layers: bool = True       # the layer loop is a lax.scan over stacked layers (False: unrolled)
   dk_init_prob: float = 0.1      # initial probability of <dk>, roughly, at every step
   pause_context: str = "private"  # "private" chains (default) or "stream" (pauses are ordinary tokens)
   pause_feedback: bool = False   # pause j also reads a projection of step j-1's hidden state (below)

@@ -6,7 +6,7 @@ plus: P positions that get pause chains (all N by default), S = K+1 steps, Dh fe
 G KV heads, T key length.
 
 Parameters:
-  embed [V, D]; blocks: one `transformer.Block` params tree per layer; final_norm; head [D, V] (real
+  embed [V, D]; blocks: the `transformer.Block` params of every layer stacked on a leading [L] axis; final_norm; head [D, V] (real
   tokens; absent with `tie_embeddings`, where the head is the embedding table); and, when `max_pauses`
   > 0: dk_head (kernel [D], bias []), pause (embedding [D], step_embedding [Kmax, D]), and with
   `pause_feedback` a zero-initialised feedback projection [D, D].
@@ -48,8 +48,8 @@ def init(config: ModelConfig, rng: jax.Array) -> Params:
   params = {
       # Unit-variance embeddings: the pre-norm blocks see normalised inputs whatever the scale.
       "embed": jax.random.normal(keys[0], (vocab, width), jnp.float32),
-      "blocks": [transformer.init_block(config, layer, keys[1 + layer])
-                 for layer in range(config.num_layers)],
+      "blocks": transformer.stack_blocks([transformer.init_block(config, layer, keys[1 + layer])
+                                          for layer in range(config.num_layers)]),
       "final_norm": transformer.init_final_norm(config, keys[0]),
   }
   if not config.tie_embeddings:
@@ -118,6 +118,10 @@ def extend_params(no_pause_params: Params, config: ModelConfig, rng: jax.Array, 
   expected_shapes = jax.eval_shape(functools.partial(init, config), rng)
   expected = jax.tree_util.tree_flatten_with_path({k: expected_shapes[k] for k in shared_keys})[0]
   given = jax.tree_util.tree_flatten_with_path({k: no_pause_params[k] for k in shared_keys})[0]
+  given_layers = jax.tree.leaves(no_pause_params["blocks"])[0].shape[0]
+  if given_layers != config.num_layers:
+    raise ValueError(f"the no-pause params have {given_layers} layers, config expects model.num_layers = "
+                     f"{config.num_layers}")
   if len(expected) != len(given):
     raise ValueError(f"the no-pause params have {len(given)} shared arrays, config expects "
                      f"{len(expected)} (a different model.num_layers or block option?)")
@@ -211,8 +215,8 @@ def causal_forward(params: Params, x_BTD: jax.Array, positions_BT: jax.Array, co
 
   Input t sees inputs whose position is <= its own (and within the layer's window, and of its own
   segment when `segments_BT` says which document each input belongs to), so positions must increase
-  along the sequence. Returns the final residual `[B, T, D]`, each layer's keys and values (a list of
-  L pairs of `[B, T, G, Dh]`), and the residual pause feedback reads `[B, T, D]` (`run_layers`).
+  along the sequence. Returns the final residual `[B, T, D]`, every layer's keys and values (a pair of
+  `[L, B, T, G, Dh]`), and the residual pause feedback reads `[B, T, D]` (`run_layers`).
   """
   def attend_layer(spec, q, k, v, _):
     real = attention.RealKeys(k, v, positions_BT, segments_BT)
@@ -226,9 +230,9 @@ def pause_step(params: Params, x_BPD: jax.Array, positions_BP: jax.Array, real_k
                segments: Optional[tuple[jax.Array, jax.Array]] = None):
   """One pause step for P queries: each attends to real keys, its chain's earlier slots and itself.
 
-  real_kv: per layer (k, v) `[B, T, G, Dh]`, the step-0 keys/values, reused as they are, at positions
+  real_kv: (k, v) `[L, B, T, G, Dh]`, the step-0 keys/values, reused as they are, at positions
   real_positions_BT (a query sees those at or before its own position, within the layer's window).
-  chain_kv: per layer a list of the earlier pause steps' (k, v) `[B, P, G, Dh]` (empty at step 1); the
+  chain_kv: a list of the earlier pause steps' (k, v) `[L, B, P, G, Dh]` (empty at step 1); the
   chain is kept as separate slots, never as one buffer rewritten each step, so the backward pass keeps
   each slot once rather than a copy of the whole chain per step.
   segments: optional (query segments `[B, P]`, real-key segments `[B, T]`) of packed documents.
@@ -236,7 +240,7 @@ def pause_step(params: Params, x_BPD: jax.Array, positions_BP: jax.Array, real_k
   residual the next pause step reads through feedback `[B, P, D]` (`run_layers`).
   """
   q_segments_BP, real_segments_BT = segments if segments is not None else (None, None)
-  num_slots = len(chain_kv[0]) + 1
+  num_slots = len(chain_kv) + 1
   chain_mask_BPC = jnp.ones(x_BPD.shape[:2] + (num_slots,), bool)
 
   def attend_layer(spec, q, k, v, layer_input):
@@ -247,7 +251,7 @@ def pause_step(params: Params, x_BPD: jax.Array, positions_BP: jax.Array, real_k
     real = attention.RealKeys(real_k, real_v, real_positions_BT, real_segments_BT)
     return attention.attend(q, positions_BP, real, spec, chain, q_segments_BP), slots
 
-  return run_layers(params, x_BPD, positions_BP, config, attend_layer, list(zip(real_kv, chain_kv)))
+  return run_layers(params, x_BPD, positions_BP, config, attend_layer, (tuple(real_kv), list(chain_kv)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -300,9 +304,10 @@ def rollout_readout(params: Params, tokens_BN: jax.Array, config: ModelConfig, n
   segments = None
   if segment_ids is not None:
     segments = (jnp.take_along_axis(segment_ids, positions_BP, axis=1), segment_ids)
-  chain_kv = [[] for _ in range(config.num_layers)]
+  chain_kv = []
   # A Python loop, not a scan: a scan would keep its whole carry (every layer's chain) for each step in
-  # the backward pass; K is small, and each step is one more copy of the layers in the program.
+  # the backward pass; K is small, and each step adds one copy of the layer scan's body (one unit of
+  # layers, not L) to the program.
   steps_out = [step0]
   feedback_BPD = None
   if config.pause_feedback:

@@ -4,7 +4,8 @@ Every block option of `ModelConfig` lives here (or in `attention.py`) and nowher
 steps, the stream option and generation all run their layers through `run_layers`, and differ only in
 the keys each layer's attention sees, which the caller supplies as an `attend_layer` function.
 
-Block parameters (per layer; the optional ones only when their option is on):
+Block parameters (`params["blocks"]`: one tree whose arrays carry a leading layer axis [L], stacked so the
+layer loop can be a `lax.scan`; shapes below are per layer; the optional ones only when their option is on):
   attn_norm, mlp_norm: {scale [D]}; qkv_proj: {kernel [D, 3, H, Dh], bias [3, H, Dh]} without grouping,
   or q_proj {kernel [D, H, Dh], bias [H, Dh]} and kv_proj {kernel [D, 2, G, Dh], bias [2, G, Dh]} with
   grouped KV heads; q_norm, k_norm: {scale [Dh]}; out_proj: {kernel [H, Dh, D], bias [D]};
@@ -15,7 +16,7 @@ Block parameters (per layer; the optional ones only when their option is on):
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -113,53 +114,123 @@ class Block(nn.Module):
 AttendLayer = Callable[[Any, jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 
 
+def layer_period(config: ModelConfig) -> int:
+  """The smallest p such that layer l attends and rotates exactly as layer l % p does (1 for a uniform
+  model, 2 for Gemma 2's alternation, 6 for Gemma 3's five sliding layers and one global one).
+
+  The layer scan runs over units of p layers; the settings that differ within a unit (the window, which
+  the attention kernels take as a compile-time constant, and the RoPE base that goes with it) stay
+  static, so every implementation (dense, blockwise, Pallas) compiles each of them once.
+  """
+  settings = [(config.layer_attention(l), config.layer_rope(l)) for l in range(config.num_layers)]
+  for period in range(1, config.num_layers + 1):
+    if all(settings[l] == settings[l % period] for l in range(config.num_layers)):
+      return period
+  return config.num_layers
+
+
+def _layer_fn(config: ModelConfig, position: int, positions_BQ: jax.Array, attend_layer: AttendLayer):
+  """layer(block_params, x_BQD, layer_input) -> (x_BQD, output) for a layer attending like `position`."""
+  block = Block(config, position)
+  spec = config.layer_attention(position)
+  # The wide, cheap parts of the layer (norms, projections to q/k/v, rotary, the gated activation) are
+  # recomputed in the backward pass from the layer's residual stream, which is kept anyway: keeping
+  # their outputs instead was most of a layer's activation memory (DESIGN.md section 9).
+  qkv = recompute_in_backward(
+      lambda p, x, positions: block.apply({"params": p}, x, positions, method=Block.qkv))
+  mlp_activations = recompute_in_backward(
+      lambda p, x, _: block.apply({"params": p}, x, method=Block.mlp_activations))
+
+  def layer(block_params, x_BQD, layer_input):
+    q, k, v = qkv(_subtree(block_params, QKV_PARAMS), x_BQD, positions_BQ)
+    attended, output = attend_layer(spec, q, k, v, layer_input)
+    x_BQD = block.apply({"params": block_params}, x_BQD, attended, method=Block.attention_residual)
+    mlp_params = {"mlp_norm": block_params["mlp_norm"], "mlp": {"gate_up": block_params["mlp"]["gate_up"]}}
+    activations = mlp_activations(mlp_params, x_BQD, None)
+    return block.apply({"params": block_params}, x_BQD, activations, method=Block.mlp_residual), output
+
+  return layer
+
+
+def _index(tree: Any, index) -> Any:
+  return jax.tree.map(lambda a: a[index], tree)
+
+
 def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config: ModelConfig,
-               attend_layer: AttendLayer, layer_inputs: Optional[Sequence[Any]] = None):
+               attend_layer: AttendLayer, layer_inputs: Any = None):
   """The model's one layer loop: every layer projects, lets `attend_layer` attend, then finishes.
 
-  For layer l, `attend_layer(config.layer_attention(l), q, k, v, layer_inputs[l])` receives this layer's
-  rotated queries and keys, its values, and whatever the caller keeps per layer (cached keys, a pause
-  chain); it returns the attention output `[B, Q, H, Dh]` and what the caller wants back for that layer
-  (the keys to cache, an updated chain). Whatever the config, the norms, q/k/v projections, rotary and
-  the MLP's gated activations are recomputed in the backward pass from the residual stream (recompute.py);
-  with `config.remat` the whole layer is. Returns the final residual `[B, Q, D]`, the list of per-layer
+  `params["blocks"]` holds every layer's parameters stacked on a leading layer axis `[L, ...]`. For layer
+  l, `attend_layer(config.layer_attention(l), q, k, v, input_l)` receives this layer's rotated queries and
+  keys, its values, and layer l's slice of `layer_inputs` (a pytree whose arrays have a leading `[L]` axis:
+  cached keys, a pause chain; or None); it returns the attention output `[B, Q, H, Dh]` and what the
+  caller wants back for that layer (the keys to cache, an updated chain), returned stacked `[L, ...]`.
+  With `config.scan_layers` (the default) the layers are a `jax.lax.scan` over units of `layer_period`
+  layers, so the program holds one copy of a unit whatever the depth; otherwise a Python loop (every
+  layer its own copy). Whatever the config, the norms, q/k/v projections, rotary and the MLP's gated
+  activations are recomputed in the backward pass from the residual stream (recompute.py); with
+  `config.remat` the whole layer is. Returns the final residual `[B, Q, D]`, the stacked per-layer
   outputs, and the residual a following pause step reads through feedback `[B, Q, D]`: the output of
   layer `config.pause_feedback_layer` (the final residual itself by default).
   """
-  if layer_inputs is None:
-    layer_inputs = [None] * config.num_layers
-  feedback_layer = config.pause_feedback_layer % config.num_layers
-  outputs = []
-  feedback_BQD = None
-  for index, (block_params, layer_input) in enumerate(zip(params["blocks"], layer_inputs)):
-    block = Block(config, index)
-    spec = config.layer_attention(index)
-    # The wide, cheap parts of the layer (norms, projections to q/k/v, rotary, the gated activation) are
-    # recomputed in the backward pass from the layer's residual stream, which is kept anyway: keeping
-    # their outputs instead was most of a layer's activation memory (DESIGN.md section 9).
-    qkv = recompute_in_backward(
-        lambda p, x, positions, block=block: block.apply({"params": p}, x, positions, method=Block.qkv))
-    mlp_activations = recompute_in_backward(
-        lambda p, x, _, block=block: block.apply({"params": p}, x, method=Block.mlp_activations))
+  num_layers = config.num_layers
+  feedback_layer = config.pause_feedback_layer % num_layers
+  period = layer_period(config) if config.scan_layers else num_layers
+  layers = [_layer_fn(config, position, positions_BQ, attend_layer) for position in range(period)]
+  if config.remat:
+    # In a scan the recomputation cannot be merged back into the forward pass, so CSE may stay on.
+    layers = [jax.checkpoint(layer, prevent_cse=not config.scan_layers) for layer in layers]
+  blocks = params["blocks"]
 
-    def layer(block_params, x_BQD, layer_input, block=block, spec=spec, qkv=qkv,
-              mlp_activations=mlp_activations):
-      q, k, v = qkv(_subtree(block_params, QKV_PARAMS), x_BQD, positions_BQ)
-      attended, output = attend_layer(spec, q, k, v, layer_input)
-      x_BQD = block.apply({"params": block_params}, x_BQD, attended, method=Block.attention_residual)
-      mlp_params = {"mlp_norm": block_params["mlp_norm"], "mlp": {"gate_up": block_params["mlp"]["gate_up"]}}
-      activations = mlp_activations(mlp_params, x_BQD, None)
-      return block.apply({"params": block_params}, x_BQD, activations, method=Block.mlp_residual), output
+  if not config.scan_layers:
+    outputs = []
+    feedback_BQD = None
+    for index in range(num_layers):
+      layer_input = None if layer_inputs is None else _index(layer_inputs, index)
+      x_BQD, output = layers[index](_index(blocks, index), x_BQD, layer_input)
+      outputs.append(output)
+      if index == feedback_layer:
+        feedback_BQD = x_BQD
+    return x_BQD, jax.tree.map(lambda *xs: jnp.stack(xs), *outputs), feedback_BQD
 
-    if config.remat:
-      # Not inside a scan (the pause steps are a Python loop), so the recomputation is kept from being
-      # merged back into the forward pass (prevent_cse, the default).
-      layer = jax.checkpoint(layer)
-    x_BQD, output = layer(block_params, x_BQD, layer_input)
-    outputs.append(output)
-    if index == feedback_layer:
-      feedback_BQD = x_BQD
-  return x_BQD, outputs, feedback_BQD
+  num_units, remainder = divmod(num_layers, period)
+  keep_feedback = feedback_layer != num_layers - 1
+
+  def run_unit(carry, unit_params, unit_inputs, first_layer, count):
+    """`count` layers of a unit starting at layer `first_layer` (traced); params and inputs `[p, ...]`."""
+    x_BQD, feedback_BQD = carry
+    outputs = []
+    for position in range(count):
+      layer_input = None if unit_inputs is None else _index(unit_inputs, position)
+      x_BQD, output = layers[position](_index(unit_params, position), x_BQD, layer_input)
+      outputs.append(output)
+      if keep_feedback:
+        feedback_BQD = jnp.where(first_layer + position == feedback_layer, x_BQD, feedback_BQD)
+    return (x_BQD, feedback_BQD), jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+
+  def units(tree, count):
+    """The first `count` units of a `[L, ...]` tree, as `[count, p, ...]`."""
+    return jax.tree.map(lambda a: a[:count * period].reshape((count, period) + a.shape[1:]), tree)
+
+  def body(carry, xs):
+    unit_params, unit_inputs, first_layer = xs
+    return run_unit(carry, unit_params, unit_inputs, first_layer, period)
+
+  carry = (x_BQD, jnp.zeros_like(x_BQD) if keep_feedback else None)
+  inputs = None if layer_inputs is None else units(layer_inputs, num_units)
+  carry, outputs = jax.lax.scan(body, carry, (units(blocks, num_units), inputs,
+                                              jnp.arange(num_units) * period))
+  outputs = jax.tree.map(lambda a: a.reshape((num_units * period,) + a.shape[2:]), outputs)
+  if remainder:
+    # Layers past the last whole unit attend like the first layers of a unit: run once, unrolled.
+    start = num_units * period
+    tail = lambda a: a[start:]
+    carry, tail_outputs = run_unit(carry, jax.tree.map(tail, blocks),
+                                   None if layer_inputs is None else jax.tree.map(tail, layer_inputs),
+                                   start, remainder)
+    outputs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outputs, tail_outputs)
+  x_BQD, feedback_BQD = carry
+  return x_BQD, outputs, (feedback_BQD if keep_feedback else x_BQD)
 
 
 # The parameters `Block.qkv` reads (those of the layer's options that are on).
@@ -175,6 +246,18 @@ def init_block(config: ModelConfig, layer: int, rng: jax.Array) -> Params:
   dummy_x = jnp.zeros((1, 1, config.width), jnp.float32)
   dummy_positions = jnp.zeros((1, 1), jnp.int32)
   return Block(config, layer).init(rng, dummy_x, dummy_positions)["params"]
+
+
+def stack_blocks(blocks: Sequence[Params]) -> Params:
+  """Per-layer parameter trees (the layout of checkpoints written before layers were scanned) stacked
+  into one tree of `[L, ...]` arrays."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+
+
+def unstack_blocks(blocks: Params) -> list:
+  """The inverse of `stack_blocks`: a list of L per-layer trees."""
+  num_layers = jax.tree.leaves(blocks)[0].shape[0]
+  return [jax.tree.map(lambda a: a[l], blocks) for l in range(num_layers)]
 
 
 def final_norm(config: ModelConfig) -> RMSNorm:

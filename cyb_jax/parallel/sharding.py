@@ -49,11 +49,32 @@ def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> PartitionSpec:
   return PartitionSpec(*([None] * axis + [FSDP]))
 
 
+def is_layer_stacked(path) -> bool:
+  """Whether a leaf at `path` lies under `blocks`, whose arrays carry a leading layer axis [L]."""
+  return any(getattr(key, "key", None) == "blocks" for key in path)
+
+
+def layer_fsdp_spec(path, shape: tuple[int, ...], fsdp_size: int) -> PartitionSpec:
+  """`fsdp_spec`, where a layer-stacked leaf is sharded as one layer would be (never on its layer axis):
+  each scan step then reads one layer's shards, as the unrolled loop did."""
+  if not is_layer_stacked(path) or not shape:
+    return fsdp_spec(shape, fsdp_size)
+  per_layer = fsdp_spec(shape[1:], fsdp_size)
+  return PartitionSpec(None, *per_layer) if len(per_layer) else PartitionSpec()
+
+
+def param_spec(path: str, shape: tuple[int, ...], fsdp_size: int) -> PartitionSpec:
+  """`layer_fsdp_spec` of a parameter named by a "/"-separated path (e.g. "blocks/q_proj/kernel")."""
+  return layer_fsdp_spec([jax.tree_util.DictKey(part) for part in path.split("/")], shape, fsdp_size)
+
+
 def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:
-  """A NamedSharding for every leaf of a (shape-only) train state, by the fsdp rule."""
+  """A NamedSharding for every leaf of a (shape-only) train state, by the fsdp rule (per layer for the
+  layer-stacked blocks, parameters and optimiser moments alike)."""
   fsdp_size = mesh.shape[FSDP]
-  return jax.tree.map(lambda leaf: NamedSharding(mesh, fsdp_spec(tuple(leaf.shape), fsdp_size)),
-                      abstract_state)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: NamedSharding(mesh, layer_fsdp_spec(path, tuple(leaf.shape), fsdp_size)),
+      abstract_state)
 
 
 def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:

@@ -17,6 +17,7 @@ is reshaped, every tensor in the files must be mapped, and every expected tensor
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from typing import Any, Callable, Optional
@@ -37,7 +38,8 @@ INDEX_FILE = "model.safetensors.index.json"
 # (rope_freqs.weight: a GGUF file's Llama 3 RoPE divisors, read into the config by gguf_file.py.)
 BUFFER_SUFFIXES = (".rotary_emb.inv_freq", "rope_freqs.weight")
 
-# place(path, array) -> the array where it belongs (e.g. on its sharding); path is like "blocks/0/q_proj/kernel".
+# place(path, array) -> the array where it belongs (e.g. on its sharding); path is like "blocks/q_proj/kernel"
+# (block parameters come stacked on a leading layer axis [L]).
 Place = Callable[[str, np.ndarray], Any]
 
 
@@ -187,6 +189,18 @@ def _block_tensors(reader: _Reader, config: ModelConfig, family: str, layer: int
     yield "mlp/down/bias", reader.read(mlp + "down_proj.bias", (width,))
 
 
+@functools.partial(jax.jit, donate_argnums=0)
+def _write_layer(stacked: jax.Array, layer_array: jax.Array, layer: jax.Array) -> jax.Array:
+  """`stacked` `[L, ...]` with row `layer` replaced by `layer_array`, in place (the buffer is donated)."""
+  return jax.lax.dynamic_update_index_in_dim(stacked, layer_array.astype(stacked.dtype), layer, 0)
+
+
+def _get(tree: dict, path: str) -> Any:
+  for part in path.split("/"):
+    tree = tree[part]
+  return tree
+
+
 def _set(tree: dict, path: str, value: Any) -> None:
   *parents, leaf = path.split("/")
   for part in parents:
@@ -211,7 +225,9 @@ def load_hf_checkpoint(path: str, *, place: Optional[Place] = None,
       its shards) or a llama.cpp GGUF file (`*.gguf`, dequantized tensor by tensor; `gguf_file.py`).
     place: called as `place(path, array)` on each parameter as soon as it is converted (float32 numpy),
       returning the array to keep, e.g. put on its sharding, so the whole model never exists twice on
-      the host. Default: `jnp.asarray` (the default device).
+      the host. Block parameters are placed once, as zeros of their stacked shape `[L, ...]` (path
+      "blocks/<name>"), and each layer is written into the placed array as it is converted. Default:
+      `jnp.asarray` (the default device).
     overrides: other ModelConfig fields (pause options, compute dtype, remat); `max_pauses` must stay 0
       here (add pause parameters with `model.extend_params`).
   Returns:
@@ -230,7 +246,7 @@ def load_hf_checkpoint(path: str, *, place: Optional[Place] = None,
   family = hf["model_type"]
   place = place or (lambda name, array: jnp.asarray(array))
   width, vocab = config.width, config.vocab_size
-  params: dict = {"blocks": [{} for _ in range(config.num_layers)]}
+  params: dict = {"blocks": {}}
   with contextlib.ExitStack() as stack:
     source = gguf if gguf is not None else _SafetensorsSource(path, stack)
     reader = _Reader(source, repr(path))
@@ -247,9 +263,16 @@ def load_hf_checkpoint(path: str, *, place: Optional[Place] = None,
                          "model.embed_tokens.weight")
     params["embed"] = place("embed", embed)
     del embed
+    # Layers are stacked on a leading axis: each parameter's [L, ...] array is allocated where it belongs
+    # (placed as zeros) when its layer 0 is converted, and every layer's tensor is written into it in place
+    # (a donated update) as soon as it is converted, so the model never exists twice on the host.
     for layer in range(config.num_layers):
       for name, array in _block_tensors(reader, config, family, layer):
-        _set(params["blocks"][layer], name, place(f"blocks/{layer}/{name}", array))
+        if layer == 0:
+          zeros = np.broadcast_to(np.zeros((), array.dtype), (config.num_layers,) + array.shape)
+          _set(params["blocks"], name, place(f"blocks/{name}", zeros))
+        _set(params["blocks"], name, _write_layer(_get(params["blocks"], name), array, np.int32(layer)))
+        del array
     params["final_norm"] = {"scale": place("final_norm/scale", reader.read("model.norm.weight", (width,)))}
     if not config.tie_embeddings:
       params["head"] = place("head", _linear(reader, "lm_head.weight", vocab, width))

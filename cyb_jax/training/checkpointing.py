@@ -118,7 +118,17 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> tuple[Any, dict]:
     """The state (laid out like `abstract_state`, shardings included) and meta; `data_iterator` (this
     process's grain DatasetIterator, if given) is moved to where this process's stream stood."""
-    items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+    per_layer = _per_layer_blocks(self.manager.item_metadata(step)["state"])
+    if any(_per_layer(node["blocks"]) for node in jax.tree.leaves(abstract_state, is_leaf=_has_blocks)
+           if _has_blocks(node)):
+      per_layer = 0  # the caller asks for the per-layer layout itself
+    target = abstract_state
+    if per_layer:
+      # Written before layers were stacked: read the per-layer arrays (each as one layer of the stacked
+      # array would be sharded), then stack them onto the stacked arrays' shardings below.
+      target = _map_blocks(abstract_state, lambda blocks: [
+          jax.tree.map(lambda leaf: _layer_struct(leaf), blocks) for _ in range(per_layer)])
+    items = {"state": ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}
     saved_items = os.listdir(os.path.join(self.directory, str(step)))
     if data_iterator is not None and "iterators" in saved_items:
       items["iterators"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -127,7 +137,12 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     if _LEGACY_DATA in items and restored[_LEGACY_DATA]:
       data_iterator.set_state(restored[_LEGACY_DATA])
-    return restored.state, restored.meta
+    state = restored.state
+    if per_layer:
+      state = _map_blocks(state, stack_per_layer)
+      state = jax.tree.map(lambda value, leaf: jax.device_put(value, getattr(leaf, "sharding", None)),
+                           state, abstract_state)
+    return state, restored.meta
 
   def restore_raw_state(self, step: int, sharding: Optional[jax.sharding.Sharding] = None) -> Any:
     """The saved state as nested dicts of arrays, placed on this process's devices (for `init_from`, eval).
@@ -148,8 +163,8 @@ class Checkpointer:
     restored = reader.restore(path, args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
     params = jax.tree.map(jnp.asarray, restored["params"])
-    if isinstance(params["blocks"], dict):  # orbax may hand a list back keyed "0", "1", ...
-      params["blocks"] = [params["blocks"][str(i)] for i in range(len(params["blocks"]))]
+    if _per_layer(params["blocks"]):  # written before layers were stacked on a leading axis
+      params["blocks"] = stack_per_layer(params["blocks"])
     return params
 
   def restore_or_explain(self, step: int, abstract_state: Any, data_iterator: Any = None) -> tuple[Any, dict]:
@@ -243,6 +258,55 @@ def _library_output_to_debug_log():
       elif text:
         sys.stderr.write(text)
         sys.stderr.flush()
+
+
+def _per_layer(blocks: Any) -> bool:
+  """Whether `blocks` is the old per-layer layout: a list, or the dict keyed "0", "1", ... orbax may hand
+  a saved list back as."""
+  return isinstance(blocks, (list, tuple)) or (isinstance(blocks, dict) and "0" in blocks)
+
+
+def stack_per_layer(blocks: Any) -> Any:
+  """Old per-layer `blocks` (a list or a dict keyed "0", "1", ...) stacked on a leading layer axis [L]."""
+  if isinstance(blocks, dict):
+    blocks = [blocks[str(i)] for i in range(len(blocks))]
+  return jax.tree.map(lambda *layers: jnp.stack(layers), *blocks)
+
+
+def _has_blocks(node: Any) -> bool:
+  return isinstance(node, dict) and "blocks" in node
+
+
+def _map_blocks(tree: Any, fn) -> Any:
+  """`tree` with every `blocks` entry (the params, and the optimiser's moments of them) replaced by fn(it)."""
+  return jax.tree.map(lambda node: {**node, "blocks": fn(node["blocks"])} if _has_blocks(node) else node,
+                      tree, is_leaf=_has_blocks)
+
+
+def _per_layer_blocks(saved_metadata: Any) -> int:
+  """The number of layers when a saved state holds its blocks per layer (the old layout), else 0."""
+  found = []
+
+  def visit(node):
+    if isinstance(node, dict):
+      if "blocks" in node and _per_layer(node["blocks"]):
+        found.append(len(node["blocks"]))
+      for value in node.values():
+        visit(value)
+    elif isinstance(node, (list, tuple)):
+      for value in node:
+        visit(value)
+
+  visit(getattr(saved_metadata, "tree", saved_metadata))
+  return found[0] if found else 0
+
+
+def _layer_struct(leaf: Any) -> jax.ShapeDtypeStruct:
+  """The restore target of one layer of a stacked leaf: its shape and sharding without the layer axis."""
+  sharding = getattr(leaf, "sharding", None)
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec[1:]))
+  return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype, sharding=sharding)
 
 
 def _target(saved_metadata: Any, sharding: Optional[jax.sharding.Sharding]) -> Any:

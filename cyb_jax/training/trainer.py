@@ -137,7 +137,7 @@ def _initial_params(config: ml_collections.ConfigDict, settings: configuration.S
   if hf_dir:
     fsdp = mesh.shape[sharding.FSDP]
     place = pretrained.sharded_place(
-        lambda path, shape: jax.sharding.NamedSharding(mesh, sharding.fsdp_spec(shape, fsdp)))
+        lambda path, shape: jax.sharding.NamedSharding(mesh, sharding.param_spec(path, shape, fsdp)))
     run_options = {key: getattr(model_config, key) for key in configuration.RUN_MODEL_FIELDS}
     try:
       plain_config, params = pretrained.load_hf_checkpoint(hf_dir, place=place, **{**run_options,
