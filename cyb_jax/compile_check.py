@@ -40,6 +40,7 @@ GIB = 1024 ** 3
 HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
 LIBTPU_HINT = "pip install -e '.[tpu]'  (libtpu==0.0.42.*, the version jax[tpu] pins for jax 0.10.2)"
 STEPS = ("train", "eval")
+LIBTPU_ENV = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost"}
 
 
 class UsageError(ValueError):
@@ -86,6 +87,11 @@ def topology_devices(topology: Topology) -> list:
     return devices[:wanted]
   if not libtpu_available():
     raise UsageError(f"--topology={topology.name} needs libtpu to compile for TPU: {LIBTPU_HINT}")
+  # Read when libtpu loads (here, not at import): no TPU is opened, so a second compile check, a test or a
+  # training job on this host's own TPU may hold libtpu's lock file at the same time; and no cloud
+  # metadata server is asked about a TPU this machine does not have (which only prints warnings).
+  for key, value in LIBTPU_ENV.items():
+    os.environ.setdefault(key, value)
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   try:
     return list(topologies.get_topology_desc(topology_name=f"{topology.chip}:{topology.shape}",
