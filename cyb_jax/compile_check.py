@@ -183,8 +183,9 @@ def table(results: Sequence[StepResult], hbm_gib: Optional[float]) -> str:
   return "\n".join(lines)
 
 
-def _compile(step: str, lowered_fn) -> StepResult:
-  """Compiles `lowered_fn()` (a `jax.stages.Lowered`); an out-of-memory refusal becomes a NO row."""
+def _compile(step: str, lowered_fn) -> tuple[StepResult, Any]:
+  """Compiles `lowered_fn()` (a `jax.stages.Lowered`), timing lowering and compilation together: (result,
+  compiled), where the compiler's out-of-memory refusal becomes a NO row (and compiled None)."""
   start = time.perf_counter()
   try:
     compiled = lowered_fn().compile()
@@ -192,9 +193,10 @@ def _compile(step: str, lowered_fn) -> StepResult:
     message = " ".join(str(error).split())
     if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
       raise
-    return StepResult(step, time.perf_counter() - start, None, None, error=message[:300])
+    return StepResult(step, time.perf_counter() - start, None, None, error=message[:300]), None
   seconds = time.perf_counter() - start
-  return StepResult(step, seconds, Memory.from_analysis(compiled.memory_analysis()), flops_of(compiled))
+  memory = Memory.from_analysis(compiled.memory_analysis())
+  return StepResult(step, seconds, memory, flops_of(compiled)), compiled
 
 
 @dataclasses.dataclass
@@ -251,9 +253,10 @@ def check(config, topology: Topology, steps: Sequence[str] = STEPS, keep_compile
     else:
       lower = lambda: evaluate.step_metrics.lower(*plan.eval_args, config=model,  # noqa: E731
                                                   num_pauses=settings.num_pauses)
+    result, compiled = _compile(step, lower)
+    report.results.append(result)
     if keep_compiled:
-      report.compiled[step] = lower().compile()
-    report.results.append(_compile(step, lower))
+      report.compiled[step] = compiled
   return report
 
 
