@@ -17,10 +17,12 @@ DATA, FSDP = "data", "fsdp"
 BATCH_AXES = (DATA, FSDP)
 
 
-def make_mesh(data: int, fsdp: int, num_devices: int = -1) -> jax.sharding.Mesh:
-  """A (data, fsdp) mesh over the first `num_devices` devices (-1 = all); data = -1 takes what fsdp
-  leaves; fsdp = -1 shards over every device (data 1)."""
-  devices = jax.devices() if num_devices == -1 else jax.devices()[:num_devices]
+def make_mesh(data: int, fsdp: int, num_devices: int = -1, devices=None) -> jax.sharding.Mesh:
+  """A (data, fsdp) mesh over the first `num_devices` of `devices` (default `jax.devices()`; -1 = all);
+  data = -1 takes what fsdp leaves; fsdp = -1 shards over every device (data 1). `devices` may be another
+  machine's (a TPU topology's, to compile for it: cyb_jax/compile_check.py)."""
+  devices = list(jax.devices() if devices is None else devices)
+  devices = devices if num_devices == -1 else devices[:num_devices]
   if fsdp == -1:
     fsdp, data = len(devices), 1
   if data == -1:

@@ -102,6 +102,69 @@ def train_step(state: train_state_lib.TrainState, batch: dict, *, model_config: 
   return new_state, metrics
 
 
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+  """What the trainer compiles, and for which shapes and shardings: shared by the trainer and
+  `cyb_jax.compile_check` (which compiles the same step for another machine's devices).
+
+  init_state: rng -> a fresh TrainState. abstract_state: its shapes and dtypes. state_spec, batch_spec:
+  `jax.ShapeDtypeStruct`s with their shardings, the train step's arguments. train_step: the jitted step,
+  `train_step.lower(state_spec, batch_spec).compile()`; eval_args: the eval step's arguments,
+  `evaluate.step_metrics.lower(*eval_args, config=..., num_pauses=...)`.
+  """
+
+  optimizer: optax.GradientTransformation
+  init_state: Any
+  abstract_state: Any
+  state_shardings: Any
+  state_spec: Any
+  batch_sharding: jax.sharding.NamedSharding
+  batch_spec: dict
+  train_step: Any
+  eval_args: tuple
+  batch_size: int
+  seq_len: int
+
+
+def plan_train_step(config: ml_collections.ConfigDict, settings: configuration.Settings,
+                    mesh: jax.sharding.Mesh) -> StepPlan:
+  """The train step of `config` jitted with its shardings over `mesh`, and its argument specs."""
+  optimizer = train_state_lib.make_optimizer(config.optim, int(config.train.num_steps))
+  model_config = settings.model
+
+  def init_state(rng):
+    return train_state_lib.create(model_lib.init(model_config, rng), optimizer,
+                                  settings.objective.initial_cost)
+
+  abstract_state = jax.eval_shape(init_state, jax.random.PRNGKey(int(config.seed)))
+  state_shardings = sharding.state_shardings(abstract_state, mesh)
+  # The train state's shapes, dtypes and shardings, whether it is created, loaded or restored: the train
+  # step is compiled for this, so a resumed run compiles exactly what a fresh one did.
+  state_spec = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+                            abstract_state, state_shardings)
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch_size, seq_len = int(config.train.batch_size), settings.data_info.seq_len
+  step_fn = functools.partial(train_step, model_config=model_config, num_pauses=settings.num_pauses,
+                              objective=settings.objective, optimizer=optimizer)
+
+  def spec(key: str, width: int = seq_len) -> jax.ShapeDtypeStruct:
+    dtype = jnp.bool_ if key == example_lib.LOSS_MASK else jnp.int32
+    return jax.ShapeDtypeStruct((batch_size, width), dtype, sharding=batch_sharding)
+
+  batch_spec = {key: spec(key, settings.data_info.loss_positions if key == example_lib.LOSS_POSITIONS
+                          else seq_len) for key in step_keys(settings.data_info)}
+  jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+  # What `_evaluate` passes `evaluate.step_metrics`: the state's parameters and an eval batch.
+  eval_args = (state_spec.params, spec(example_lib.INPUTS), spec(example_lib.TARGETS),
+               spec(example_lib.LOSS_MASK),
+               spec(example_lib.SEGMENT_IDS) if settings.data_info.packed else None)
+  return StepPlan(optimizer=optimizer, init_state=init_state, abstract_state=abstract_state,
+                  state_shardings=state_shardings, state_spec=state_spec, batch_sharding=batch_sharding,
+                  batch_spec=batch_spec, train_step=jitted, eval_args=eval_args, batch_size=batch_size,
+                  seq_len=seq_len)
+
+
 def _log_start(settings: configuration.Settings, mesh) -> None:
   log.info("jax %s, %d process(es), %d device(s) (%s), mesh %s", jax.__version__, jax.process_count(),
            jax.device_count(), jax.devices()[0].platform, dict(mesh.shape))
@@ -339,16 +402,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, distributed, on_exit
   mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.num_devices))
   _log_start(settings, mesh)
   num_steps = int(config.train.num_steps)
-  optimizer = train_state_lib.make_optimizer(config.optim, num_steps)
+  plan = plan_train_step(config, settings, mesh)
+  optimizer, init_state, state_shardings = plan.optimizer, plan.init_state, plan.state_shardings
   model_config = settings.model
   rng = jax.random.PRNGKey(int(config.seed))
-
-  def init_state(rng):
-    return train_state_lib.create(model_lib.init(model_config, rng), optimizer,
-                                  settings.objective.initial_cost)
-
-  abstract_state = jax.eval_shape(init_state, rng)
-  state_shardings = sharding.state_shardings(abstract_state, mesh)
   checkpointer = checkpointing.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
   on_exit.callback(checkpointer.close)
   meta = {"config": configuration.as_json_dict(config), "model": dataclasses.asdict(model_config),
@@ -357,10 +414,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, distributed, on_exit
                         "seq_len": settings.data_info.seq_len,
                         "difficulty_names": settings.data_info.difficulty_names}}
 
-  # The train state's shapes, dtypes and shardings, whether it is created, loaded or restored: the train
-  # step is compiled for this, so a resumed run compiles exactly what a fresh one did.
-  state_spec = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-                            abstract_state, state_shardings)
+  state_spec = plan.state_spec
   batch_size = int(config.train.batch_size)
   train_data = iter(data_pipeline.make_dataset(
       settings.data, "train", batch_size, seed=int(config.seed), process_index=jax.process_index(),
@@ -394,21 +448,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, distributed, on_exit
   else:
     state = jax.jit(init_state, out_shardings=state_shardings)(rng)
 
-  batch_sharding = sharding.batch_sharding(mesh)
-  put_batch = functools.partial(sharding.global_batch, sharding=batch_sharding)
-
-  step_fn = functools.partial(train_step, model_config=model_config, num_pauses=settings.num_pauses,
-                              objective=settings.objective, optimizer=optimizer)
-  seq_len = settings.data_info.seq_len
-  keys = step_keys(settings.data_info)
-  batch_spec = {key: jax.ShapeDtypeStruct(
-      (batch_size, settings.data_info.loss_positions if key == example_lib.LOSS_POSITIONS else seq_len),
-      jnp.bool_ if key == example_lib.LOSS_MASK else jnp.int32, sharding=batch_sharding) for key in keys}
+  put_batch = functools.partial(sharding.global_batch, sharding=plan.batch_sharding)
+  keys = tuple(plan.batch_spec)
   with compile_log.announce("compiling train step (" + compile_log.shape_text(
-      batch_size, seq_len, mesh.size, settings.num_pauses) + ")", "compiled train step"):
-    compiled_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                            out_shardings=(state_shardings, sharding.replicated(mesh)),
-                            donate_argnums=0).lower(state_spec, batch_spec).compile()
+      batch_size, plan.seq_len, mesh.size, settings.num_pauses) + ")", "compiled train step"):
+    compiled_step = plan.train_step.lower(state_spec, plan.batch_spec).compile()
 
   writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
   run_eval = functools.partial(_evaluate, settings=settings, put_batch=put_batch,
