@@ -249,7 +249,7 @@ def check(config, topology: Topology, steps: Sequence[str] = STEPS, keep_compile
   report = Report(header=header, results=[], hbm_gib=hbm, plan=plan)
   for step in steps:
     if step == "train":
-      lower = lambda: plan.train_step.lower(plan.state_spec, plan.batch_spec)  # noqa: E731
+      lower = lambda: plan.make_train_step().lower(plan.state_spec, plan.batch_spec)  # noqa: E731
     else:
       lower = lambda: evaluate.step_metrics.lower(*plan.eval_args, config=model,  # noqa: E731
                                                   num_pauses=settings.num_pauses)

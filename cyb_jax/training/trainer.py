@@ -108,8 +108,8 @@ class StepPlan:
   `cyb_jax.compile_check` (which compiles the same step for another machine's devices).
 
   init_state: rng -> a fresh TrainState. abstract_state: its shapes and dtypes. state_spec, batch_spec:
-  `jax.ShapeDtypeStruct`s with their shardings, the train step's arguments. train_step: the jitted step,
-  `train_step.lower(state_spec, batch_spec).compile()`; eval_args: the eval step's arguments,
+  `jax.ShapeDtypeStruct`s with their shardings, the train step's arguments. make_train_step() -> the jitted step,
+  `make_train_step().lower(state_spec, batch_spec).compile()`; eval_args: the eval step's arguments,
   `evaluate.step_metrics.lower(*eval_args, config=..., num_pauses=...)`.
   """
 
@@ -120,7 +120,7 @@ class StepPlan:
   state_spec: Any
   batch_sharding: jax.sharding.NamedSharding
   batch_spec: dict
-  train_step: Any
+  make_train_step: Any
   eval_args: tuple
   batch_size: int
   seq_len: int
@@ -153,15 +153,16 @@ def plan_train_step(config: ml_collections.ConfigDict, settings: configuration.S
 
   batch_spec = {key: spec(key, settings.data_info.loss_positions if key == example_lib.LOSS_POSITIONS
                           else seq_len) for key in step_keys(settings.data_info)}
-  jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+  # Wrapped on demand, not here: a run's start-up checks (resume, init_from) come before anything is jitted.
+  jitted = lambda: jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),  # noqa: E731
+                           out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
   # What `_evaluate` passes `evaluate.step_metrics`: the state's parameters and an eval batch.
   eval_args = (state_spec.params, spec(example_lib.INPUTS), spec(example_lib.TARGETS),
                spec(example_lib.LOSS_MASK),
                spec(example_lib.SEGMENT_IDS) if settings.data_info.packed else None)
   return StepPlan(optimizer=optimizer, init_state=init_state, abstract_state=abstract_state,
                   state_shardings=state_shardings, state_spec=state_spec, batch_sharding=batch_sharding,
-                  batch_spec=batch_spec, train_step=jitted, eval_args=eval_args, batch_size=batch_size,
+                  batch_spec=batch_spec, make_train_step=jitted, eval_args=eval_args, batch_size=batch_size,
                   seq_len=seq_len)
 
 
@@ -452,7 +453,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, distributed, on_exit
   keys = tuple(plan.batch_spec)
   with compile_log.announce("compiling train step (" + compile_log.shape_text(
       batch_size, plan.seq_len, mesh.size, settings.num_pauses) + ")", "compiled train step"):
-    compiled_step = plan.train_step.lower(state_spec, plan.batch_spec).compile()
+    compiled_step = plan.make_train_step().lower(state_spec, plan.batch_spec).compile()
 
   writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
   run_eval = functools.partial(_evaluate, settings=settings, put_batch=put_batch,
