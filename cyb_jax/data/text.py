@@ -251,6 +251,16 @@ def _documents_cached(path, tokenizer, text_field, encoding, special_text) -> li
   return _CACHE[key]
 
 
+def _check_window_args(split: str, seq_len: int, eval_fraction: float) -> None:
+  """The arguments both window sources take, checked alike (ValueError naming the argument)."""
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; known: {list(SPLITS)}")
+  if seq_len < 1:
+    raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+  if not 0.0 < eval_fraction < 1.0:
+    raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+
+
 def _window_length(num_tokens: int, seq_len: int, with_bos: bool) -> int:
   return (num_tokens - (0 if with_bos else 1)) // seq_len
 
@@ -264,12 +274,7 @@ class TextWindowSource:
 
   def __init__(self, path: str, seq_len: int, split: str, eval_fraction: float = 0.1,
                tokenizer=None, *, encoding: str = DEFAULT_ENCODING, special_text: str = "plain"):
-    if split not in SPLITS:
-      raise ValueError(f"unknown split {split!r}; known: {list(SPLITS)}")
-    if seq_len < 1:
-      raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    if not 0.0 < eval_fraction < 1.0:
-      raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    _check_window_args(split, seq_len, eval_fraction)
     self.path = str(path)
     self.seq_len = int(seq_len)
     self.split = split
@@ -325,12 +330,7 @@ class DocumentWindowSource:
   def __init__(self, path: str, seq_len: int, split: str, eval_fraction: float = 0.1, tokenizer=None, *,
                text_field: str = "text", encoding: str = DEFAULT_ENCODING, special_text: str = "plain",
                split_seed: int = 0):
-    if split not in SPLITS:
-      raise ValueError(f"unknown split {split!r}; known: {list(SPLITS)}")
-    if seq_len < 1:
-      raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    if not 0.0 < eval_fraction < 1.0:
-      raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    _check_window_args(split, seq_len, eval_fraction)
     if not os.path.exists(path):
       raise FileNotFoundError(f"text path not found: {path}")
     self.path = str(path)
