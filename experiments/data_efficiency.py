@@ -48,6 +48,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from configs import default as default_config  # noqa: E402
+from configs import finetune_hf as finetune_hf_config  # noqa: E402
 from cyb_jax import configuration  # noqa: E402
 from cyb_jax.evaluation import efficiency  # noqa: E402
 from cyb_jax.evaluation import evaluate  # noqa: E402
@@ -71,11 +72,12 @@ def apply_overrides(config, overrides: dict) -> None:
     node[leaf] = value
 
 
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")  # the developers' models and corpora (../shared)
 # tinyshakespeare fine-tuning (the published protocol): the model and data every text setting shares, and its
 # protocol. The no-pause pretraining is not part of the comparison (cosine schedule, a finished model);
 # fine-tuning uses a lower learning rate so it does not first undo the pretraining.
 TEXT_OVERRIDES = {"data.name": "text_file",
-                  "data.text_path": os.path.join(os.path.dirname(ROOT), "shared", "data", "tinyshakespeare.txt"),
+                  "data.text_path": os.path.join(SHARED, "data", "tinyshakespeare.txt"),
                   "data.seq_len": 128, "data.task": {}, "model.width": 128, "model.num_layers": 1,
                   "model.num_heads": 4, "model.mlp_hidden": 512, "train.batch_size": 16,
                   "train.log_every": 100, "train.eval_batches": 0}
@@ -122,6 +124,30 @@ SETTINGS = {
     # setting's runs exactly (no pauses); pause_ce, the warm starts and CYB take up to two pauses.
     "shakespeare_k2": {"overrides": {**TEXT_OVERRIDES, "num_pauses": 2}, **TEXT_PROTOCOL,
                        "pretrain_steps": 1500, "steps": 1800, "eval_every": 300},
+    # The published setting at CPU scale (issue 25): the real SmolLM2-135M-Instruct (GGUF, 30 layers) fine-tuned
+    # on State of the Union speeches (210 train, 23 held-out eval speeches, split by document) in windows of
+    # 256 word pieces, batch 4. One step costs about 11.5 s at K = 0 and 19 s at K = 1 on this project's
+    # 2-core CPU (float32; bfloat16 costs the same without hardware support). The budget N = 32 steps (32,768
+    # tokens) is the largest whose whole grid (ce to 3N, pause_ce to 2N, three CYB runs, two more pause_ce
+    # variants for the precondition: about 170 N CPU-seconds with evals) fits one 3-hour session. Evals
+    # read the first 6 eval batches (6,144 tokens of held-out speeches), the same for every run. The
+    # learning rate is higher than finetune_hf's (1e-4, 4 warm-up steps, then constant) so that 32 steps move
+    # the new pause and <dk> parameters at all.
+    "sotu_smollm2": {
+        "base_config": finetune_hf_config,
+        "overrides": {"init_from_hf": os.path.join(SHARED, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                      "data.text_path": os.path.join(SHARED, "data", "sotu.jsonl"), "data.seq_len": 256,
+                      "train.batch_size": 4, "model.dtype": "float32", "optim.learning_rate": 1e-4,
+                      "optim.warmup_steps": 4, "train.log_every": 4, "train.keep_checkpoints": 1},
+        "objective_overrides": {"ce": {"model.max_pauses": 0}},
+        "eval_batches": 6, "steps": 32, "eval_every": 8, "quick_steps": 2, "quick_eval_every": 1,
+        # The CYB runs of the grid: VA at the setting the toy grids chose (beta .03), DP and AP at DESIGN.md
+        # section 5's starting points.
+        "runs": ("cyb_va@beta.03", "cyb_dp", "cyb_ap"),
+        # pause_ce variants of the precondition table (--precondition); the best one's options go to the grid.
+        "precondition": {"pause_ce": {}, "pause_ce@nofeedback": {"model.pause_feedback": False},
+                         "pause_ce@feedback14": {"model.pause_feedback_layer": 14}},
+    },
 }
 # How many times the CYB runs' steps each baseline trains (see the module docstring).
 BASELINE_FACTOR = {"ce": 3, "pause_ce": 2}
@@ -263,10 +289,12 @@ def all_runs(grid: bool = True, on_request: bool = False) -> list[tuple[str, str
 
 def make_config(setting: dict, objective: str, steps: int, eval_every: int, quick: bool,
                 overrides: dict | None = None):
-  config = default_config.get_config()
+  config = setting.get("base_config", default_config).get_config()
   apply_overrides(config, setting["overrides"])
+  eval_batches = setting.get("eval_batches", 0)  # 0 = the whole eval split
   apply_overrides(config, {"train.num_steps": steps, "train.eval_every": eval_every,
-                  "train.checkpoint_every": eval_every, "train.eval_batches": 0,
+                  "train.checkpoint_every": eval_every, "train.eval_batches": eval_batches,
+                  "train.final_eval_batches": eval_batches,
                   "objective.name": objective, "eval.policy": POLICY[objective], **COMMON})
   if POLICY[objective] == "threshold":  # the quality-versus-pauses curve, for the compute-matched table
     apply_overrides(config, {"eval.tau_sweep": evaluate.DEFAULT_TAU_SWEEP})
@@ -316,14 +344,190 @@ def train_seconds(workdir: str) -> float:
   return seconds
 
 
+def record_path(out_dir: str, name: str, quick: bool, seed: int, run: str) -> str:
+  """Where one finished run's record lives: results/data_efficiency_<setting>[_seed<s>]/<run>.json."""
+  return os.path.join(out_dir, f"data_efficiency_{name}" + _suffix(quick, seed), run + ".json")
+
+
+def load_record(path: str, steps: int) -> dict | None:
+  """The run record at `path` if it covers at least `steps` training steps, else None."""
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    record = json.load(f)
+  return record if record["steps"] >= steps else None
+
+
+def write_record(path: str, record: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(metrics_writer.to_json_types(record), f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+class _Runner:
+  """Trains one setting's runs, each only if its record (`record_path`) is missing or too short.
+
+  A run's record holds its eval curve, hyperparameters, steps and training seconds; it is written as soon
+  as the run finishes, so a grid spread over sessions that do not keep runs/ trains only what is missing.
+  A baseline whose record is shorter than needed is trained on (resumed from runs/ when its work directory
+  is still there; else from the start: the data order and constant learning rate make that the same run).
+  """
+
+  def __init__(self, name: str, quick: bool, out_dir: str, seed: int):
+    self.name, self.quick, self.out_dir, self.seed = name, quick, out_dir, seed
+    self.setting = SETTINGS[name]
+    self.steps = self.setting["quick_steps" if quick else "steps"]
+    self.eval_every = self.setting["quick_eval_every" if quick else "eval_every"]
+    self.run_root = os.path.join(ROOT, "runs", "data_efficiency", name + _suffix(quick, seed))
+    self.init_from = ""
+
+  def pretrain(self) -> float:
+    """The no-pause pretraining of settings that have one (its training seconds), else 0."""
+    setting = self.setting
+    if "pretrain_steps" not in setting:
+      return 0.0
+    pretrain_steps = setting["quick_pretrain_steps" if self.quick else "pretrain_steps"]
+    config = make_config(setting, "ce", pretrain_steps, pretrain_steps, self.quick)
+    apply_overrides(config, {"seed": self.seed, **setting.get("pretrain_overrides", {})})
+    config.model.max_pauses = 0
+    self.init_from = os.path.join(self.run_root, "pretrain")
+    trainer.train(config, self.init_from)
+    return train_seconds(self.init_from)
+
+  def _finetune_from_pretrained(self, config, objective: str) -> None:
+    if self.init_from:
+      apply_overrides(config, self.setting.get("finetune_overrides", {}))
+      config.init_from = self.init_from
+      if objective == "ce":
+        config.model.max_pauses = 0  # the no-pause baseline keeps training the pretrained LM as it is
+
+  def run(self, run: str, objective: str, overrides: dict, steps: int) -> dict:
+    """Run `run` (its record, trained first if missing): {"objective", "hparams", "steps", "records",
+    "seconds"}. A warm start spends its first part on pause_ce (see WARM_START), counted in `steps`."""
+    path = record_path(self.out_dir, self.name, self.quick, self.seed, run)
+    record = load_record(path, steps)
+    if record is not None:
+      logging.getLogger("cyb_jax").info("%s: recorded in %s (%d steps), not trained", run, path, record["steps"])
+      return record
+    if self.setting.get("pretrain_steps") and not self.init_from:
+      raise RuntimeError("pretrain() must come before the fine-tuning runs")
+    setting, quick = self.setting, self.quick
+    warm_steps = int(round(overrides.get(WARM_START, 0.0) * self.steps))
+    objective_overrides = {**OBJECTIVE_OVERRIDES.get(objective, {}),
+                           **setting.get("objective_overrides", {}).get(objective, {})}
+    config = make_config(setting, objective, steps - warm_steps, self.eval_every, quick,
+                         {**objective_overrides,
+                          **{k: v for k, v in overrides.items() if k not in (WARM_START, WARM_CONTINUES)}})
+    if warm_steps and overrides.get(WARM_CONTINUES):
+      config.train.skip_batches = warm_steps
+    config.seed = self.seed
+    self._finetune_from_pretrained(config, objective)
+    seconds = 0.0
+    if warm_steps:
+      warm_name, warm_overrides = warm_start_run(overrides, warm_steps)
+      warm_dir = os.path.join(self.run_root, warm_name)
+      warm = make_config(setting, "pause_ce", warm_steps, self.eval_every, quick, warm_overrides)
+      warm.seed = self.seed
+      self._finetune_from_pretrained(warm, "pause_ce")
+      trainer.train(warm, warm_dir)
+      seconds = train_seconds(warm_dir)
+      config.init_from, config.init_keep_pauses = warm_dir, True
+    workdir = os.path.join(self.run_root, run)
+    trainer.train(config, workdir)
+    seq_len = configuration.settings_from_config(config, device_count=1, workdir=workdir,
+                                                 write_files=False).data_info.seq_len
+    record = {"setting": self.name, "seed": self.seed, "run": run, "objective": objective, "hparams": overrides,
+              "steps": steps, "seconds": seconds + train_seconds(workdir),
+              "records": eval_records(workdir, config.train.batch_size * seq_len, warm_steps)}
+    write_record(path, record)
+    return record
+
+
+def precondition_path(out_dir: str, name: str, quick: bool, seed: int) -> str:
+  return os.path.join(out_dir, f"data_efficiency_{name}_precondition" + _suffix(quick, seed) + ".json")
+
+
+def chosen_pause_option(name: str, quick: bool, out_dir: str, seed: int) -> tuple[str, dict]:
+  """(the pause_ce run the grid uses, its model overrides, which the CYB runs share).
+
+  Settings without a "precondition" use plain pause_ce. Raises SystemExit when the setting has one and
+  its results JSON (written by --precondition) is missing.
+  """
+  options = SETTINGS[name].get("precondition")
+  if not options:
+    return "pause_ce", {}
+  path = precondition_path(out_dir, name, quick, seed)
+  if not os.path.exists(path):
+    raise SystemExit(f"setting {name!r} picks its pause option from its precondition table: {path} does not "
+                     "exist; run with --precondition first")
+  with open(path, encoding="utf-8") as f:
+    chosen = json.load(f)["chosen"]
+  return chosen, options[chosen]
+
+
+def run_precondition(name: str, quick: bool, out_dir: str, seed: int = 0) -> dict:
+  """DESIGN.md section 8's precondition: does a forced pause pay on this model and data at all?
+
+  Trains ce and every pause_ce variant of the setting's "precondition" (pause options: feedback on/off,
+  feedback layer) for the CYB budget, on the same data, and tables their eval nll at the budget: pause_ce
+  forced to stop after 0..K pauses against ce. The variant with the lowest nll after K pauses is the one
+  the grid uses (`chosen_pause_option`). Writes data_efficiency_<setting>_precondition[...].{json,md}.
+  """
+  runner = _Runner(name, quick, out_dir, seed)
+  options = SETTINGS[name].get("precondition")
+  if not options:
+    raise SystemExit(f"setting {name!r} has no precondition variants")
+  timings = {"pretrain": runner.pretrain()} if "pretrain_steps" in runner.setting else {}
+  records = {"ce": runner.run("ce", "ce", {}, runner.steps)}
+  for run, overrides in options.items():
+    records[run] = runner.run(run, "pause_ce", overrides, runner.steps)
+  at = {run: _at_step(r["records"], runner.steps) for run, r in records.items()}
+  ce_nll = at["ce"]["nll_policy"]
+  rows = {run: {"hparams": records[run]["hparams"], "nll_at_step": at[run]["nll_at_step"],
+                "nll_policy": at[run]["nll_policy"], "accuracy": at[run]["accuracy"],
+                "gain_over_ce": ce_nll - at[run]["nll_policy"], "seconds": records[run]["seconds"],
+                "curve": {"tokens": [r["tokens"] for r in records[run]["records"]],
+                          "nll_policy": [r["nll_policy"] for r in records[run]["records"]]}}
+          for run in records}
+  chosen = min(options, key=lambda run: at[run]["nll_policy"])
+  result = {"setting": name, "seed": seed, "quick": quick, "steps": runner.steps,
+            "tokens": at["ce"]["tokens"], "ce_nll": ce_nll, "rows": rows, "chosen": chosen,
+            "pause_pays": rows[chosen]["gain_over_ce"] > 0, "seconds": timings}
+  path = precondition_path(out_dir, name, quick, seed)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(metrics_writer.to_json_types(result), f, indent=1)
+  lines = [f"# Precondition: {name}" + (f" (seed {seed})" if seed else ""), "",
+           f"Does a forced pause pay? Every run trained {runner.steps} steps ({at['ce']['tokens']:,} tokens) on "
+           "the same data; eval nll (nats/token) at that point. pause_ce always takes K pauses; its "
+           "'after j pauses' columns force it to stop earlier. Gain = ce's nll - the run's.", "",
+           "| run | options | nll after 0 pauses | nll after K pauses | accuracy | gain over ce | train seconds |",
+           "|---|---|---|---|---|---|---|"]
+  for run, row in rows.items():
+    options_text = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in row["hparams"].items()) or "default"
+    lines.append(f"| {run} | {options_text} | {row['nll_at_step'][0]:.4f} | {row['nll_at_step'][-1]:.4f} | "
+                 f"{row['accuracy']:.4f} | {row['gain_over_ce']:+.4f} | {row['seconds']:.0f} |")
+  lines += ["", f"Chosen for the grid: **{chosen}** (lowest nll after K pauses); a forced pause "
+            + ("pays" if result["pause_pays"] else "does not pay") + f" here ({rows[chosen]['gain_over_ce']:+.4f} "
+            "nats/token against ce)."]
+  with open(path[:-len(".json")] + ".md", "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+  return result
+
+
 def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple[str, ...] = (),
                 add_to: str = "") -> dict:
-  """Trains (or reuses) every run of the setting, or only the CYB runs named in `only`, then summarizes.
+  """Trains (or reads the records of) every run of the setting, or only the CYB runs named in `only`, then
+  summarizes.
 
   add_to: a results JSON of the same setting and seed; its runs (baselines included) are read from it
   instead of trained, and only the `only` runs it lacks are trained and added.
   """
-  setting = SETTINGS[name]
+  runner = _Runner(name, quick, out_dir, seed)
+  setting = runner.setting
+  only = only or tuple(setting.get("runs", ()))
   previous = {}
   if add_to:
     with open(add_to, encoding="utf-8") as f:
@@ -332,9 +536,6 @@ def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple
       raise SystemExit(f"--add_runs: {add_to} holds setting {old['setting']!r} seed {old.get('seed', 0)} "
                        f"quick {old['quick']}, not {name!r} seed {seed} quick {quick}")
     previous = {"runs": old["runs"], "seconds": old["seconds"]}
-  steps = setting["quick_steps" if quick else "steps"]
-  eval_every = setting["quick_eval_every" if quick else "eval_every"]
-  run_root = os.path.join(ROOT, "runs", "data_efficiency", name + _suffix(quick, seed))
   chosen = all_runs(setting.get("grid", True) or bool(only), on_request=bool(only))
   if only:
     known = [run for run, _, _ in all_runs(on_request=True)]
@@ -342,55 +543,23 @@ def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple
     if unknown:
       raise SystemExit(f"--runs: unknown run(s) {unknown}; known: {known}")
     chosen = [entry for entry in chosen if entry[1] in BASELINES or entry[0] in only]
+  pause_run, pause_options = chosen_pause_option(name, quick, out_dir, seed)
   timings = dict(previous.get("seconds", {}))
   chosen = [entry for entry in chosen if entry[0] not in previous.get("runs", {})]
-  init_from = ""
   if "pretrain_steps" in setting:
-    pretrain_steps = setting["quick_pretrain_steps" if quick else "pretrain_steps"]
-    config = make_config(setting, "ce", pretrain_steps, pretrain_steps, quick)
-    apply_overrides(config, {"seed": seed, **setting.get("pretrain_overrides", {})})
-    config.model.max_pauses = 0
-    init_from = os.path.join(run_root, "pretrain")
-    trainer.train(config, init_from)
-    timings["pretrain"] = train_seconds(init_from)
-
-  def finetune_from_pretrained(config, objective):
-    if init_from:
-      apply_overrides(config, setting.get("finetune_overrides", {}))
-      config.init_from = init_from
-      if objective == "ce":
-        config.model.max_pauses = 0  # the no-pause baseline keeps training the pretrained LM as it is
-
+    timings["pretrain"] = runner.pretrain()
   runs = dict(previous.get("runs", {}))
   for run, objective, overrides in chosen:
-    # A warm start spends the first part of the budget on pause_ce, then CYB goes on from it: the run's
-    # steps and tokens count both parts, so it is compared at the same training data as the others.
-    warm_steps = int(round(overrides.get(WARM_START, 0.0) * steps))
-    config = make_config(setting, objective, steps * BASELINE_FACTOR.get(objective, 1) - warm_steps,
-                         eval_every, quick,
-                         {k: v for k, v in overrides.items() if k not in (WARM_START, WARM_CONTINUES)})
-    if warm_steps and overrides.get(WARM_CONTINUES):
-      config.train.skip_batches = warm_steps
-    config.seed = seed
-    finetune_from_pretrained(config, objective)
-    seconds = 0.0
-    if warm_steps:
-      warm_name, warm_overrides = warm_start_run(overrides, warm_steps)
-      warm_dir = os.path.join(run_root, warm_name)
-      warm = make_config(setting, "pause_ce", warm_steps, eval_every, quick, warm_overrides)
-      warm.seed = seed
-      finetune_from_pretrained(warm, "pause_ce")
-      trainer.train(warm, warm_dir)
-      seconds = train_seconds(warm_dir)
-      config.init_from, config.init_keep_pauses = warm_dir, True
-    workdir = os.path.join(run_root, run)
-    trainer.train(config, workdir)
-    timings[run] = seconds + train_seconds(workdir)
-    seq_len = configuration.settings_from_config(config, device_count=1, workdir=workdir,
-                                                 write_files=False).data_info.seq_len
-    runs[run] = {"objective": objective, "hparams": overrides,
-                 "records": eval_records(workdir, config.train.batch_size * seq_len, warm_steps)}
-  return summarize(name, quick, runs, timings, steps, out_dir, seed)
+    steps = runner.steps * BASELINE_FACTOR.get(objective, 1)
+    if objective == "ce":
+      record = runner.run(run, objective, overrides, steps)
+    elif objective == "pause_ce":  # the precondition's choice, under its own name and work directory
+      record = runner.run(pause_run, objective, pause_options, steps)
+    else:
+      record = runner.run(run, objective, {**pause_options, **overrides}, steps)
+    timings[run] = record["seconds"]
+    runs[run] = {"objective": objective, "hparams": record["hparams"], "records": record["records"]}
+  return summarize(name, quick, runs, timings, runner.steps, out_dir, seed)
 
 
 def _at_step(records: list[dict], step: int) -> dict:
@@ -677,6 +846,9 @@ def main() -> None:
   parser.add_argument("--resummarize", action="store_true",
                       help="recompute the tables from results/data_efficiency_<setting>.json, no training")
   parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+  parser.add_argument("--precondition", action="store_true",
+                      help="train ce and the setting's pause_ce variants for the CYB budget and write the "
+                      "precondition table (does a forced pause pay?), which picks the grid's pause options")
   parser.add_argument("--seed", type=int, default=0, help="run seed (data order and initialisation)")
   parser.add_argument("--runs", default="", help="comma-separated CYB runs to train, e.g. cyb_ap,cyb_va@beta.03 "
                       "(default: the setting's grid); the baselines always run")
@@ -701,6 +873,10 @@ def main() -> None:
   if args.resummarize:
     stem = f"data_efficiency_{args.setting}" + _suffix(args.quick, args.seed)
     resummarize(os.path.join(args.out, stem + ".json"), args.out)
+    return
+  if args.precondition:
+    run_precondition(args.setting, args.quick, args.out, args.seed)
+    print(f"total {time.time() - start:.0f} s")
     return
   add_to = ""
   if args.add_runs:

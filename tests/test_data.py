@@ -11,7 +11,8 @@ import pytest
 from cyb_jax import data
 from cyb_jax.data import tfds_text
 
-SHAKESPEARE = "/work/shared/data/tinyshakespeare.txt"
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")
+SHAKESPEARE = os.path.join(SHARED, "data", "tinyshakespeare.txt")
 BOS_BYTE = data.ByteTokenizer.BOS_ID
 
 
@@ -675,7 +676,7 @@ def test_loss_positions_list_every_loss_token(name, overrides):
 # Documents: a .jsonl file or a folder of .txt files
 
 
-SOTU = "/work/shared/data/sotu.jsonl"
+SOTU = os.path.join(SHARED, "data", "sotu.jsonl")
 TOKENIZERS = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizers")
 QWEN_STYLE = os.path.join(TOKENIZERS, "qwen_style")      # add_bos False, EOS <|endoftext|> = 267
 LLAMA3_STYLE = os.path.join(TOKENIZERS, "llama3_style")  # add_bos True, BOS 285, EOS 286

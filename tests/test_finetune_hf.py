@@ -29,7 +29,8 @@ from helpers import forbid_compilation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LLAMA = os.path.join(ROOT, "tests", "fixtures", "hf", "llama_llama3rope")
-SHAKESPEARE = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
+# The first 20,000 characters of tinyshakespeare (committed: these tests run without ../shared).
+SHAKESPEARE = os.path.join(ROOT, "tests", "fixtures", "shakespeare_20k.txt")
 
 
 def _text_file(tmp_path, num_chars=6_000):

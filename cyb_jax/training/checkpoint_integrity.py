@@ -38,18 +38,38 @@ def damaged_file(state_dir: str) -> Optional[str]:
   `state_dir` (e.g. "/run/checkpoints/12/state/ocdbt.process_0/d/1fc... is truncated (10 bytes; its data
   runs to byte 16502)"), or None if every file the tree points into is long
   enough (or the tree is not OCDBT, or tensorstore cannot tell: the restore then speaks for itself)."""
+  problem, ends = _walk(state_dir)
+  if problem:
+    return problem
+  for path in sorted(ends):
+    problem = _damage(path, ends[path])
+    if problem:
+      return problem
+  return None
+
+
+def data_file_ends(state_dir: str) -> dict[str, int]:
+  """{data file: the furthest byte the array tree points to in it} of the OCDBT tree in `state_dir`: the
+  files a restore reads values from (a data directory may also hold files no version refers to). Empty
+  when the tree is not OCDBT or is damaged above its values."""
+  problem, ends = _walk(state_dir)
+  return {} if problem else ends
+
+
+def _walk(state_dir: str) -> tuple[Optional[str], dict[str, int]]:
+  """(the first damaged B-tree node's description or None, {value file: furthest byte} seen)."""
   try:
     import tensorstore as ts  # pylint: disable=g-import-not-at-top
   except ImportError:
-    return None
+    return None, {}
   root = os.path.abspath(state_dir)
   if not os.path.isfile(os.path.join(root, "manifest.ocdbt")):
-    return None
+    return None, {}
   try:
     base = ts.KvStore.open(f"file://{root}/").result()
     manifest = ts.ocdbt.dump(base).result()
   except Exception:  # pylint: disable=broad-except  (a manifest that does not parse)
-    return f"{os.path.join(root, 'manifest.ocdbt')} does not parse"
+    return f"{os.path.join(root, 'manifest.ocdbt')} does not parse", {}
   pending = [version["root"]["location"] for version in manifest.get("versions", [])
              if version.get("root", {}).get("location")]
   ends: dict[str, int] = {}  # file -> the furthest byte the tree points to in it
@@ -60,19 +80,15 @@ def damaged_file(state_dir: str) -> Optional[str]:
     path, end = _file_and_end(location, root)
     problem = _damage(path, end)
     if problem:
-      return problem
+      return problem, ends
     try:
       node = ts.ocdbt.dump(base, location).result()
     except Exception:  # pylint: disable=broad-except
-      return f"{path} does not parse (B-tree node at {location.split(':', 1)[1]})"
+      return f"{path} does not parse (B-tree node at {location.split(':', 1)[1]})", ends
     for entry in node.get("entries", []):
       if "indirect_value" in entry:
         path, end = _file_and_end(entry["indirect_value"], root)
         ends[path] = max(end, ends.get(path, 0))
       elif "location" in entry:  # an interior node's child
         pending.append(entry["location"])
-  for path in sorted(ends):
-    problem = _damage(path, ends[path])
-    if problem:
-      return problem
-  return None
+  return None, ends
