@@ -543,6 +543,8 @@ def run_setting(name: str, quick: bool, out_dir: str, seed: int = 0, only: tuple
     if unknown:
       raise SystemExit(f"--runs: unknown run(s) {unknown}; known: {known}")
     chosen = [entry for entry in chosen if entry[1] in BASELINES or entry[0] in only]
+    # Baselines first, then the CYB runs in the order named (a grid cut short by time lacks the last ones).
+    chosen.sort(key=lambda entry: -1 if entry[1] in BASELINES else only.index(entry[0]))
   pause_run, pause_options = chosen_pause_option(name, quick, out_dir, seed)
   timings = dict(previous.get("seconds", {}))
   chosen = [entry for entry in chosen if entry[0] not in previous.get("runs", {})]
