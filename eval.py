@@ -36,7 +36,7 @@ def main(argv):
   cli.quiet_libraries()
   from cyb_jax import configuration  # pylint: disable=g-import-not-at-top
   from cyb_jax.evaluation import eval_checkpoint  # pylint: disable=g-import-not-at-top
-  from cyb_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from cyb_jax.storage import checkpointing  # pylint: disable=g-import-not-at-top
   try:
     result = eval_checkpoint.evaluate_checkpoint(
         config, _WORKDIR.value, step=_CHECKPOINT.value, policy=_POLICY.value, tau=_TAU.value,

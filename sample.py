@@ -57,7 +57,7 @@ def main(argv):
   cli.quiet_libraries()
   from cyb_jax import configuration  # pylint: disable=g-import-not-at-top  (jax is slow to import)
   from cyb_jax.inference import sampling  # pylint: disable=g-import-not-at-top
-  from cyb_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from cyb_jax.storage import checkpointing  # pylint: disable=g-import-not-at-top
   try:
     sampler = sampling.load_sampler(_WORKDIR.value, _CHECKPOINT.value, config=config, overrides=overrides)
     texts = list(_PROMPT.value)

@@ -20,7 +20,7 @@ def main(argv):
   config = cli.loaded_config(_CONFIG)
   cli.quiet_libraries()
   from cyb_jax import configuration  # pylint: disable=g-import-not-at-top  (jax is slow to import)
-  from cyb_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from cyb_jax.storage import checkpointing  # pylint: disable=g-import-not-at-top
   from cyb_jax.training import trainer  # pylint: disable=g-import-not-at-top
   from cyb_jax.training import workdir_lock  # pylint: disable=g-import-not-at-top
   try:

@@ -52,7 +52,7 @@ from configs import finetune_hf as finetune_hf_config  # noqa: E402
 from cyb_jax import configuration  # noqa: E402
 from cyb_jax.evaluation import efficiency  # noqa: E402
 from cyb_jax.evaluation import evaluate  # noqa: E402
-from cyb_jax.training import metrics_writer  # noqa: E402
+from cyb_jax.storage import metrics_writer  # noqa: E402
 from cyb_jax.training import trainer  # noqa: E402
 
 BASELINES = ("ce", "pause_ce")

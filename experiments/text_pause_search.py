@@ -32,7 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import data_efficiency  # noqa: E402  (the shakespeare setting's data and model overrides)
-from cyb_jax.training import metrics_writer  # noqa: E402
+from cyb_jax.storage import metrics_writer  # noqa: E402
 from cyb_jax.training import trainer  # noqa: E402
 
 # Model families: overrides on top of data_efficiency's shakespeare setting (width 128, 4 heads).

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from cyb_jax.training import checkpointing
+from cyb_jax.storage import checkpointing
 from cyb_jax.training import trainer
 import tiny_config
 

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cyb_jax.training import checkpoint_integrity
-from cyb_jax.training import checkpointing
+from cyb_jax.storage import checkpoint_integrity
+from cyb_jax.storage import checkpointing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,9 +24,9 @@ import json
 import sys
 import numpy as np
 import jax
-from cyb_jax.training import checkpointing
-from cyb_jax.evaluation import eval_checkpoint
-params, meta, step = eval_checkpoint.load_params(sys.argv[1])  # what eval.py, init_from and sample.py read
+from cyb_jax.storage import checkpointing
+from cyb_jax.storage import run_reader
+params, meta, step = run_reader.load_params(sys.argv[1])  # what eval.py, init_from and sample.py read
 assert step == 1
 checkpointer = checkpointing.Checkpointer(sys.argv[1], read_only=True)
 state = checkpointer.restore_raw_state(1)
@@ -83,7 +83,7 @@ import shutil  # noqa: E402
 import pytest  # noqa: E402
 
 from cyb_jax import configuration  # noqa: E402
-from cyb_jax.evaluation import eval_checkpoint  # noqa: E402
+from cyb_jax.storage import run_reader  # noqa: E402
 from cyb_jax.training import trainer  # noqa: E402
 from helpers import forbid_compilation  # noqa: E402
 from helpers import tiny  # noqa: E402
@@ -190,7 +190,7 @@ def test_an_unreadable_checkpoint_names_itself_and_the_newest_intact_one(three_s
   assert "\n" not in message
   # eval.py's reader says the same.
   with pytest.raises(checkpointing.CheckpointError, match="newest intact checkpoint is step 2"):
-    eval_checkpoint.load_params(str(workdir))
+    run_reader.load_params(str(workdir))
 
 
 class _FailingManager:
@@ -282,11 +282,12 @@ def test_a_truncated_array_file_is_one_line_from_train_eval_and_sample(tmp_path)
   background reads' `Event loop is closed` tracebacks around TensorStore's whole spec)."""
   workdir = tmp_path / "run"
   trainer.train(tiny("nopause", {"train.num_steps": 3, **RUN}), str(workdir))
-  # The largest of the files the OCDBT tree reads array values from: one the restore needs. (Not simply the
-  # largest file under `**/d/`: a data directory can also hold files no tree version points to, and cutting
-  # one of those changes nothing, which made this test fail now and then.)
+  # The largest of the files the OCDBT tree reads (its B-tree nodes, which hold small values inline, and the
+  # data files of larger values): one the restore needs. (Not simply the largest file under `**/d/`: a data
+  # directory can also hold files no tree version points to, and cutting one of those changes nothing,
+  # which made this test fail now and then.)
   state = workdir / "checkpoints" / "3" / "state"
-  referenced = checkpoint_integrity.data_file_ends(str(state))
+  referenced = checkpoint_integrity.referenced_files(str(state))
   assert referenced
   biggest = pathlib.Path(max(referenced, key=os.path.getsize))
   size = biggest.stat().st_size

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from cyb_jax.training import checkpointing
+from cyb_jax.storage import checkpointing
 from cyb_jax import configuration
 from cyb_jax.evaluation import eval_checkpoint
 from cyb_jax.evaluation import report
@@ -21,6 +21,7 @@ from cyb_jax.training import trainer
 from cyb_jax.data import pipeline as data_pipeline
 from cyb_jax.data import prompts as prompts_lib
 from cyb_jax.inference import sampling
+from cyb_jax.inference import rendering
 from tests import helpers
 from tests import tiny_config
 
@@ -196,11 +197,11 @@ def test_text_shown_to_people_is_decoded_in_runs_not_byte_by_byte(tmp_path):
   data = data_pipeline.DataConfig(name="text_file", text_path=str(corpus), seq_len=16)
   display = eval_checkpoint.TokenDisplay(data)
   ids = np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
-  assert report.render_sample(display.pieces(ids), np.zeros(len(ids), int)) == text
+  assert rendering.render_sample(display.pieces(ids), np.zeros(len(ids), int)) == text
   # With a pause before 'ü' (its first byte), the mark sits before the whole character.
   pauses = np.zeros(len(ids), int)
   pauses[text.encode("utf-8").index("ü".encode("utf-8"))] = 1
-  assert report.render_sample(display.pieces(ids), pauses) == text.replace("ü", report.PAUSE_MARK + "ü")
+  assert rendering.render_sample(display.pieces(ids), pauses) == text.replace("ü", rendering.PAUSE_MARK + "ü")
   names = {display.token(int(i)) for i in set(ids.tolist()) if i >= 0x80}
   assert names == {f"<0x{i:02X}>" for i in set(ids.tolist()) if i >= 0x80}
   assert "\ufffd" not in "".join(names)

@@ -23,7 +23,7 @@ from cyb_jax.data import pipeline as data_pipeline
 from cyb_jax.data import tokenizer as tokenizer_lib
 from cyb_jax.evaluation import eval_checkpoint
 from cyb_jax.evaluation import token_classes
-from cyb_jax.training import checkpointing
+from cyb_jax.storage import checkpointing
 from cyb_jax.training import trainer
 from helpers import forbid_compilation
 

@@ -25,7 +25,7 @@ from cyb_jax import model as model_lib
 from cyb_jax.evaluation import eval_checkpoint
 from cyb_jax.parallel import launcher
 from cyb_jax.parallel import runtime
-from cyb_jax.training import checkpointing
+from cyb_jax.storage import checkpointing
 from cyb_jax.training import train_state as train_state_lib
 from cyb_jax.training import trainer
 from helpers import (assert_bitwise_equal, checkpoint_steps, latest_by_step, saved_params, saved_state, tiny,

@@ -200,7 +200,7 @@ def _old_layout_copy(source: str, workdir: str, step: int) -> None:
   as the trainer saved them (the metadata, data-iterator state and config files stay as written)."""
   import shutil
   import orbax.checkpoint as ocp
-  from cyb_jax.training import checkpointing
+  from cyb_jax.storage import checkpointing
   shutil.copytree(source, workdir)
   for later in checkpoint_steps(workdir):
     if later > step:
@@ -221,9 +221,9 @@ def test_checkpoints_with_per_layer_blocks_resume_init_and_evaluate(reference, t
   old = str(tmp_path / "old")
   _old_layout_copy(reference.workdir, old, 4)
   stacked = saved_params(reference.workdir, 4)
-  # eval.py and sample.py (eval_checkpoint.load_params), and init_from: converted to the stacked layout.
-  from cyb_jax.evaluation import eval_checkpoint
-  params, _, step = eval_checkpoint.load_params(old)
+  # eval.py and sample.py (run_reader.load_params), and init_from: converted to the stacked layout.
+  from cyb_jax.storage import run_reader
+  params, _, step = run_reader.load_params(old)
   assert step == 4
   assert_bitwise_equal(params, stacked)
   loaded = trainer._load_init_params(old, model_config(tiny()), keep_pauses=True)  # pylint: disable=protected-access

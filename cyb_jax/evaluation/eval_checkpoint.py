@@ -16,13 +16,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from cyb_jax.training import checkpointing
 from cyb_jax import configuration
 from cyb_jax.evaluation import evaluate
 from cyb_jax.inference import generate
 from cyb_jax import model as model_lib
 from cyb_jax.inference import policies
+from cyb_jax.inference import rendering
 from cyb_jax.parallel import runtime
+from cyb_jax.storage import run_reader
 from cyb_jax.evaluation import report
 from cyb_jax.evaluation import token_classes
 from cyb_jax.evaluation import word_analysis
@@ -32,61 +33,6 @@ from cyb_jax.data import prompts as prompts_lib
 from cyb_jax.data import tokenizer as tokenizer_lib
 
 log = logging.getLogger("cyb_jax")
-
-
-def _open_checkpoint(workdir: str, step: Optional[int]) -> tuple[checkpointing.Checkpointer, int]:
-  """A read-only checkpointer of `workdir` and the step to read (default: the latest); ConfigError
-  naming the flag when there is none."""
-  try:
-    checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
-  except FileNotFoundError:
-    raise configuration.ConfigError(f"--workdir {workdir!r} holds no checkpoints directory") from None
-  available = checkpointer.all_steps()
-  if not available:
-    checkpointer.close()
-    raise configuration.ConfigError(f"--workdir {workdir!r} holds no checkpoint")
-  if step is None:
-    step = max(available)
-  elif step not in available:
-    checkpointer.close()
-    raise configuration.ConfigError(
-        f"--checkpoint {step} is not in {workdir!r}; available: {sorted(available)}")
-  return checkpointer, step
-
-
-def load_params(workdir: str, step: Optional[int] = None) -> tuple[dict, dict, int]:
-  """(params, meta, step) of checkpoint `step` (default: the latest) in `workdir`."""
-  checkpointer, step = _open_checkpoint(workdir, step)
-  try:
-    meta, params = checkpointer.params_or_explain(step)
-  finally:
-    checkpointer.close()
-  return params, meta, step
-
-
-def load_run_config(workdir: str, step: Optional[int] = None,
-                    overrides: Optional[dict] = None) -> tuple[ml_collections.ConfigDict, int]:
-  """(config, step): the config checkpoint `step` (default: the latest) of `workdir` was trained with,
-  saved in its meta, with `overrides` ({dotted key: value}) applied: the base of eval.py and sample.py
-  when no --config is given (see `configuration.saved_run_config`)."""
-  checkpointer, step = _open_checkpoint(workdir, step)
-  try:
-    meta = checkpointer.meta_or_explain(step)
-  finally:
-    checkpointer.close()
-  if jax.process_index() == 0:
-    log.info("config: the one checkpoint %d in %s was trained with%s", step, workdir,
-             f", overridden by --config.{', --config.'.join(sorted(overrides))}" if overrides else "")
-  return configuration.saved_run_config(meta["config"], overrides), step
-
-
-def warn_data_differences(config: ml_collections.ConfigDict, meta: dict, workdir: str, step: int) -> None:
-  """Logs a warning when a --config given on the command line reads other data (or another tokenizer)
-  than checkpoint `step` was trained on: allowed (e.g. another text file), but rarely meant."""
-  differences = configuration.data_differences(meta["config"], config)
-  if differences:
-    log.warning("--config reads other data than checkpoint %d in %s was trained on: %s (without --config "
-                "the checkpoint's own settings are used)", step, workdir, "; ".join(differences))
 
 
 class TokenDisplay:
@@ -143,7 +89,7 @@ def _answer_samples(params, model_config: model_lib.ModelConfig, num_pauses: int
   samples = []
   for row, (ids, label) in enumerate(zip(prompts, labels)):
     shown_prompt = "".join(display.pieces(np.asarray(ids))[-64:])
-    answer = report.render_sample(display.pieces(np.asarray(out.tokens[row])), np.asarray(out.pauses[row]))
+    answer = rendering.render_sample(display.pieces(np.asarray(out.tokens[row])), np.asarray(out.pauses[row]))
     samples.append(f"({label}) ...{shown_prompt}|>{answer}")
   return samples
 
@@ -170,7 +116,7 @@ def generate_samples(params, model_config: model_lib.ModelConfig, num_pauses: in
   samples = []
   for row, ids in enumerate(prompts):
     shown_prompt = "".join(display.pieces(np.asarray(ids))[-64:])
-    continuation = report.render_sample(display.pieces(np.asarray(out.tokens[row])),
+    continuation = rendering.render_sample(display.pieces(np.asarray(out.tokens[row])),
                                         np.asarray(out.pauses[row]))
     samples.append(f"...{shown_prompt}|>{continuation}")
   return samples
@@ -196,7 +142,7 @@ def evaluate_checkpoint(config: Optional[ml_collections.ConfigDict], workdir: st
   # Before anything touches jax: the runtime settings come from the command line, never the saved run's.
   runtime.initialize(configuration.with_overrides({}, overrides) if from_saved else config)
   if from_saved:
-    config, step = load_run_config(workdir, step, overrides)  # the same step is evaluated
+    config, step = run_reader.load_run_config(workdir, step, overrides)  # the same step is evaluated
   is_main = jax.process_index() == 0
   eval_config = config.copy_and_resolve_references()
   with eval_config.unlocked():
@@ -214,9 +160,9 @@ def evaluate_checkpoint(config: Optional[ml_collections.ConfigDict], workdir: st
                                                 process_count=jax.process_count(), write_files=False)
   out_dir = out_dir or os.path.join(workdir, "eval")
   configuration.check_output_dir(out_dir, "eval output directory")  # before the evaluation, not after
-  params, meta, step = load_params(workdir, step)
+  params, meta, step = run_reader.load_params(workdir, step)
   if not from_saved:
-    warn_data_differences(eval_config, meta, workdir, step)
+    run_reader.warn_data_differences(eval_config, meta, workdir, step)
   saved_model = model_lib.ModelConfig(**meta["model"])
   differences = configuration.shape_differences(saved_model, settings.model)
   if differences:

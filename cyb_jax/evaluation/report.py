@@ -13,9 +13,9 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from cyb_jax.evaluation import word_analysis  # noqa: E402
-from cyb_jax.training import metrics_writer  # noqa: E402
+from cyb_jax.inference.rendering import PAUSE_MARK  # noqa: E402
+from cyb_jax.storage import metrics_writer  # noqa: E402
 
-PAUSE_MARK = "\u23f8"  # ⏸, written before a token once per pause it took
 PLOTS = {
     "halting": "halting_histogram.png",
     "difficulty": "pause_rate_by_difficulty.png",
@@ -34,12 +34,6 @@ def _fmt(value, digits: int = 4) -> str:
   if isinstance(value, float):
     return "nan" if math.isnan(value) else f"{value:.{digits}f}"
   return str(value)
-
-
-def render_sample(pieces: Sequence[str], pauses: Sequence[int]) -> str:
-  """Generated text with `PAUSE_MARK` x pauses before each token's piece of text (see
-  `tokenizer.token_pieces`)."""
-  return "".join(PAUSE_MARK * int(p) + piece for piece, p in zip(pieces, pauses))
 
 
 def token_extremes(result: dict, decode, count: int = 10, min_tokens: int = 20) -> tuple[list, list]:

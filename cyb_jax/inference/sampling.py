@@ -25,10 +25,10 @@ from cyb_jax import model as model_lib
 from cyb_jax.data import pipeline as data_pipeline
 from cyb_jax.data import prompts as prompts_lib
 from cyb_jax.data import tokenizer as tokenizer_lib
-from cyb_jax.evaluation import eval_checkpoint
-from cyb_jax.evaluation import report
 from cyb_jax.inference import generate
 from cyb_jax.inference import policies
+from cyb_jax.inference import rendering
+from cyb_jax.storage import run_reader
 
 
 
@@ -59,12 +59,12 @@ def load_sampler(workdir: str, step: Optional[int] = None, config: Optional[ml_c
   Raises configuration.ConfigError (no checkpoint, a missing tokenizer file) or
   checkpointing.CheckpointError (an unreadable checkpoint), each one line.
   """
-  params, meta, step = eval_checkpoint.load_params(workdir, step)
+  params, meta, step = run_reader.load_params(workdir, step)
   model = model_lib.ModelConfig(**meta["model"])
   if config is None:
     config = configuration.saved_run_config(meta["config"], overrides)
   else:
-    eval_checkpoint.warn_data_differences(config, meta, workdir, step)
+    run_reader.warn_data_differences(config, meta, workdir, step)
   data = configuration.data_config(config, workdir, write_files=False)
   tokenizer = None
   if data.name in (data_pipeline.TEXT_FILE, data_pipeline.TFDS):
@@ -251,8 +251,8 @@ def _record(sampler: Sampler, prompt: Sequence[int], tokens: list, pauses: list,
 
 
 def render(record: dict) -> str:
-  """The completion with `report.PAUSE_MARK` written once per pause before the token that took it."""
-  return report.render_sample([t["text"] for t in record["tokens"]], [t["pauses"] for t in record["tokens"]])
+  """The completion with `rendering.PAUSE_MARK` written once per pause before the token that took it."""
+  return rendering.render_sample([t["text"] for t in record["tokens"]], [t["pauses"] for t in record["tokens"]])
 
 
 def read_prompts_file(path: str) -> list[str]:

@@ -32,12 +32,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from cyb_jax.training import checkpointing
+from cyb_jax.storage import checkpointing
 from cyb_jax import compile_log
 from cyb_jax import configuration
 from cyb_jax.evaluation import evaluate
 from cyb_jax import losses
-from cyb_jax.training import metrics_writer
+from cyb_jax.storage import metrics_writer
 from cyb_jax.training import resume
 from cyb_jax.training import workdir_lock
 from cyb_jax import model as model_lib

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from cyb_jax.training import checkpoint_integrity
+from cyb_jax.storage import checkpoint_integrity
 
 log = logging.getLogger("cyb_jax")
 TMP_MARKER = ".orbax-checkpoint-tmp"

@@ -48,16 +48,16 @@ def damaged_file(state_dir: str) -> Optional[str]:
   return None
 
 
-def data_file_ends(state_dir: str) -> dict[str, int]:
-  """{data file: the furthest byte the array tree points to in it} of the OCDBT tree in `state_dir`: the
-  files a restore reads values from (a data directory may also hold files no version refers to). Empty
-  when the tree is not OCDBT or is damaged above its values."""
+def referenced_files(state_dir: str) -> dict[str, int]:
+  """{file: the furthest byte the OCDBT tree in `state_dir` points to in it}, over its B-tree nodes and the
+  data files holding its larger values: the files a restore reads (a `d/` directory may also hold files no
+  version refers to). Empty when the tree is not OCDBT or is damaged."""
   problem, ends = _walk(state_dir)
   return {} if problem else ends
 
 
 def _walk(state_dir: str) -> tuple[Optional[str], dict[str, int]]:
-  """(the first damaged B-tree node's description or None, {value file: furthest byte} seen)."""
+  """(the first damaged B-tree node's description or None, {node or value file: furthest byte} seen)."""
   try:
     import tensorstore as ts  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -81,6 +81,7 @@ def _walk(state_dir: str) -> tuple[Optional[str], dict[str, int]]:
     problem = _damage(path, end)
     if problem:
       return problem, ends
+    ends[path] = max(end, ends.get(path, 0))
     try:
       node = ts.ocdbt.dump(base, location).result()
     except Exception:  # pylint: disable=broad-except
