@@ -310,3 +310,67 @@ def test_text_pause_search_keeps_the_families_it_does_not_train(tmp_path):
     search.kept_results(path, ("3 layers",), quick=True)
   with pytest.raises(SystemExit, match="none given"):
     search.kept_results(path, (), quick=True)
+
+
+def _fake_trainer(calls):
+  """A stand-in for trainer.train that writes the metrics log a run of the config would: eval records every
+  eval_every steps whose nll falls 0.01 per step from 3.0, less 0.05 with pauses and 0.02 more without
+  feedback (so the precondition's choice is known), one train record per step at 1 step/s."""
+  def train(config, workdir):
+    calls.append((os.path.basename(workdir), int(config.train.num_steps), config.objective.name,
+                  bool(config.model.pause_feedback)))
+    os.makedirs(workdir, exist_ok=True)
+    bonus = 0.0 if config.num_pauses == 0 else 0.05 + (0.02 if not config.model.pause_feedback else 0.0)
+    lines = []
+    for step in range(1, config.train.num_steps + 1):
+      lines.append({"kind": "train", "step": step, "steps_per_s": 1.0})
+      if step % config.train.eval_every == 0 or step == config.train.num_steps:
+        nll = 3.0 - 0.01 * step - bonus
+        lines.append({"kind": "eval", "step": step, "nll_policy": nll, "accuracy": 0.5,
+                      "mean_pauses": float(config.num_pauses), "nll_at_step": [nll + 0.1] * config.num_pauses + [nll]})
+    with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(line) + "\n" for line in lines)
+  return train
+
+
+def test_a_grid_trains_only_the_runs_its_records_lack_and_takes_the_preconditions_pause_option(
+    tmp_path, monkeypatch):
+  """Records per run under results/ (a session without runs/ resumes the grid from them); the precondition
+  table picks the pause_ce variant the grid's pause_ce and CYB runs use."""
+  experiment = _experiment()
+  calls = []
+  monkeypatch.setattr(experiment.trainer, "train", _fake_trainer(calls))
+  monkeypatch.setattr(experiment, "ROOT", str(tmp_path))  # runs/ under tmp_path
+  monkeypatch.setitem(experiment.SETTINGS, "toy", {
+      "overrides": {"train.batch_size": 2, "model.pause_feedback": True}, "steps": 4, "eval_every": 2,
+      "quick_steps": 2, "quick_eval_every": 1, "runs": ("cyb_va@beta.03",),
+      "precondition": {"pause_ce": {}, "pause_ce@nofeedback": {"model.pause_feedback": False}}})
+  out = str(tmp_path / "results")
+  with pytest.raises(SystemExit, match="--precondition first"):
+    experiment.run_setting("toy", False, out)
+  assert not calls
+
+  table = experiment.run_precondition("toy", False, out)
+  assert [c[:2] for c in calls] == [("ce", 4), ("pause_ce", 4), ("pause_ce@nofeedback", 4)]
+  assert table["chosen"] == "pause_ce@nofeedback" and table["pause_pays"]
+  # ce at step 4: 2.96; the variant without feedback 0.07 lower.
+  assert table["rows"]["pause_ce@nofeedback"]["gain_over_ce"] == pytest.approx(0.07)
+  assert os.path.exists(os.path.join(out, "data_efficiency_toy_precondition.md"))
+
+  calls.clear()
+  result = experiment.run_setting("toy", False, out)
+  # ce's record covers 4 of its 12 steps and the chosen variant's 4 of 8: both train on; the CYB run takes
+  # the chosen variant's options (no feedback) with its own.
+  assert calls == [("ce", 12, "ce", True), ("pause_ce@nofeedback", 8, "pause_ce", False),
+                   ("cyb_va@beta.03", 4, "cyb_va", False)]
+  assert result["runs"]["cyb_va@beta.03"]["hparams"]["model.pause_feedback"] is False
+  record = json.load(open(os.path.join(out, "data_efficiency_toy", "ce.json"), encoding="utf-8"))
+  assert record["steps"] == 12 and record["records"][-1]["step"] == 12 and record["seconds"] == 12.0
+
+  # A later session without runs/: everything is read from the records, nothing trains, same summary.
+  calls.clear()
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(tmp_path / "runs")
+  again = experiment.run_setting("toy", False, out)
+  assert not calls
+  assert again["multiple"] == result["multiple"] and again["final_nll_policy"] == result["final_nll_policy"]
