@@ -7,6 +7,9 @@
   python experiments/data_efficiency.py --setting=shakespeare_2l --runs=cyb_va@beta.03,fb0,cyb_va@beta.03
                                                                     # bytes, 2 layers, first-layer feedback
   python experiments/data_efficiency.py --setting=synthetic --quick  # smoke run, a few minutes
+  python experiments/data_efficiency.py --setting=sotu_smollm2 --precondition   # real SmolLM2-135M on SOTU
+  python experiments/data_efficiency.py --setting=sotu_smollm2                  # speeches: first the pause
+                                                                    # option, then the grid (about 2 hours)
   python experiments/data_efficiency.py --setting=synthetic --seed=1 --runs=cyb_ap,cyb_va@beta.03,cyb_dp
                                                                     # another seed, chosen CYB settings
   python experiments/data_efficiency.py --setting=synthetic --across_seeds=0,1,2 --runs=cyb_ap,cyb_va@beta.03,cyb_dp
@@ -27,7 +30,14 @@ after warm-up, so a baseline's first N tokens are exactly the run it would have 
 Each CYB objective is run at a few hyperparameter settings (GRID); the table reports all of them and the
 headline uses the one with the best final nll_policy (chosen on the same eval split: a mild optimism).
 
-Runs live in runs/data_efficiency/<setting>/<run>; re-running resumes or reuses finished runs.
+Runs live in runs/data_efficiency/<setting>/<run>; re-running resumes or reuses finished runs. Each
+finished run's record (eval curve, hyperparameters, steps, seconds) is also written to
+results/data_efficiency_<setting>/<run>.json, and a run whose record covers its steps is read from there
+instead of trained: a grid spread over sessions that do not keep runs/ trains only what is missing.
+
+A setting with a "precondition" (sotu_smollm2) first needs --precondition: ce and pause_ce variants (pause
+feedback on/off, feedback layer) at the CYB budget, tabled in results/data_efficiency_<setting>_precondition.md;
+the variant with the best nll is the pause_ce baseline of the grid, and its pause options are the CYB runs'.
 """
 
 from __future__ import annotations
