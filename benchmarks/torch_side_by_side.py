@@ -1,0 +1,141 @@
+"""The plain train step (K = 0) of cyb_jax against PyTorch's at SmolLM2-135M's shape (a script, not a test).
+
+  python benchmarks/torch_side_by_side.py                                  # torch in this Python
+  python benchmarks/torch_side_by_side.py --torch_python=/path/venv/bin/python  # torch in another one
+  python benchmarks/torch_side_by_side.py --quick                          # a narrow model, a minute
+
+torch is never a requirement of cyb_jax; for this benchmark install a CPU build beside it, e.g.
+`pip install torch==2.13.0 transformers` (or in a separate virtual environment named by --torch_python).
+
+Both sides train the same shape from random weights: 30 Llama layers, width 576, 9 query heads on 3 KV
+heads, MLP 1536, vocabulary 49152 with a tied output head, batch 4 x 256 random tokens, float32, one
+AdamW step per call, all CPU cores. cyb_jax: `trainer.train_step` (K = 0, where every objective is the
+cross-entropy) compiled once, scanned layers (`model.scan_layers`, the default) and unrolled. PyTorch:
+`transformers.LlamaForCausalLM` in training mode (its default attention, SDPA), cross-entropy, backward,
+`torch.optim.AdamW`. Each side's step time is the median of --steps steps after two warm-up steps;
+cyb_jax is measured before and after PyTorch and the two medians pooled, so machine noise hits both.
+The last printed line is one JSON object: seconds per step and jax_over_torch for each layout
+(below 1: cyb_jax is faster). Issue 26's goal: parity or better at K = 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compile_time  # noqa: E402  (the SmolLM2-135M shape and the step's set-up)
+
+import jax  # noqa: E402
+
+from cyb_jax import model as model_lib  # noqa: E402
+from cyb_jax.training import train_state as train_state_lib  # noqa: E402
+
+# The PyTorch side, run in its own process (possibly another Python with torch installed): prints one JSON
+# line {"seconds": [...]} for `steps` timed steps after two warm-up steps.
+TORCH_STEP = r"""
+import json, sys, time
+import torch
+import transformers
+shape, batch, seq_len, steps, lr = json.loads(sys.argv[1])
+torch.manual_seed(0)
+config = transformers.LlamaConfig(
+    vocab_size=shape["vocab_size"], hidden_size=shape["width"], intermediate_size=shape["mlp_hidden"],
+    num_hidden_layers=shape["num_layers"], num_attention_heads=shape["num_heads"],
+    num_key_value_heads=shape["num_kv_heads"], tie_word_embeddings=True, max_position_embeddings=seq_len,
+    rms_norm_eps=1e-5, rope_theta=100000.0)
+model = transformers.LlamaForCausalLM(config).float().train()
+optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+generator = torch.Generator().manual_seed(0)
+inputs = torch.randint(0, shape["vocab_size"], (batch, seq_len), generator=generator)
+targets = torch.randint(0, shape["vocab_size"], (batch, seq_len), generator=generator)
+def step():
+  logits = model(input_ids=inputs).logits
+  loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+  loss.backward()
+  optimizer.step()
+  optimizer.zero_grad(set_to_none=True)
+  return float(loss)
+for _ in range(2):
+  step()
+seconds = []
+for _ in range(steps):
+  start = time.perf_counter()
+  step()
+  seconds.append(time.perf_counter() - start)
+print(json.dumps({"seconds": seconds, "torch": torch.__version__, "transformers": transformers.__version__,
+                  "threads": torch.get_num_threads()}))
+"""
+
+
+def jax_step_times(shape: dict, scan: bool, steps: int) -> list[float]:
+  """Seconds of `steps` calls of cyb_jax's compiled K = 0 train step, after two warm-up calls."""
+  model_config, objective, optimizer = compile_time.setup(shape)
+  model_config = dataclasses.replace(model_config, scan_layers=scan, tie_embeddings=True)
+  batch = compile_time.batch_of(shape["vocab_size"])
+  compiled, _, _ = compile_time.compile_step(model_config, objective, optimizer, 0, batch)
+  holder = {"state": train_state_lib.create(model_lib.init(model_config, jax.random.key(0)), optimizer,
+                                            objective.initial_cost)}
+
+  def run():
+    holder["state"], metrics = compiled(holder["state"], batch)
+    jax.block_until_ready(metrics)
+
+  for _ in range(2):
+    run()
+  seconds = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    run()
+    seconds.append(time.perf_counter() - start)
+  return seconds
+
+
+def torch_step_times(python: str, shape: dict, steps: int) -> dict:
+  """The PyTorch side's JSON (see TORCH_STEP); SystemExit in one line when torch cannot be imported."""
+  argument = json.dumps([shape, compile_time.BATCH, compile_time.SEQ_LEN, steps, 1e-4])
+  done = subprocess.run([python, "-c", TORCH_STEP, argument], capture_output=True, text=True, check=False)
+  if done.returncode:
+    last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+    raise SystemExit(f"the PyTorch side failed in {python}: {last} (install a CPU torch and transformers there, "
+                     "or name another Python with --torch_python)")
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="a narrow 30-layer model (vocabulary 4096)")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps per side and round")
+  parser.add_argument("--torch_python", default=sys.executable, help="a Python with torch and transformers")
+  args = parser.parse_args()
+  shape = compile_time.QUICK if args.quick else compile_time.SMOLLM2
+  print(f"shape {shape}, batch {compile_time.BATCH} x {compile_time.SEQ_LEN}, float32, "
+        f"{os.cpu_count()} CPU cores", flush=True)
+  layouts = {"scanned": True, "unrolled": False}
+  jax_seconds = {name: [] for name in layouts}
+  for name, scan in layouts.items():  # before PyTorch
+    jax_seconds[name] += jax_step_times(shape, scan, args.steps)
+    print(f"cyb_jax {name}: {statistics.median(jax_seconds[name]):.3f} s/step", flush=True)
+  torch_result = torch_step_times(args.torch_python, shape, args.steps)
+  torch_median = statistics.median(torch_result["seconds"])
+  print(f"PyTorch {torch_result['torch']} (transformers {torch_result['transformers']}, "
+        f"{torch_result['threads']} threads): {torch_median:.3f} s/step", flush=True)
+  for name, scan in layouts.items():  # after PyTorch
+    jax_seconds[name] += jax_step_times(shape, scan, args.steps)
+  result = {"shape": "quick" if args.quick else "smollm2_135m", "torch_s_per_step": round(torch_median, 4)}
+  for name in layouts:
+    median = statistics.median(jax_seconds[name])
+    result[f"jax_{name}_s_per_step"] = round(median, 4)
+    result[f"jax_{name}_over_torch"] = round(median / torch_median, 3)
+    print(f"cyb_jax {name}: {median:.3f} s/step (median of both rounds) = {median / torch_median:.2f}x PyTorch")
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()
