@@ -369,6 +369,8 @@ def load_record(path: str, steps: int) -> dict | None:
 
 
 def write_record(path: str, record: dict) -> None:
+  """Writes `record` as JSON to `path` (its folder made if missing) through a temporary file, so a crash
+  never leaves half a record."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     json.dump(metrics_writer.to_json_types(record), f, indent=1)
@@ -505,9 +507,7 @@ def run_precondition(name: str, quick: bool, out_dir: str, seed: int = 0) -> dic
             "tokens": at["ce"]["tokens"], "ce_nll": ce_nll, "rows": rows, "chosen": chosen,
             "pause_pays": rows[chosen]["gain_over_ce"] > 0, "seconds": timings}
   path = precondition_path(out_dir, name, quick, seed)
-  os.makedirs(out_dir, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(metrics_writer.to_json_types(result), f, indent=1)
+  write_record(path, result)
   lines = [f"# Precondition: {name}" + (f" (seed {seed})" if seed else ""), "",
            f"Does a forced pause pay? Every run trained {runner.steps} steps ({at['ce']['tokens']:,} tokens) on "
            "the same data; eval nll (nats/token) at that point. pause_ce always takes K pauses; its "

@@ -29,7 +29,9 @@ from helpers import forbid_compilation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LLAMA = os.path.join(ROOT, "tests", "fixtures", "hf", "llama_llama3rope")
-# The first 20,000 characters of tinyshakespeare (committed: these tests run without ../shared).
+# The first 20,000 characters of tinyshakespeare (committed: these tests run without ../shared). Made by
+#   python -c "open('tests/fixtures/shakespeare_20k.txt', 'w', encoding='utf-8').write(
+#       open('../shared/data/tinyshakespeare.txt', encoding='utf-8').read()[:20000])"
 SHAKESPEARE = os.path.join(ROOT, "tests", "fixtures", "shakespeare_20k.txt")
 
 
