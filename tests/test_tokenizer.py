@@ -17,7 +17,8 @@ from cyb_jax.data import tokenizer as tok_lib
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKENIZER_FIXTURES = FIXTURES / "tokenizers"
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+# The first 20,000 characters of tinyshakespeare, committed (how it was made: tests/test_finetune_hf.py).
+SHAKESPEARE = FIXTURES / "shakespeare_20k.txt"
 
 # Model fixture dirs carry copies of a tokenizer fixture (the generator checked that AutoTokenizer
 # gives the same ids on both), so they are checked against that fixture's golden.json.
@@ -272,7 +273,7 @@ def test_token_text_never_empty(directory):
 
 @pytest.fixture(scope="module")
 def shakespeare():
-  return SHAKESPEARE.read_text(encoding="utf-8")[:200_000]
+  return SHAKESPEARE.read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
