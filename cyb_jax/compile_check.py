@@ -251,8 +251,8 @@ def check(config, topology: Topology, steps: Sequence[str] = STEPS, keep_compile
     if step == "train":
       lower = lambda: plan.make_train_step().lower(plan.state_spec, plan.batch_spec)  # noqa: E731
     else:
-      lower = lambda: evaluate.step_metrics.lower(*plan.eval_args, config=model,  # noqa: E731
-                                                  num_pauses=settings.num_pauses)
+      lower = lambda: evaluate.lower_step_metrics(plan.eval_args[0], plan.eval_args[1:], model,  # noqa: E731
+                                                  settings.num_pauses)
     result, compiled = _compile(step, lower)
     report.results.append(result)
     if keep_compiled:

@@ -98,7 +98,7 @@ def test_flash_attention_equals_dense_and_blockwise(name):
              jnp.asarray(rs.randn(B, G, R, num_queries), jnp.float32))
 
   flash = _value_and_grads(
-      lambda *a: pallas_attention.flash_attention(*a, window, softcap, BLOCK, True), inputs, weights)
+      lambda *a: pallas_attention.flash_attention(*a, window, softcap, BLOCK, "interpret"), inputs, weights)
   dense = _value_and_grads(lambda *a: _dense(*a, window, softcap), inputs, weights)
   blocked = _value_and_grads(
       lambda *a: blockwise.blockwise_attention(*a, window, softcap, BLOCK), inputs, weights)
@@ -131,4 +131,4 @@ def test_segments_on_one_side_only_are_rejected():
   q32, k, v, q_positions, k_positions, q_segments, _ = _inputs(0, 11, True, jnp.float32)
   with pytest.raises(ValueError, match="segment"):
     pallas_attention.flash_attention(q32, k, v, q_positions, k_positions, q_segments, None, 0, 0.0,
-                                     BLOCK, True)
+                                     BLOCK, "interpret")

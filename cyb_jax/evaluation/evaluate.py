@@ -23,6 +23,7 @@ from cyb_jax.evaluation import word_analysis
 from cyb_jax.inference import generate
 from cyb_jax.inference import policies
 from cyb_jax.data import example as example_lib
+from cyb_jax.parallel import sharding
 
 # Thresholds for the quality-versus-compute curve (the threshold policy pauses while d_j > tau).
 DEFAULT_TAU_SWEEP = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -75,6 +76,13 @@ def _signature(tree) -> tuple:
   return treedef, tuple((x.shape, str(x.dtype), getattr(x, "sharding", None)) for x in leaves)
 
 
+def lower_step_metrics(params, args: tuple, config: model_lib.ModelConfig, num_pauses: int):
+  """`step_metrics` lowered for `params` and `args` (arrays or ShapeDtypeStructs), traced in the mesh of
+  the inputs' sharding so its rows stay split over the devices (`sharding.constrain_batch`)."""
+  with sharding.mesh_context(args[0]):
+    return step_metrics.lower(params, *args, config=config, num_pauses=num_pauses)
+
+
 def compiled_step_metrics(params, args: tuple, config: model_lib.ModelConfig, num_pauses: int):
   """`step_metrics` compiled for `params` and `args` (inputs, targets, mask, segment ids or None), called
   as `compiled(params, *args)`; compiled once (logging what and how long) and reused."""
@@ -84,7 +92,7 @@ def compiled_step_metrics(params, args: tuple, config: model_lib.ModelConfig, nu
     devices = len(inputs.sharding.device_set) if hasattr(inputs, "sharding") else 1
     shape = compile_log.shape_text(inputs.shape[0], inputs.shape[1], devices, num_pauses)
     with compile_log.announce(f"compiling eval step ({shape})", "compiled eval step"):
-      _COMPILED_STEPS[key] = step_metrics.lower(params, *args, config=config, num_pauses=num_pauses).compile()
+      _COMPILED_STEPS[key] = lower_step_metrics(params, args, config, num_pauses).compile()
   return _COMPILED_STEPS[key]
 
 

@@ -32,6 +32,7 @@ from cyb_jax.model import blockwise
 from cyb_jax.model.config import AttentionSpec
 from cyb_jax.model import pallas_attention
 from cyb_jax.model.layers import softcap as softcap_scores
+from cyb_jax.parallel import sharding
 
 # Finite stand-in for -inf in attention scores, so a fully masked part never yields NaN (the other part
 # always holds at least the query's own key or its token's).
@@ -98,8 +99,11 @@ def attend(q_BQHd: jax.Array, q_positions_BQ: jax.Array, real: RealKeys, spec: A
     out_BQGRd, lse_BGRQ = blockwise.blockwise_attention(
         *keys, blockwise.default_block(real.k.shape[1], spec.block))
   elif spec.implementation == "pallas":
-    # Fused kernels; interpreted where Pallas has no compiler (CPU: tests only, slow).
-    out_BQGRd, lse_BGRQ = pallas_attention.flash_attention(*keys, spec.block, jax.default_backend() == "cpu")
+    # Fused kernels: Mosaic on TPU, Triton on GPU, interpreted on CPU (tests only, slow).
+    # One kernel call per device on its own rows: XLA cannot partition a Mosaic call itself.
+    flash = lambda *arrays: pallas_attention.flash_attention_for_platform(  # noqa: E731
+        *arrays, spec.window, spec.softcap, spec.block)
+    out_BQGRd, lse_BGRQ = sharding.map_over_batch(flash, *keys[:7])
   else:
     raise ValueError(f"unknown attention implementation {spec.implementation!r}")
   if chain is not None:

@@ -46,6 +46,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import pallas as pl
 
 from cyb_jax.model import blockwise
@@ -87,20 +88,61 @@ def _scores(q_bd, k_kd, softcap: float):
   return raw, softcap_scores(raw, softcap)
 
 
-def _compiler_params(interpret: bool, grid_rank: int):
-  """Per-backend options of a kernel call: on GPU, Triton (the kernels are written in its style, whole K/V
-  tiles and loops, not for Mosaic GPU); on TPU, every grid axis parallel (each cell writes its own output
-  block), which lets a chip with two cores split the grid. None elsewhere and in interpret mode."""
-  if interpret:
-    return None
-  backend = jax.default_backend()
-  if backend == "gpu":
+# How the kernels are compiled: Pallas's interpreter (plain XLA ops, any backend: CPU tests), Mosaic (TPU) or
+# Triton (GPU; the kernels are written in its style, whole K/V tiles and loops, not for Mosaic GPU).
+LOWERINGS = ("interpret", "mosaic", "triton")
+# The lowering each platform gets from `flash_attention_for_platform`.
+PLATFORM_LOWERINGS = {"cpu": "interpret", "tpu": "mosaic", "cuda": "triton", "rocm": "triton"}
+
+
+# Mosaic's default scoped-VMEM limit (16 MiB on v5e) and the most this module asks for: v5e, v5p and v6e
+# chips have 128 MiB of VMEM per core (Google Cloud TPU system architecture pages); v4 has 16 MiB per core.
+_MOSAIC_DEFAULT_VMEM = 16 * 2 ** 20
+_MOSAIC_MAX_VMEM = 100 * 2 ** 20
+
+
+def _vmem_bytes(blocks) -> int:
+  """What Mosaic holds in VMEM for a kernel's blocks `[(shape, dtype), ...]`: each block laid out in
+  (8 x 128)-element tiles (16 rows for 2-byte types), twice (the pipeline's double buffer), plus 4 MiB
+  for the kernel's own `[bq, bk]` score tiles and accumulators."""
+  total = 0
+  for shape, dtype in blocks:
+    shape = (1, 1) + tuple(d for d in shape if d is not None)
+    itemsize = jnp.dtype(dtype).itemsize
+    rows = -(-shape[-2] // (32 // itemsize)) * (32 // itemsize)
+    lanes = -(-shape[-1] // 128) * 128
+    total += 2 * int(np.prod(shape[:-2])) * rows * lanes * itemsize
+  return total + 4 * 2 ** 20
+
+
+def _compiler_params(lowering: str, grid_rank: int, blocks=()):
+  """Per-lowering options of a kernel call: on TPU every grid axis parallel (each cell writes its own
+  output block), which lets a chip with two cores split the grid, and a scoped-VMEM limit raised above
+  Mosaic's default when the whole-row blocks (`blocks`, see `_vmem_bytes`) need it (long sequences);
+  Triton's defaults on GPU."""
+  if lowering == "mosaic":
+    from jax.experimental.pallas import tpu as pltpu  # pylint: disable=import-outside-toplevel
+    need = _vmem_bytes(blocks)
+    limit = min(_MOSAIC_MAX_VMEM, need + need // 4) if need > _MOSAIC_DEFAULT_VMEM * 3 // 4 else None
+    return pltpu.CompilerParams(dimension_semantics=("parallel",) * grid_rank, vmem_limit_bytes=limit)
+  if lowering == "triton":
     from jax.experimental.pallas import triton as pltriton  # pylint: disable=import-outside-toplevel
     return pltriton.CompilerParams()
-  if backend == "tpu":
-    from jax.experimental.pallas import tpu as pltpu  # pylint: disable=import-outside-toplevel
-    return pltpu.CompilerParams(dimension_semantics=("parallel",) * grid_rank)
+  if lowering != "interpret":
+    raise ValueError(f"unknown Pallas lowering {lowering!r}; expected one of {LOWERINGS}")
   return None
+
+
+def _kernel_call(kernel, *, grid, in_specs, out_specs, out_shape, operands, lowering: str, name: str):
+  """`pl.pallas_call` of `kernel` on `operands`, interpreted or compiled as `lowering` says (with the
+  compiler params `_compiler_params` derives from the blocks' sizes)."""
+  out_list = list(out_shape) if isinstance(out_shape, tuple) else [out_shape]
+  spec_list = list(out_specs) if isinstance(out_specs, tuple) else [out_specs]
+  blocks = [(spec.block_shape, x.dtype) for spec, x in zip(list(in_specs) + spec_list,
+                                                          list(operands) + out_list)]
+  return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, in_specs=in_specs, out_specs=out_specs,
+                        interpret=lowering == "interpret",
+                        compiler_params=_compiler_params(lowering, len(grid), blocks), name=name)(*operands)
 
 
 def _split(refs, segmented: bool, num_inputs: int):
@@ -181,7 +223,10 @@ def _dq_kernel(*refs, window, softcap, block_k, num_key_blocks, segmented):
   dq_ref[...] = jax.lax.fori_loop(0, num_key_blocks, step, jnp.zeros(q_bd.shape, jnp.float32))
 
 
-# Backward d_k, d_v: grid (B, G, T / bk); one key tile walks over every query block of all R heads.
+# Backward d_k, d_v: grid (B, G, T / bk); one key tile walks over every query block of all R heads. Computed
+# keys-major, on transposed `[bk, bq]` score tiles, so the per-query statistics (lse, delta, positions,
+# segments) are lane rows `[1, Q]` and no `[Q, 1]` column is held whole: a column takes a 128-lane tile row
+# per query in VMEM (measured: 116 MiB of blocks at Q = T = 8192 with segments, over a v5e core's limit).
 
 
 def _dkv_kernel(*refs, window, softcap, block_q, num_query_blocks, group, segmented):
@@ -189,29 +234,29 @@ def _dkv_kernel(*refs, window, softcap, block_q, num_query_blocks, group, segmen
   q_ref, k_ref, v_ref, dout_ref, lse_ref, delta_ref, qpos_ref, kpos_ref = inputs
   k_kd = k_ref[...].astype(jnp.float32)
   v_kd = v_ref[...].astype(jnp.float32)
-  kpos_1k = kpos_ref[...]
-  kseg_1k = seg_refs[1][...] if segmented else None
+  kpos_k1 = kpos_ref[...]
+  kseg_k1 = seg_refs[1][...] if segmented else None
 
   def step(i, carry):
     queries = pl.ds(pl.multiple_of(i * block_q, block_q), block_q)
-    qseg_b1 = seg_refs[0][queries, :] if segmented else None
-    mask = blockwise.visible(qpos_ref[queries, :], kpos_1k, qseg_b1, kseg_1k, window)
+    qseg_1b = seg_refs[0][:, queries] if segmented else None
+    mask_kb = blockwise.visible(qpos_ref[:, queries], kpos_k1, qseg_1b, kseg_k1, window)
 
     def head(r, carry):  # the mask is the same for the R query heads that read this KV head
       d_k, d_v = carry
       q_bd = q_ref[r, queries, :]
       dout_bd = dout_ref[r, queries, :]
-      raw, scores = _scores(q_bd, k_kd, softcap)
-      probs = jnp.where(mask, jnp.exp(scores - lse_ref[r, queries, :]), 0.0)
-      d_v = d_v + jnp.dot(probs.T, dout_bd, preferred_element_type=jnp.float32)
-      d_probs = jax.lax.dot_general(dout_bd, v_kd, _NT, preferred_element_type=jnp.float32)
-      d_scores = probs * (d_probs - delta_ref[r, queries, :])
+      raw_kb, scores_kb = _scores(k_kd, q_bd, softcap)  # scores are symmetric in q and k
+      probs_kb = jnp.where(mask_kb, jnp.exp(scores_kb - lse_ref[r, :, queries]), 0.0)
+      d_v = d_v + jnp.dot(probs_kb, dout_bd, preferred_element_type=jnp.float32)
+      d_probs_kb = jax.lax.dot_general(v_kd, dout_bd, _NT, preferred_element_type=jnp.float32)
+      d_scores_kb = probs_kb * (d_probs_kb - delta_ref[r, :, queries])
       if softcap:
-        d_scores = d_scores * softcap_slope(raw, softcap)
-      d_k = d_k + jnp.dot(d_scores.T, q_bd, preferred_element_type=jnp.float32)
+        d_scores_kb = d_scores_kb * softcap_slope(raw_kb, softcap)
+      d_k = d_k + jnp.dot(d_scores_kb, q_bd, preferred_element_type=jnp.float32)
       return d_k, d_v
 
-    return jax.lax.cond(_any(mask), lambda carry: jax.lax.fori_loop(0, group, head, carry),
+    return jax.lax.cond(_any(mask_kb), lambda carry: jax.lax.fori_loop(0, group, head, carry),
                         lambda carry: carry, carry)
 
   zeros = jnp.zeros(k_kd.shape, jnp.float32)
@@ -262,6 +307,16 @@ class _Layout:
     return _pad_axis(x_BT.astype(jnp.int32), 1, self.padded_k, fill)[:, None, :]
 
 
+def _transposed_mask_operands(layout, q_positions, k_positions, q_segments, k_segments):
+  """The d_k/d_v kernel's mask operands: queries as rows `[B, 1, Qp]`, keys as columns `[B, Tp, 1]`."""
+  qpos = layout.query_column(q_positions, _PAD_QUERY_POSITION).swapaxes(1, 2)
+  kpos = layout.key_row(k_positions, UNWRITTEN_POSITION).swapaxes(1, 2)
+  if q_segments is None:
+    return (qpos, kpos), ()
+  return (qpos, kpos), (layout.query_column(q_segments, -2).swapaxes(1, 2),
+                        layout.key_row(k_segments, -1).swapaxes(1, 2))
+
+
 def _mask_operands(layout, q_positions, k_positions, q_segments, k_segments):
   qpos = layout.query_column(q_positions, _PAD_QUERY_POSITION)
   kpos = layout.key_row(k_positions, UNWRITTEN_POSITION)
@@ -271,7 +326,7 @@ def _mask_operands(layout, q_positions, k_positions, q_segments, k_segments):
 
 
 def _forward(q32, k, v, q_positions, k_positions, q_segments, k_segments, window, softcap, block,
-             interpret):
+             lowering):
   if (q_segments is None) != (k_segments is None):
     raise ValueError("segment ids must be given for both the queries and the keys, or neither")
   lay = _Layout(q32, k, block)
@@ -285,17 +340,13 @@ def _forward(q32, k, v, q_positions, k_positions, q_segments, k_segments, window
   qt, kt, vt = lay.queries(q32.astype(jnp.float32)), lay.keys(k), lay.keys(v)
   kernel = functools.partial(_forward_kernel, window=window, softcap=softcap, block_k=lay.block_k,
                              num_key_blocks=lay.padded_k // lay.block_k, segmented=bool(segments))
-  out_t, lse_t = pl.pallas_call(
-      kernel,
-      out_shape=(jax.ShapeDtypeStruct(qt.shape, jnp.float32),
-                 jax.ShapeDtypeStruct(qt.shape[:-1] + (1,), jnp.float32)),
-      grid=grid,
+  out_t, lse_t = _kernel_call(
+      kernel, grid=grid,
       in_specs=[q_tile, kv_whole, kv_whole, q_column, k_row] + [q_column, k_row] * bool(segments),
       out_specs=(q_tile, row_stat),
-      interpret=interpret,
-      compiler_params=_compiler_params(interpret, len(grid)),
-      name="flash_attention_forward",
-  )(qt, kt, vt, *positions, *segments)
+      out_shape=(jax.ShapeDtypeStruct(qt.shape, jnp.float32),
+                 jax.ShapeDtypeStruct(qt.shape[:-1] + (1,), jnp.float32)),
+      operands=(qt, kt, vt, *positions, *segments), lowering=lowering, name="flash_attention_forward")
   out = lay.unqueries(out_t)
   lse = lse_t[:, :, :, :lay.num_queries, 0]
   return (out, lse), (q32, k, v, q_positions, k_positions, q_segments, k_segments, out, lse)
@@ -303,28 +354,29 @@ def _forward(q32, k, v, q_positions, k_positions, q_segments, k_segments, window
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
 def flash_attention(q32_BQGRd, k_BTGd, v_BTGd, q_positions_BQ, k_positions_BT, q_segments_BQ,
-                    k_segments_BT, window: int, softcap: float, block: int, interpret: bool):
+                    k_segments_BT, window: int, softcap: float, block: int, lowering: str):
   """(out `[B, Q, G, R, Dh]` float32, log-sum-exp `[B, G, R, Q]` float32) of attention over real keys.
 
   The same contract as `blockwise.blockwise_attention`, computed by fused Pallas kernels.
   q32_BQGRd: queries already multiplied by the score scale, float32. k, v: `[B, T, G, Dh]` (any float
   dtype). Positions int `[B, Q]`, `[B, T]`; segments int of the same shapes, or None on both sides for one
   document. window: 0 for none; softcap: 0.0 for none. block: the query and key block (see the module
-  docstring for what hardware requires of it). interpret: run the kernels in Pallas's interpreter (any
-  backend, CPU included). A query that sees no key gets output 0 and log-sum-exp NEG.
-  Raises ValueError when segments are given on one side only.
+  docstring for what hardware requires of it). lowering: one of LOWERINGS, "interpret" (Pallas's
+  interpreter: any backend, CPU included), "mosaic" (TPU) or "triton" (GPU); `flash_attention_for_platform`
+  picks it from the platform compiled for. A query that sees no key gets output 0 and log-sum-exp NEG.
+  Raises ValueError when segments are given on one side only or for an unknown lowering.
   """
   return _forward(q32_BQGRd, k_BTGd, v_BTGd, q_positions_BQ, k_positions_BT, q_segments_BQ, k_segments_BT,
-                  window, softcap, block, interpret)[0]
+                  window, softcap, block, lowering)[0]
 
 
 def _forward_vjp(q32, k, v, q_positions, k_positions, q_segments, k_segments, window, softcap, block,
-                 interpret):
+                 lowering):
   return _forward(q32, k, v, q_positions, k_positions, q_segments, k_segments, window, softcap, block,
-                  interpret)
+                  lowering)
 
 
-def _backward(window, softcap, block, interpret, residuals, cotangents):
+def _backward(window, softcap, block, lowering, residuals, cotangents):
   q32, k, v, q_positions, k_positions, q_segments, k_segments, out, lse = residuals
   d_out, d_lse = cotangents
   lay = _Layout(q32, k, block)
@@ -347,41 +399,54 @@ def _backward(window, softcap, block, interpret, residuals, cotangents):
   k_row = pl.BlockSpec((None, 1, lay.padded_k), lambda b, g, r, i: (b, 0, 0))
   dq_kernel = functools.partial(_dq_kernel, window=window, softcap=softcap, block_k=lay.block_k,
                                 num_key_blocks=lay.padded_k // lay.block_k, segmented=segmented)
-  d_qt = pl.pallas_call(
-      dq_kernel,
-      out_shape=jax.ShapeDtypeStruct(qt.shape, jnp.float32),
-      grid=(lay.batch, lay.num_kv, lay.group, lay.padded_q // lay.block_q),
+  d_qt = _kernel_call(
+      dq_kernel, grid=(lay.batch, lay.num_kv, lay.group, lay.padded_q // lay.block_q),
       in_specs=[q_tile, kv_whole, kv_whole, q_tile, row_stat, row_stat, q_column, k_row] +
                [q_column, k_row] * segmented,
-      out_specs=q_tile,
-      interpret=interpret,
-      compiler_params=_compiler_params(interpret, 4),
-      name="flash_attention_dq",
-  )(*operands)
+      out_specs=q_tile, out_shape=jax.ShapeDtypeStruct(qt.shape, jnp.float32),
+      operands=operands, lowering=lowering, name="flash_attention_dq")
 
   # d_k, d_v: grid over key tiles, each walking the query blocks of all R heads of its KV head.
   q_whole = pl.BlockSpec((None, None, lay.group, lay.padded_q, lay.padded_d),
                          lambda b, g, j: (b, g, 0, 0, 0))
   kv_tile = pl.BlockSpec((None, None, lay.block_k, lay.padded_d), lambda b, g, j: (b, g, j, 0))
-  stat_whole = pl.BlockSpec((None, None, lay.group, lay.padded_q, 1), lambda b, g, j: (b, g, 0, 0, 0))
-  q_column_whole = pl.BlockSpec((None, lay.padded_q, 1), lambda b, g, j: (b, 0, 0))
-  k_row_tile = pl.BlockSpec((None, 1, lay.block_k), lambda b, g, j: (b, 0, j))
+  stat_rows = pl.BlockSpec((None, None, lay.group, 1, lay.padded_q), lambda b, g, j: (b, g, 0, 0, 0))
+  q_row_whole = pl.BlockSpec((None, 1, lay.padded_q), lambda b, g, j: (b, 0, 0))
+  k_column_tile = pl.BlockSpec((None, lay.block_k, 1), lambda b, g, j: (b, j, 0))
+  positions_t, segments_t = _transposed_mask_operands(lay, q_positions, k_positions, q_segments, k_segments)
   dkv_kernel = functools.partial(_dkv_kernel, window=window, softcap=softcap, block_q=lay.block_q,
                                  num_query_blocks=lay.padded_q // lay.block_q, group=lay.group,
                                  segmented=segmented)
-  d_kt, d_vt = pl.pallas_call(
-      dkv_kernel,
-      out_shape=(jax.ShapeDtypeStruct(kt.shape, k.dtype), jax.ShapeDtypeStruct(vt.shape, v.dtype)),
-      grid=(lay.batch, lay.num_kv, lay.padded_k // lay.block_k),
-      in_specs=[q_whole, kv_tile, kv_tile, q_whole, stat_whole, stat_whole, q_column_whole, k_row_tile] +
-               [q_column_whole, k_row_tile] * segmented,
+  d_kt, d_vt = _kernel_call(
+      dkv_kernel, grid=(lay.batch, lay.num_kv, lay.padded_k // lay.block_k),
+      in_specs=[q_whole, kv_tile, kv_tile, q_whole, stat_rows, stat_rows, q_row_whole, k_column_tile] +
+               [q_row_whole, k_column_tile] * segmented,
       out_specs=(kv_tile, kv_tile),
-      interpret=interpret,
-      compiler_params=_compiler_params(interpret, 3),
-      name="flash_attention_dkv",
-  )(*operands)
+      out_shape=(jax.ShapeDtypeStruct(kt.shape, k.dtype), jax.ShapeDtypeStruct(vt.shape, v.dtype)),
+      operands=(qt, kt, vt, dout_t, jnp.swapaxes(lse_t, 3, 4), jnp.swapaxes(delta_t, 3, 4), *positions_t,
+                *segments_t),
+      lowering=lowering, name="flash_attention_dkv")
 
   return lay.unqueries(d_qt), lay.unkeys(d_kt), lay.unkeys(d_vt), None, None, None, None
 
 
 flash_attention.defvjp(_forward_vjp, _backward)
+
+
+def flash_attention_for_platform(q32_BQGRd, k_BTGd, v_BTGd, q_positions_BQ, k_positions_BT, q_segments_BQ,
+                                 k_segments_BT, window: int, softcap: float, block: int):
+  """`flash_attention` with the lowering of the platform the program is compiled for (PLATFORM_LOWERINGS:
+  interpreted on CPU, Mosaic on TPU, Triton on GPU), chosen when the program is lowered
+  (`jax.lax.platform_dependent`), not from the host's default backend: a TPU program compiled on a CPU
+  host (compile_check) gets the Mosaic kernels. Same arguments and results as `flash_attention`.
+  """
+  args = (q32_BQGRd, k_BTGd, v_BTGd, q_positions_BQ, k_positions_BT, q_segments_BQ, k_segments_BT)
+  by_lowering = {lowering: functools.partial(_with_lowering, window=window, softcap=softcap, block=block,
+                                             lowering=lowering)
+                 for lowering in set(PLATFORM_LOWERINGS.values())}
+  return jax.lax.platform_dependent(*args, **{platform: by_lowering[lowering]
+                                              for platform, lowering in PLATFORM_LOWERINGS.items()})
+
+
+def _with_lowering(*args, window, softcap, block, lowering):
+  return flash_attention(*args, window, softcap, block, lowering)

@@ -26,6 +26,7 @@ from cyb_jax.model import attention
 from cyb_jax.model.config import ModelConfig
 from cyb_jax.model.layers import GatedMLP, RMSNorm, rope_inverse_frequencies, rotary, softcap
 from cyb_jax.model.recompute import recompute_in_backward
+from cyb_jax.parallel import sharding
 
 Params = Any
 
@@ -142,12 +143,14 @@ def _layer_fn(config: ModelConfig, position: int, positions_BQ: jax.Array, atten
       lambda p, x, _: block.apply({"params": p}, x, method=Block.mlp_activations))
 
   def layer(block_params, x_BQD, layer_input):
+    x_BQD = sharding.constrain_batch(x_BQD)
     q, k, v = qkv(_subtree(block_params, QKV_PARAMS), x_BQD, positions_BQ)
     attended, output = attend_layer(spec, q, k, v, layer_input)
     x_BQD = block.apply({"params": block_params}, x_BQD, attended, method=Block.attention_residual)
     mlp_params = {"mlp_norm": block_params["mlp_norm"], "mlp": {"gate_up": block_params["mlp"]["gate_up"]}}
     activations = mlp_activations(mlp_params, x_BQD, None)
-    return block.apply({"params": block_params}, x_BQD, activations, method=Block.mlp_residual), output
+    x_BQD = block.apply({"params": block_params}, x_BQD, activations, method=Block.mlp_residual)
+    return sharding.constrain_batch(x_BQD), output
 
   return layer
 
@@ -293,12 +296,14 @@ def output_logits(params: Params, hidden: jax.Array, config: ModelConfig) -> jax
   The real-vocabulary logits come from `head` `[D, V]`, or the embedding table when tied, and are
   soft-capped with `final_softcap`; the `<dk>` logit (ours, not the pretrained model's) is not.
   """
-  normed = normalise_final(params, hidden, config)
+  normed = sharding.constrain_batch(normalise_final(params, hidden, config))
   dtype = config.compute_dtype
   if config.tie_embeddings:
-    real = jnp.einsum("...d,vd->...v", normed.astype(dtype), params["embed"].astype(dtype))
+    table = sharding.gather_weight(params["embed"].astype(dtype))
+    real = jnp.einsum("...d,vd->...v", normed.astype(dtype), table)
   else:
-    real = jnp.dot(normed.astype(dtype), params["head"].astype(dtype))
+    real = jnp.dot(normed.astype(dtype), sharding.gather_weight(params["head"].astype(dtype)))
+  real = sharding.constrain_batch(real)
   real = softcap(real.astype(jnp.float32), config.final_softcap)
   if config.max_pauses > 0:
     dk = jnp.dot(normed, params["dk_head"]["kernel"]) + params["dk_head"]["bias"]  # bias is a scalar

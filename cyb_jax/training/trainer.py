@@ -110,7 +110,7 @@ class StepPlan:
   init_state: rng -> a fresh TrainState. abstract_state: its shapes and dtypes. state_spec, batch_spec:
   `jax.ShapeDtypeStruct`s with their shardings, the train step's arguments. make_train_step() -> the jitted step,
   `make_train_step().lower(state_spec, batch_spec).compile()`; eval_args: the eval step's arguments,
-  `evaluate.step_metrics.lower(*eval_args, config=..., num_pauses=...)`.
+  `evaluate.lower_step_metrics(eval_args[0], eval_args[1:], config, num_pauses)`.
   """
 
   optimizer: optax.GradientTransformation
@@ -154,7 +154,7 @@ def plan_train_step(config: ml_collections.ConfigDict, settings: configuration.S
   batch_spec = {key: spec(key, settings.data_info.loss_positions if key == example_lib.LOSS_POSITIONS
                           else seq_len) for key in step_keys(settings.data_info)}
   # Wrapped on demand, not here: a run's start-up checks (resume, init_from) come before anything is jitted.
-  jitted = lambda: jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),  # noqa: E731
+  jitted = lambda: jax.jit(sharding.in_mesh(step_fn, mesh), in_shardings=(state_shardings, batch_sharding),  # noqa: E731
                            out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
   # What `_evaluate` passes `evaluate.step_metrics`: the state's parameters and an eval batch.
   eval_args = (state_spec.params, spec(example_lib.INPUTS), spec(example_lib.TARGETS),
