@@ -8,7 +8,8 @@ devices of `--topology`, with `jax.ShapeDtypeStruct` arguments: no arrays are ma
 read (an `init_from_hf` model's shape comes from the checkpoint's config.json or GGUF metadata). It prints,
 per device, the compiled program's argument, output, aliased (donated), temporary and code bytes from
 `memory_analysis()` against the chip's HBM, whether it fits and by how much, the compile time, and the
-FLOPs of `cost_analysis()`.
+step's matmul FLOPs per device (counted on its traced program by matmul_flops.py, loops by their trip
+counts: XLA's `cost_analysis()` counts a scanned layer loop's body once).
 
 TPU topologies (`v5e:2x2`, `v6e:2x4`, `v5p:2x2x1`, `v4:2x2x1`, ...) need `libtpu` (`pip install -e
 '.[tpu]'`): `jax.experimental.topologies.get_topology_desc` then gives that topology's devices and the
@@ -135,19 +136,6 @@ def fits_text(total: int, hbm_gib: Optional[float]) -> str:
   return f"NO, {(total - hbm) / GIB:.2f} GiB over ({used})"
 
 
-def flops_of(compiled: Any) -> Optional[float]:
-  """FLOPs of the compiled (per-device, partitioned) program, or None where the backend gives none."""
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-except  (some backends do not implement it)
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  if not cost or "flops" not in cost:
-    return None
-  return float(cost["flops"])
-
-
 @dataclasses.dataclass(frozen=True)
 class StepResult:
   step: str
@@ -183,20 +171,25 @@ def table(results: Sequence[StepResult], hbm_gib: Optional[float]) -> str:
   return "\n".join(lines)
 
 
-def _compile(step: str, lowered_fn) -> tuple[StepResult, Any]:
-  """Compiles `lowered_fn()` (a `jax.stages.Lowered`), timing lowering and compilation together: (result,
-  compiled), where the compiler's out-of-memory refusal becomes a NO row (and compiled None)."""
+def _compile(step: str, traced_fn, num_devices: int) -> tuple[StepResult, Any]:
+  """Compiles `traced_fn()` (a `jax.stages.Traced`), timing tracing, lowering and compilation together:
+  (result, compiled), where the compiler's out-of-memory refusal becomes a NO row (and compiled None).
+  FLOPs per device: the traced (global) program's matmul FLOPs over the devices (matmul_flops.py; XLA's
+  own cost analysis counts a scanned layer loop's body once)."""
+  from cyb_jax import matmul_flops  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
+  traced = traced_fn()
+  flops = matmul_flops.matmul_flops(traced.jaxpr) / num_devices
   try:
-    compiled = lowered_fn().compile()
+    compiled = traced.lower().compile()
   except Exception as error:  # pylint: disable=broad-except
     message = " ".join(str(error).split())
     if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
       raise
-    return StepResult(step, time.perf_counter() - start, None, None, error=message[:300]), None
+    return StepResult(step, time.perf_counter() - start, None, flops, error=message[:300]), None
   seconds = time.perf_counter() - start
   memory = Memory.from_analysis(compiled.memory_analysis())
-  return StepResult(step, seconds, memory, flops_of(compiled)), compiled
+  return StepResult(step, seconds, memory, flops), compiled
 
 
 @dataclasses.dataclass
@@ -245,15 +238,15 @@ def check(config, topology: Topology, steps: Sequence[str] = STEPS, keep_compile
                 plan.batch_size, plan.seq_len, mesh.size, settings.num_pauses)
             + f" ({plan.batch_size // mesh.size} row(s) per device)\n"
             "memory: per device, from compiled.memory_analysis(); total = arguments + outputs - aliased "
-            "+ temporaries + code")
+            "+ temporaries + code; GFLOP: the step's matmul FLOPs (loops by their trip counts) / devices")
   report = Report(header=header, results=[], hbm_gib=hbm, plan=plan)
   for step in steps:
     if step == "train":
-      lower = lambda: plan.make_train_step().lower(plan.state_spec, plan.batch_spec)  # noqa: E731
+      trace = lambda: plan.make_train_step().trace(plan.state_spec, plan.batch_spec)  # noqa: E731
     else:
-      lower = lambda: evaluate.lower_step_metrics(plan.eval_args[0], plan.eval_args[1:], model,  # noqa: E731
+      trace = lambda: evaluate.trace_step_metrics(plan.eval_args[0], plan.eval_args[1:], model,  # noqa: E731
                                                   settings.num_pauses)
-    result, compiled = _compile(step, lower)
+    result, compiled = _compile(step, trace, mesh.size)
     report.results.append(result)
     if keep_compiled:
       report.compiled[step] = compiled

@@ -202,8 +202,9 @@ def objective_settings(config: ml_collections.ConfigDict, num_pauses: int) -> Ob
 
 
 # config.model fields a pretrained checkpoint does not decide: how pauses are added and how it runs.
-RUN_MODEL_FIELDS = ("max_pauses", "dtype", "remat", "scan_layers", "dk_init_prob", "pause_context",
-                    "pause_feedback", "pause_feedback_layer", "pause_reads_token")
+RUN_MODEL_FIELDS = ("max_pauses", "dtype", "remat", "scan_layers", "attention", "attention_block",
+                    "dk_init_prob", "pause_context", "pause_feedback", "pause_feedback_layer",
+                    "pause_reads_token")
 
 
 def init_keep_pauses(config: ml_collections.ConfigDict) -> bool:

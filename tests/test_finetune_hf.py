@@ -147,6 +147,19 @@ def test_eval_report_lists_word_pieces(finetuned, tmp_path):
   assert os.path.getsize(result["files"]["pause_rate_by_class_and_entropy.png"]) > 0
 
 
+def test_run_options_apply_to_a_pretrained_architecture(tmp_path):
+  """The checkpoint decides the architecture; how the model runs is the config's (RUN_MODEL_FIELDS): a
+  pallas attention or another block size is not silently dropped for the checkpoint's defaults."""
+  config = _finetune_config(_text_file(tmp_path))
+  config.model.attention = "pallas"
+  config.model.attention_block = 128
+  config.model.scan_layers = False
+  config.model.width = 12345  # an architecture field: the checkpoint's wins
+  model = configuration.settings_from_config(config, device_count=8).model
+  assert (model.attention, model.attention_block, model.scan_layers) == ("pallas", 128, False)
+  assert model.width != 12345
+
+
 def test_text_windows_start_with_the_models_bos(tmp_path):
   config = _finetune_config(_text_file(tmp_path))
   settings = configuration.settings_from_config(config, device_count=8)

@@ -76,11 +76,12 @@ def _signature(tree) -> tuple:
   return treedef, tuple((x.shape, str(x.dtype), getattr(x, "sharding", None)) for x in leaves)
 
 
-def lower_step_metrics(params, args: tuple, config: model_lib.ModelConfig, num_pauses: int):
-  """`step_metrics` lowered for `params` and `args` (arrays or ShapeDtypeStructs), traced in the mesh of
-  the inputs' sharding so its rows stay split over the devices (`sharding.constrain_batch`)."""
+def trace_step_metrics(params, args: tuple, config: model_lib.ModelConfig, num_pauses: int):
+  """`step_metrics` traced for `params` and `args` (arrays or ShapeDtypeStructs), in the mesh of the
+  inputs' sharding so its rows stay split over the devices (`sharding.constrain_batch`); a
+  `jax.stages.Traced`, to `.lower().compile()`."""
   with sharding.mesh_context(args[0]):
-    return step_metrics.lower(params, *args, config=config, num_pauses=num_pauses)
+    return step_metrics.trace(params, *args, config=config, num_pauses=num_pauses)
 
 
 def compiled_step_metrics(params, args: tuple, config: model_lib.ModelConfig, num_pauses: int):
@@ -92,7 +93,7 @@ def compiled_step_metrics(params, args: tuple, config: model_lib.ModelConfig, nu
     devices = len(inputs.sharding.device_set) if hasattr(inputs, "sharding") else 1
     shape = compile_log.shape_text(inputs.shape[0], inputs.shape[1], devices, num_pauses)
     with compile_log.announce(f"compiling eval step ({shape})", "compiled eval step"):
-      _COMPILED_STEPS[key] = lower_step_metrics(params, args, config, num_pauses).compile()
+      _COMPILED_STEPS[key] = trace_step_metrics(params, args, config, num_pauses).lower().compile()
   return _COMPILED_STEPS[key]
 
 

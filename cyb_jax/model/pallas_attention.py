@@ -26,18 +26,23 @@ key block (padding keys sit at `blockwise.UNWRITTEN_POSITION`, invisible to ever
 with zeros to Dp, the next power of two of at least 16 (which changes no score and no output). Scores,
 soft-capping, the softmax and every accumulator are float32 whatever the dtype of k and v.
 
-Verified in interpret mode only (`interpret=True`, on the CPU of the machine it was written on: values
-and gradients equal `blockwise_attention` and a dense softmax, tests/test_pallas_attention.py). Written in
-portable Pallas (BlockSpecs, program ids, `pl.ds` slices, `fori_loop`, `lax.cond`) for Mosaic (TPU) and
-Triton (GPU; selected explicitly, the kernels are not written for Mosaic GPU); both lowerings were traced
-to their kernel IR on CPU (`lower(lowering_platforms=...)`) but never compiled by the backend or run.
+Values and gradients are verified in interpret mode (on CPU: they equal `blockwise_attention` and a dense
+softmax, tests/test_pallas_attention.py). For TPU the kernels compile through Mosaic with the real TPU
+compiler (libtpu, run on a CPU host for a v5e topology; tests/test_pallas_tpu.py: every mask, pause
+chains, a whole train step, N up to 8192), but have never run on a TPU. `flash_attention_for_platform`
+picks the lowering from the platform a program is compiled for (`jax.lax.platform_dependent`), and in a
+multi-device program attention.py runs one kernel call per device on its own rows (`jax.shard_map`):
+XLA cannot partition a Mosaic call. Triton (GPU) is selected the same way; that lowering was traced to
+kernel IR on CPU but never compiled or run.
 What real hardware requires of the sizes: the block on each axis is `block`, or one power-of-two block
 (at least 16) holding all the padded queries or keys when there are fewer. On TPU, `block` must be a
-multiple of 128 (key positions are a `[1, block]` lane row; the lse is a `[block, 1]` column), and K, V
-of one KV head, `[Tp, Dp]`, and the d_k/d_v kernel's Q and dO of its R heads, `[R, Qp, Dp]`, are held
-whole in VMEM, which bounds T and Q (beyond that, the key loop would have to move onto the grid). On GPU,
-`block` must be a power of two of at least 16 (64 or 128 are the usual choices) and the same whole-row
-operands are read from global memory slice by slice.
+multiple of 128 (key positions are a `[1, block]` lane row in the forward and d_q kernels; the d_k/d_v
+kernel works keys-major on `[bk, bq]` tiles so its per-query statistics are lane rows), and K, V of one
+KV head, `[Tp, Dp]`, and the d_k/d_v kernel's Q and dO of its R heads, `[R, Qp, Dp]`, are held whole in
+VMEM, which bounds T and Q: the scoped-VMEM limit is raised from the blocks' sizes (`_vmem_bytes`) up to
+100 MiB, enough for N = 8192 at SmolLM2's heads (R = 3, Dh = 64); beyond that the query and key loops
+would have to move onto the grid. On GPU, `block` must be a power of two of at least 16 (64 or 128 are
+the usual choices) and the same whole-row operands are read from global memory slice by slice.
 """
 
 from __future__ import annotations

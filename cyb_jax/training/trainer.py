@@ -109,8 +109,8 @@ class StepPlan:
 
   init_state: rng -> a fresh TrainState. abstract_state: its shapes and dtypes. state_spec, batch_spec:
   `jax.ShapeDtypeStruct`s with their shardings, the train step's arguments. make_train_step() -> the jitted step,
-  `make_train_step().lower(state_spec, batch_spec).compile()`; eval_args: the eval step's arguments,
-  `evaluate.lower_step_metrics(eval_args[0], eval_args[1:], config, num_pauses)`.
+  `make_train_step().trace(state_spec, batch_spec).lower().compile()`; eval_args: the eval step's arguments,
+  `evaluate.trace_step_metrics(eval_args[0], eval_args[1:], config, num_pauses)`.
   """
 
   optimizer: optax.GradientTransformation
