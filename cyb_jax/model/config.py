@@ -21,8 +21,8 @@ ROPE_SCALINGS = ("none", "linear", "llama3")
 # How the real-token part of every attention is computed (attention.py): "dense" materialises the
 # [Q, T] scores (the test oracle); "blockwise" is an online softmax over key blocks in portable JAX,
 # memory linear in T; "pallas" is the same in fused Pallas kernels (pallas_attention.py; interpreted on
-# CPU, never yet run on a TPU or GPU, so opt-in); "auto" is dense when the keys fit one block, else
-# blockwise.
+# CPU, compiled through Mosaic for TPU but never yet run on one, so opt-in); "auto" is dense when the keys
+# fit one block, else blockwise.
 ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "blockwise", "pallas")
 
 

@@ -27,7 +27,7 @@ from cyb_jax import losses
 from cyb_jax.model import attention
 from cyb_jax.model import transformer
 from cyb_jax.model.config import ModelConfig
-from cyb_jax.model.transformer import embed_tokens, output_logits, run_layers
+from cyb_jax.model.transformer import embed_tokens, output_logit_parts, output_logits, run_layers
 
 Params = Any
 
@@ -375,8 +375,8 @@ def rollout_stats(params: Params, tokens: jax.Array, targets: jax.Array, config:
   @functools.partial(jax.checkpoint, prevent_cse=False)
   def to_stats(hidden_BPD, step):
     del step
-    logits_BP1V = output_logits(params, hidden_BPD, config)[:, :, None]
-    stats = losses.step_stats(logits_BP1V, targets, mask)
+    real_BPV, dk_BP = output_logit_parts(params, hidden_BPD, config)
+    stats = losses.step_stats_parts(real_BPV[:, :, None], dk_BP[:, :, None], targets, mask)
     return jax.tree.map(lambda x: x[..., 0], stats)
 
   return rollout_readout(params, tokens, config, num_pauses, positions, to_stats, segment_ids)

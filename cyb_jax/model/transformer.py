@@ -296,6 +296,14 @@ def output_logits(params: Params, hidden: jax.Array, config: ModelConfig) -> jax
   The real-vocabulary logits come from `head` `[D, V]`, or the embedding table when tied, and are
   soft-capped with `final_softcap`; the `<dk>` logit (ours, not the pretrained model's) is not.
   """
+  real, dk = output_logit_parts(params, hidden, config)
+  return jnp.concatenate([real, dk[..., None]], axis=-1)
+
+
+def output_logit_parts(params: Params, hidden: jax.Array, config: ModelConfig) -> tuple[jax.Array, jax.Array]:
+  """`output_logits` as its two parts, never joined: the real-vocabulary logits `[..., V]` and the `<dk>`
+  logit `[...]` (float32; -inf without pauses). For readouts that reduce them right away
+  (`losses.step_stats_parts`), which then need no `[..., V+1]` copy of the logits either way."""
   normed = sharding.constrain_batch(normalise_final(params, hidden, config))
   dtype = config.compute_dtype
   if config.tie_embeddings:
@@ -309,4 +317,4 @@ def output_logits(params: Params, hidden: jax.Array, config: ModelConfig) -> jax
     dk = jnp.dot(normed, params["dk_head"]["kernel"]) + params["dk_head"]["bias"]  # bias is a scalar
   else:
     dk = jnp.full(real.shape[:-1], -jnp.inf, jnp.float32)
-  return jnp.concatenate([real, dk[..., None].astype(jnp.float32)], axis=-1)
+  return real, dk.astype(jnp.float32)
