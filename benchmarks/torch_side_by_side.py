@@ -3,6 +3,7 @@
   python benchmarks/torch_side_by_side.py                                  # torch in this Python
   python benchmarks/torch_side_by_side.py --torch_python=/path/venv/bin/python  # torch in another one
   python benchmarks/torch_side_by_side.py --quick                          # a narrow model, a minute
+  python benchmarks/torch_side_by_side.py --parts    # where the time goes: forward, backward, AdamW
 
 torch is never a requirement of cyb_jax; for this benchmark install a CPU build beside it, e.g.
 `pip install torch==2.13.0 transformers` (or in a separate virtual environment named by --torch_python).
@@ -74,6 +75,76 @@ print(json.dumps({"seconds": seconds, "torch": torch.__version__, "transformers"
 """
 
 
+# The PyTorch side split into parts (--parts): forward with the loss, forward and backward, the AdamW update
+# alone, and the whole step; prints one JSON line of median seconds.
+TORCH_PARTS = TORCH_STEP.split("for _ in range(2):")[0] + r"""
+import statistics
+def forward():
+  return float(torch.nn.functional.cross_entropy(model(input_ids=inputs).logits.reshape(-1, shape["vocab_size"]),
+                                                 targets.reshape(-1)))
+def forward_backward():
+  loss = torch.nn.functional.cross_entropy(model(input_ids=inputs).logits.reshape(-1, shape["vocab_size"]),
+                                           targets.reshape(-1))
+  loss.backward()
+  model.zero_grad(set_to_none=False)
+def median_seconds(fn):
+  fn()
+  seconds = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    seconds.append(time.perf_counter() - start)
+  return statistics.median(seconds)
+parts = {"forward": median_seconds(forward), "forward_backward": median_seconds(forward_backward)}
+forward_backward()
+torch.nn.functional.cross_entropy(model(input_ids=inputs).logits.reshape(-1, shape["vocab_size"]),
+                                  targets.reshape(-1)).backward()
+parts["adamw"] = median_seconds(optimizer.step)
+optimizer.zero_grad(set_to_none=True)
+parts["step"] = median_seconds(step)
+print(json.dumps(parts))
+"""
+
+
+def jax_part_times(shape: dict, steps: int) -> dict:
+  """Median seconds of cyb_jax's parts (scanned layers, K = 0): the loss forward, forward and backward
+  (`jax.grad` of the train step's loss), the optimiser update alone, and the whole train step."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from cyb_jax import losses  # pylint: disable=g-import-not-at-top
+  from cyb_jax.data import example as example_lib  # pylint: disable=g-import-not-at-top
+  from cyb_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  model_config, objective, optimizer = compile_time.setup(shape)
+  model_config = dataclasses.replace(model_config, tie_embeddings=True)
+  batch = compile_time.batch_of(shape["vocab_size"])
+  state = train_state_lib.create(model_lib.init(model_config, jax.random.key(0)), optimizer,
+                                 objective.initial_cost)
+  mask = batch[example_lib.LOSS_MASK]
+
+  def loss(params):
+    stats = model_lib.rollout_stats(params, batch[example_lib.INPUTS], batch[example_lib.TARGETS],
+                                    model_config, 0, mask)
+    return losses.objective_loss(objective.name, stats, mask, **objective.loss_kwargs())[0]
+
+  forward, gradient = jax.jit(loss), jax.jit(jax.grad(loss))
+  grads = gradient(state.params)
+  update = jax.jit(lambda g, o, p: optax.apply_updates(p, optimizer.update(g, o, p)[0]))
+  step = jax.jit(functools.partial(trainer.train_step, model_config=model_config, num_pauses=0,
+                                   objective=objective, optimizer=optimizer))
+  calls = {"forward": lambda: forward(state.params), "forward_backward": lambda: gradient(state.params),
+           "adamw": lambda: update(grads, state.opt_state, state.params), "step": lambda: step(state, batch)}
+  parts = {}
+  for name, call in calls.items():
+    jax.block_until_ready(call())
+    seconds = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      jax.block_until_ready(call())
+      seconds.append(time.perf_counter() - start)
+    parts[name] = statistics.median(seconds)
+  return parts
+
+
 def jax_step_times(shape: dict, scan: bool, steps: int) -> list[float]:
   """Seconds of `steps` calls of cyb_jax's compiled K = 0 train step, after two warm-up calls."""
   model_config, objective, optimizer = compile_time.setup(shape)
@@ -97,10 +168,11 @@ def jax_step_times(shape: dict, scan: bool, steps: int) -> list[float]:
   return seconds
 
 
-def torch_step_times(python: str, shape: dict, steps: int) -> dict:
-  """The PyTorch side's JSON (see TORCH_STEP); SystemExit in one line when torch cannot be imported."""
+def torch_step_times(python: str, shape: dict, steps: int, program: str = TORCH_STEP) -> dict:
+  """The PyTorch side's JSON (see TORCH_STEP, TORCH_PARTS); SystemExit in one line when torch cannot be
+  imported."""
   argument = json.dumps([shape, compile_time.BATCH, compile_time.SEQ_LEN, steps, 1e-4])
-  done = subprocess.run([python, "-c", TORCH_STEP, argument], capture_output=True, text=True, check=False)
+  done = subprocess.run([python, "-c", program, argument], capture_output=True, text=True, check=False)
   if done.returncode:
     last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
     raise SystemExit(f"the PyTorch side failed in {python}: {last} (install a CPU torch and transformers there, "
@@ -113,10 +185,25 @@ def main() -> None:
   parser.add_argument("--quick", action="store_true", help="a narrow 30-layer model (vocabulary 4096)")
   parser.add_argument("--steps", type=int, default=5, help="timed steps per side and round")
   parser.add_argument("--torch_python", default=sys.executable, help="a Python with torch and transformers")
+  parser.add_argument("--parts", action="store_true",
+                      help="time the parts instead (forward, forward + backward, AdamW, step; scanned, K = 0)")
   args = parser.parse_args()
   shape = compile_time.QUICK if args.quick else compile_time.SMOLLM2
   print(f"shape {shape}, batch {compile_time.BATCH} x {compile_time.SEQ_LEN}, float32, "
         f"{os.cpu_count()} CPU cores", flush=True)
+  if args.parts:
+    first = jax_part_times(shape, args.steps)
+    torch_parts = torch_step_times(args.torch_python, shape, args.steps, TORCH_PARTS)
+    second = jax_part_times(shape, args.steps)  # cyb_jax before and after PyTorch, the two medians averaged
+    result = {}
+    for name, torch_seconds in torch_parts.items():
+      jax_seconds = (first[name] + second[name]) / 2
+      result[name] = {"jax_s": round(jax_seconds, 3), "torch_s": round(torch_seconds, 3),
+                      "jax_over_torch": round(jax_seconds / torch_seconds, 3)}
+      print(f"{name:>16}: cyb_jax {jax_seconds:.3f} s, PyTorch {torch_seconds:.3f} s, "
+            f"{jax_seconds / torch_seconds:.2f}x", flush=True)
+    print(json.dumps(result))
+    return
   layouts = {"scanned": True, "unrolled": False}
   jax_seconds = {name: [] for name in layouts}
   for name, scan in layouts.items():  # before PyTorch

@@ -37,6 +37,12 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
+def _batch_mesh():
+  """The (abstract) mesh in context when it has the (data, fsdp) axes, else None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names) else mesh
+
+
 def constrain_batch(x: jax.Array) -> jax.Array:
   """`x` with its leading (batch) axis split over the (data, fsdp) axes of the mesh in context, so every
   device computes on its own rows; `x` unchanged when no mesh with those axes is in context (a single-device
@@ -48,10 +54,8 @@ def constrain_batch(x: jax.Array) -> jax.Array:
   residuals of all 4 rows per chip, 5.42 GiB of temporaries where 1 row needs 3.4). The trainer traces
   its steps inside `jax.sharding.use_abstract_mesh(mesh.abstract_mesh)` (`in_mesh`).
   """
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
-    return x
-  if x.ndim == 0 or x.shape[0] % (mesh.shape[DATA] * mesh.shape[FSDP]):
+  mesh = _batch_mesh()
+  if mesh is None or x.ndim == 0 or x.shape[0] % (mesh.shape[DATA] * mesh.shape[FSDP]):
     return x
   return jax.lax.with_sharding_constraint(x, PartitionSpec(BATCH_AXES))
 
@@ -64,10 +68,8 @@ def map_over_batch(fn, *args):
   For what XLA cannot partition itself: a Pallas kernel compiled by Mosaic is one opaque TPU call, which
   sharding propagation refuses to split ("Mosaic kernels cannot be automatically partitioned").
   """
-  mesh = jax.sharding.get_abstract_mesh()
-  batch = jax.tree.leaves(args)[0].shape[0]
-  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names) or \
-      batch % (mesh.shape[DATA] * mesh.shape[FSDP]):
+  mesh = _batch_mesh()
+  if mesh is None or jax.tree.leaves(args)[0].shape[0] % (mesh.shape[DATA] * mesh.shape[FSDP]):
     return fn(*args)
   rows = PartitionSpec(BATCH_AXES)
   return jax.shard_map(fn, mesh=mesh, in_specs=tuple(rows for _ in args), out_specs=rows,
@@ -80,8 +82,7 @@ def gather_weight(w: jax.Array) -> jax.Array:
   its vocabulary axis makes every device compute the logits of every row for its slice of the vocabulary,
   then exchange them (an all-to-all of `[B, Q, V]`), where gathering the table is 1 / (rows per device x
   sequence length) of that traffic and needs no `[B, Q, V / n]` blocks of all B rows."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+  if _batch_mesh() is None:
     return w
   return jax.lax.with_sharding_constraint(w, PartitionSpec())
 
