@@ -27,7 +27,11 @@ from cyb_jax import losses
 from cyb_jax.model import attention
 from cyb_jax.model import transformer
 from cyb_jax.model.config import ModelConfig
+from cyb_jax.model.recompute import recompute_in_backward
 from cyb_jax.model.transformer import embed_tokens, output_logit_parts, output_logits, run_layers
+
+# The parameters the output head and the `<dk>` logit read (output_logit_parts), by the model's options.
+HEAD_PARAMS = ("embed", "head", "final_norm", "dk_head")
 
 Params = Any
 
@@ -372,11 +376,22 @@ def rollout_stats(params: Params, tokens: jax.Array, targets: jax.Array, config:
     targets = jnp.take_along_axis(targets, positions, axis=1)
     mask = None if mask is None else jnp.take_along_axis(mask, positions, axis=1)
 
-  @functools.partial(jax.checkpoint, prevent_cse=False)
-  def to_stats(hidden_BPD, step):
-    del step
-    real_BPV, dk_BP = output_logit_parts(params, hidden_BPD, config)
-    stats = losses.step_stats_parts(real_BPV[:, :, None], dk_BP[:, :, None], targets, mask)
+  def stats_of(head_params, hidden_BPD, constants):
+    targets_BP, mask_BP = constants
+    real_BPV, dk_BP = output_logit_parts(head_params, hidden_BPD, config)
+    stats = losses.step_stats_parts(real_BPV[:, :, None], dk_BP[:, :, None], targets_BP, mask_BP)
     return jax.tree.map(lambda x: x[..., 0], stats)
+
+  # An earlier step's logits are recomputed in the backward pass when it reaches that step's readout,
+  # never before (recompute.py): under `jax.checkpoint` the recomputation depends on forward values only,
+  # and XLA's scheduler may run every step's at once. The last step's logits are kept: the backward pass
+  # needs them first, right after the forward pass made them, so keeping them adds nothing to the peak,
+  # and recomputing them would cost the output head's matmul again.
+  recomputed_stats_of = recompute_in_backward(stats_of)
+
+  def to_stats(hidden_BPD, step):
+    head_params = {name: params[name] for name in HEAD_PARAMS if name in params}
+    readout = stats_of if step == num_pauses else recomputed_stats_of
+    return readout(head_params, hidden_BPD, (targets, mask))
 
   return rollout_readout(params, tokens, config, num_pauses, positions, to_stats, segment_ids)
