@@ -2,6 +2,8 @@
 
   python benchmarks/compile_time.py            # SmolLM2-135M's shape; about 10 minutes on 2 CPU cores
   python benchmarks/compile_time.py --quick    # a narrow 30-layer model, a minute or two
+  /work/venv-tpu/bin/python benchmarks/compile_time.py --topology=v5e:2x2 --layouts=scanned
+                                               # the same, compiled for one v5e chip (libtpu; bfloat16)
 
 The step is `trainer.train_step` (CYB-AP loss of configs/default.py, AdamW of its optimiser settings) at
 SmolLM2-135M's shape: 30 layers, width 576, 9 query heads on 3 KV heads, MLP 1536, vocabulary 49152, batch
@@ -63,13 +65,16 @@ def batch_of(vocab: int) -> dict:
           example_lib.LOSS_MASK: jnp.ones((BATCH, SEQ_LEN), bool)}
 
 
-def compile_step(model_config, objective, optimizer, num_pauses: int, batch: dict):
-  """(compiled step, CPU seconds, wall seconds) of the train step, lowered from shapes only."""
+def compile_step(model_config, objective, optimizer, num_pauses: int, batch: dict, device=None):
+  """(compiled step, CPU seconds, wall seconds) of the train step, lowered from shapes only (for `device`,
+  e.g. a TPU topology's chip, when given; else the default device)."""
   step_fn = functools.partial(trainer.train_step, model_config=model_config, num_pauses=num_pauses,
                               objective=objective, optimizer=optimizer)
   state_spec = jax.eval_shape(lambda rng: train_state_lib.create(
       model_lib.init(model_config, rng), optimizer, objective.initial_cost), jax.random.key(0))
-  batch_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+  placed = {} if device is None else {"sharding": jax.sharding.SingleDeviceSharding(device)}
+  state_spec, batch_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, **placed),
+                                        (state_spec, batch))
   cpu, wall = time.process_time(), time.perf_counter()
   compiled = jax.jit(step_fn, donate_argnums=0).lower(state_spec, batch_spec).compile()
   return compiled, time.process_time() - cpu, time.perf_counter() - wall
@@ -79,14 +84,25 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--topology", default="",
+                      help="compile for one chip of a TPU topology instead (e.g. v5e:2x2; needs libtpu): "
+                           "compile time and memory only, no step time")
+  parser.add_argument("--layouts", default="scanned,unrolled", help="which of scanned,unrolled to compile")
   args = parser.parse_args()
   jax.config.update("jax_enable_compilation_cache", False)
   shape = QUICK if args.quick else SMOLLM2
   base, objective, optimizer = setup(shape)
   batch = batch_of(base.vocab_size)
-  print(f"jax {jax.__version__} on {jax.devices()}; model {shape}, batch {BATCH} x {SEQ_LEN}", flush=True)
+  device = None
+  if args.topology:
+    from cyb_jax import compile_check  # pylint: disable=g-import-not-at-top
+    device = compile_check.topology_devices(compile_check.parse_topology(args.topology))[0]
+    base = dataclasses.replace(base, dtype="bfloat16")  # what a TPU run computes in (configs/finetune_hf.py)
+  print(f"jax {jax.__version__} on {device or jax.devices()}; model {shape}, batch {BATCH} x {SEQ_LEN}",
+        flush=True)
 
-  layouts = {"scanned": True, "unrolled": False}
+  layouts = {name: scan for name, scan in {"scanned": True, "unrolled": False}.items()
+             if name in args.layouts.split(",")}
   compile_cpu = {name: {} for name in layouts}
   temp_mib = {name: {} for name in layouts}
   print(f"{'layout':>9} {'layers':>6} {'K':>2} {'compile CPU s':>13} {'wall s':>7} {'temp MiB':>9}", flush=True)
@@ -94,7 +110,7 @@ def main() -> None:
     for num_pauses in (0, 3):
       for name, scan in layouts.items():
         config = dataclasses.replace(base, num_layers=layers, scan_layers=scan)
-        compiled, cpu, wall = compile_step(config, objective, optimizer, num_pauses, batch)
+        compiled, cpu, wall = compile_step(config, objective, optimizer, num_pauses, batch, device)
         compile_cpu[name][(layers, num_pauses)] = cpu
         temp_mib[name][(layers, num_pauses)] = compiled.memory_analysis().temp_size_in_bytes / 2**20
         print(f"{name:>9} {layers:>6} {num_pauses:>2} {cpu:>13.1f} {wall:>7.1f} "
@@ -102,7 +118,7 @@ def main() -> None:
         del compiled
 
   step_times = {}
-  for num_pauses in (0, 1):
+  for num_pauses in (() if device is not None or len(layouts) < 2 else (0, 1)):
     runners = {}
     for name, scan in layouts.items():
       config = dataclasses.replace(base, scan_layers=scan)
@@ -134,15 +150,23 @@ def main() -> None:
                                    for k in (0, 3)} for name in layouts},
       "k3_over_k0": {name: {layers: round(compile_cpu[name][(layers, 3)] / compile_cpu[name][(layers, 0)], 3)
                             for layers in (15, 30)} for name in layouts},
+  }
+  if len(layouts) < 2:
+    result = {"k3_over_k0": result["k3_over_k0"], "layers_30_over_15": result["layers_30_over_15"]}
+    print(json.dumps(result))
+    return
+  result = {
+      **result,
       "scanned_over_unrolled_compile": {
           layers: {k: round(compile_cpu["scanned"][(layers, k)] / compile_cpu["unrolled"][(layers, k)], 3)
                    for k in (0, 3)} for layers in (15, 30)},
       "scanned_over_unrolled_temp_memory": {
           layers: {k: round(temp_mib["scanned"][(layers, k)] / temp_mib["unrolled"][(layers, k)], 3)
                    for k in (0, 3)} for layers in (15, 30)},
-      "scanned_over_unrolled_step": {
-          k: round(step_times[("scanned", k)] / step_times[("unrolled", k)], 3) for k in (0, 1)},
   }
+  if step_times:
+    result["scanned_over_unrolled_step"] = {
+        k: round(step_times[("scanned", k)] / step_times[("unrolled", k)], 3) for k in (0, 1)}
   print(json.dumps(result))
 
 
