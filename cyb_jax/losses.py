@@ -176,8 +176,6 @@ def step_stats_parts(real_logits: jax.Array, dk_logit: jax.Array, targets: jax.A
   return StepStats(target_logit=target_logit, vocab_lse=vocab_lse, dk_logit=dk_logit)
 
 
-
-
 def _as_float32(stats: StepStats) -> StepStats:
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), stats)
 
