@@ -106,6 +106,18 @@ print(json.dumps(parts))
 """
 
 
+def timed_seconds(run, steps: int, warmups: int) -> list[float]:
+  """Seconds of `steps` calls of `run` (which waits for its results), after `warmups` untimed calls."""
+  for _ in range(warmups):
+    run()
+  seconds = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    run()
+    seconds.append(time.perf_counter() - start)
+  return seconds
+
+
 def jax_part_times(shape: dict, steps: int) -> dict:
   """Median seconds of cyb_jax's parts (scanned layers, K = 0): the loss forward, forward and backward
   (`jax.grad` of the train step's loss), the optimiser update alone, and the whole train step."""
@@ -133,16 +145,9 @@ def jax_part_times(shape: dict, steps: int) -> dict:
                                    objective=objective, optimizer=optimizer))
   calls = {"forward": lambda: forward(state.params), "forward_backward": lambda: gradient(state.params),
            "adamw": lambda: update(grads, state.opt_state, state.params), "step": lambda: step(state, batch)}
-  parts = {}
-  for name, call in calls.items():
-    jax.block_until_ready(call())
-    seconds = []
-    for _ in range(steps):
-      start = time.perf_counter()
-      jax.block_until_ready(call())
-      seconds.append(time.perf_counter() - start)
-    parts[name] = statistics.median(seconds)
-  return parts
+  return {name: statistics.median(timed_seconds(lambda call=call: jax.block_until_ready(call()), steps,
+                                               warmups=1))
+          for name, call in calls.items()}
 
 
 def jax_step_times(shape: dict, scan: bool, steps: int) -> list[float]:
@@ -158,14 +163,7 @@ def jax_step_times(shape: dict, scan: bool, steps: int) -> list[float]:
     holder["state"], metrics = compiled(holder["state"], batch)
     jax.block_until_ready(metrics)
 
-  for _ in range(2):
-    run()
-  seconds = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    run()
-    seconds.append(time.perf_counter() - start)
-  return seconds
+  return timed_seconds(run, steps, warmups=2)
 
 
 def torch_step_times(python: str, shape: dict, steps: int, program: str = TORCH_STEP) -> dict:
