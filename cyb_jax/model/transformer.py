@@ -200,37 +200,51 @@ def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config
   keep_feedback = feedback_layer != num_layers - 1
 
   def run_unit(carry, unit_params, unit_inputs, first_layer, count):
-    """`count` layers of a unit starting at layer `first_layer` (traced); params and inputs `[p, ...]`."""
+    """`count` layers of a unit starting at layer `first_layer` (traced): unit_params and unit_inputs are
+    sequences of one tree per position in the unit. Returns the carry and a tuple of outputs per position."""
     x_BQD, feedback_BQD = carry
     outputs = []
     for position in range(count):
-      layer_input = None if unit_inputs is None else _index(unit_inputs, position)
-      x_BQD, output = layers[position](_index(unit_params, position), x_BQD, layer_input)
+      layer_input = None if unit_inputs is None else unit_inputs[position]
+      x_BQD, output = layers[position](unit_params[position], x_BQD, layer_input)
       outputs.append(output)
       if keep_feedback:
         feedback_BQD = jnp.where(first_layer + position == feedback_layer, x_BQD, feedback_BQD)
-    return (x_BQD, feedback_BQD), jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+    return (x_BQD, feedback_BQD), tuple(outputs)
 
   def units(tree, count):
-    """The first `count` units of a `[L, ...]` tree, as `[count, p, ...]`."""
-    return jax.tree.map(lambda a: a[:count * period].reshape((count, period) + a.shape[1:]), tree)
+    """The first `count` units of a `[L, ...]` tree, as one `[count, ...]` tree per position in a unit.
+
+    Each layer's parameters are then a scanned input as they are, never a slice of one: the backward pass
+    reads the parameters the forward pass used straight from these inputs (scan forwards them), where a
+    slice taken inside the loop would be saved again, a second copy of every weight.
+    """
+    if period == 1 and count == num_layers:
+      return (tree,)
+    return tuple(jax.tree.map(lambda a, p=p: a[p:count * period:period], tree) for p in range(period))
 
   def body(carry, xs):
     unit_params, unit_inputs, first_layer = xs
     return run_unit(carry, unit_params, unit_inputs, first_layer, period)
 
+  def interleave(per_position):
+    """Outputs `[count, ...]` per position in a unit, as `[count * p, ...]` in layer order."""
+    if period == 1:
+      return per_position[0]
+    return jax.tree.map(lambda *xs: jnp.stack(xs, axis=1).reshape((-1,) + xs[0].shape[1:]), *per_position)
+
   carry = (x_BQD, jnp.zeros_like(x_BQD) if keep_feedback else None)
   inputs = None if layer_inputs is None else units(layer_inputs, num_units)
   carry, outputs = jax.lax.scan(body, carry, (units(blocks, num_units), inputs,
                                               jnp.arange(num_units) * period))
-  outputs = jax.tree.map(lambda a: a.reshape((num_units * period,) + a.shape[2:]), outputs)
+  outputs = interleave(outputs)
   if remainder:
     # Layers past the last whole unit attend like the first layers of a unit: run once, unrolled.
     start = num_units * period
-    tail = lambda a: a[start:]
-    carry, tail_outputs = run_unit(carry, jax.tree.map(tail, blocks),
-                                   None if layer_inputs is None else jax.tree.map(tail, layer_inputs),
-                                   start, remainder)
+    tail_params = [_index(blocks, start + i) for i in range(remainder)]
+    tail_inputs = None if layer_inputs is None else [_index(layer_inputs, start + i) for i in range(remainder)]
+    carry, tail_outputs = run_unit(carry, tail_params, tail_inputs, start, remainder)
+    tail_outputs = jax.tree.map(lambda *xs: jnp.stack(xs), *tail_outputs)
     outputs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outputs, tail_outputs)
   x_BQD, feedback_BQD = carry
   return x_BQD, outputs, (feedback_BQD if keep_feedback else x_BQD)
