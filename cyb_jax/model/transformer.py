@@ -183,7 +183,7 @@ def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config
   if config.remat:
     # In a scan the recomputation cannot be merged back into the forward pass, so CSE may stay on.
     layers = [jax.checkpoint(layer, prevent_cse=not config.scan_layers) for layer in layers]
-  blocks = params["blocks"]
+  blocks = _projections_in_compute_dtype(params["blocks"], config)
 
   if not config.scan_layers:
     outputs = []
@@ -248,6 +248,23 @@ def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config
     outputs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outputs, tail_outputs)
   x_BQD, feedback_BQD = carry
   return x_BQD, outputs, (feedback_BQD if keep_feedback else x_BQD)
+
+
+def _projections_in_compute_dtype(blocks: Params, config: ModelConfig) -> Params:
+  """The stacked projection kernels and biases in the compute dtype (norm scales stay float32).
+
+  The same values the layers' Dense modules would cast to (flax's promote_dtype), cast once before the
+  scan: the backward pass's matmuls then read these scanned inputs directly. Cast inside the loop body, the
+  cast copy is what the backward pass keeps, a stacked copy of every weight per pause step.
+  """
+  dtype = config.compute_dtype
+  if dtype == jnp.float32:
+    return blocks
+
+  def cast(path, leaf):
+    return leaf.astype(dtype) if getattr(path[-1], "key", None) in ("kernel", "bias") else leaf
+
+  return jax.tree_util.tree_map_with_path(cast, blocks)
 
 
 # The parameters `Block.qkv` reads (those of the layer's options that are on).
