@@ -115,20 +115,22 @@ def test_segments_must_be_given_on_both_sides():
                      spec._replace(implementation="flash"))
 
 
-def test_auto_is_blockwise_once_the_keys_exceed_one_block():
-  # The default: memory linear in the key length. Keys that fit one block hold one [Q, T] block either
-  # way, and auto computes them densely.
+def test_auto_is_blockwise_except_for_a_single_query():
+  # The default keeps no [Q, T] probabilities for the backward pass, even when the keys fit one block; a
+  # single query (decoding) is computed densely.
   assert model.ModelConfig().attention == "auto"
   assert model.ModelConfig(attention="dense").layer_attention(0).implementation == "dense"
   q, k, v, q_positions, k_positions, _, _, _ = _inputs(5, T)
   real = attention.RealKeys(k, v, k_positions)
 
-  def uses_blockwise(block):
+  def uses_blockwise(block, queries):
     spec = model.ModelConfig(attention_block=block).layer_attention(0)._replace(scale=0.35)
-    jaxpr = jax.make_jaxpr(lambda q: attention.attend(q, q_positions, real, spec))(q)
+    jaxpr = jax.make_jaxpr(lambda q: attention.attend(q, q_positions[:, :queries], real, spec))(
+        q[:, :queries])
     return "custom_vjp_call" in str(jaxpr)
 
-  assert uses_blockwise(8) and not uses_blockwise(64)  # 37 keys
+  assert uses_blockwise(8, 5) and uses_blockwise(64, 5)  # 37 keys: several blocks, one block
+  assert not uses_blockwise(8, 1) and not uses_blockwise(64, 1)
   with pytest.raises(ValueError, match="model.attention must be one of"):
     model.ModelConfig(attention="flash")
   with pytest.raises(ValueError, match="model.attention_block"):

@@ -6,6 +6,7 @@ Norms, rotary angles and soft-caps are computed in float32 whatever the compute 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -101,6 +102,29 @@ ACTIVATIONS = {
 }
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def gated(gate_up: jax.Array, activation: str) -> jax.Array:
+  """act(gate) * up of `gate_up` `[..., 2, F]` (gate first), `[..., F]`.
+
+  Its gradient is written as one `[..., 2, F]` array; differentiating the two slices instead gives each
+  cotangent padded back to `[..., 2, F]` and the two summed, two more full-size passes per layer.
+  """
+  return ACTIVATIONS[activation](gate_up[..., 0, :]) * gate_up[..., 1, :]
+
+
+def _gated_forward(gate_up, activation):
+  return gated(gate_up, activation), gate_up
+
+
+def _gated_backward(activation, gate_up, d_out):
+  activated, act_vjp = jax.vjp(ACTIVATIONS[activation], gate_up[..., 0, :])
+  d_gate, = act_vjp(d_out * gate_up[..., 1, :])
+  return (jnp.stack([d_gate, d_out * activated], axis=-2),)
+
+
+gated.defvjp(_gated_forward, _gated_backward)
+
+
 class GatedMLP(nn.Module):
   """down(act(gate(x)) * up(x)); `gate_up` holds gate and up as one kernel `[D, 2, F]` (gate first).
 
@@ -120,8 +144,7 @@ class GatedMLP(nn.Module):
 
   def activations(self, x_BQD: jax.Array) -> jax.Array:
     """act(gate(x)) * up(x), `[B, Q, F]`."""
-    gate_up = self.gate_up(x_BQD)
-    return ACTIVATIONS[self.activation](gate_up[..., 0, :]) * gate_up[..., 1, :]
+    return gated(self.gate_up(x_BQD), self.activation)
 
   def project(self, hidden_BQF: jax.Array) -> jax.Array:
     return self.down(hidden_BQF)
