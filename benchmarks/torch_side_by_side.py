@@ -38,10 +38,10 @@ import jax  # noqa: E402
 from cyb_jax import model as model_lib  # noqa: E402
 from cyb_jax.training import train_state as train_state_lib  # noqa: E402
 
-# The PyTorch side, run in its own process (possibly another Python with torch installed): prints one JSON
-# line {"seconds": [...]} for `steps` timed steps after two warm-up steps.
-TORCH_STEP = r"""
-import json, sys, time
+# The PyTorch side, run in its own process (possibly another Python with torch installed): the model, the
+# loss, one AdamW step, and a timing loop, shared by the two programs below.
+TORCH_SETUP = r"""
+import json, statistics, sys, time
 import torch
 import transformers
 shape, batch, seq_len, steps, lr = json.loads(sys.argv[1])
@@ -56,49 +56,45 @@ optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
 generator = torch.Generator().manual_seed(0)
 inputs = torch.randint(0, shape["vocab_size"], (batch, seq_len), generator=generator)
 targets = torch.randint(0, shape["vocab_size"], (batch, seq_len), generator=generator)
-def step():
+def loss():
   logits = model(input_ids=inputs).logits
-  loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-  loss.backward()
+  return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+def step():
+  value = loss()
+  value.backward()
   optimizer.step()
   optimizer.zero_grad(set_to_none=True)
-  return float(loss)
-for _ in range(2):
-  step()
-seconds = []
-for _ in range(steps):
-  start = time.perf_counter()
-  step()
-  seconds.append(time.perf_counter() - start)
-print(json.dumps({"seconds": seconds, "torch": torch.__version__, "transformers": transformers.__version__,
-                  "threads": torch.get_num_threads()}))
-"""
-
-
-# The PyTorch side split into parts (--parts): forward with the loss, forward and backward, the AdamW update
-# alone, and the whole step; prints one JSON line of median seconds.
-TORCH_PARTS = TORCH_STEP.split("for _ in range(2):")[0] + r"""
-import statistics
-def forward():
-  return float(torch.nn.functional.cross_entropy(model(input_ids=inputs).logits.reshape(-1, shape["vocab_size"]),
-                                                 targets.reshape(-1)))
-def forward_backward():
-  loss = torch.nn.functional.cross_entropy(model(input_ids=inputs).logits.reshape(-1, shape["vocab_size"]),
-                                           targets.reshape(-1))
-  loss.backward()
-  model.zero_grad(set_to_none=False)
-def median_seconds(fn):
-  fn()
+  return float(value)
+def timed_seconds(fn, warmups):
+  for _ in range(warmups):
+    fn()
   seconds = []
   for _ in range(steps):
     start = time.perf_counter()
     fn()
     seconds.append(time.perf_counter() - start)
-  return statistics.median(seconds)
+  return seconds
+"""
+
+# The whole step: prints one JSON line {"seconds": [...]} for `steps` timed steps after two warm-up steps.
+TORCH_STEP = TORCH_SETUP + r"""
+print(json.dumps({"seconds": timed_seconds(step, 2), "torch": torch.__version__,
+                  "transformers": transformers.__version__, "threads": torch.get_num_threads()}))
+"""
+
+# The step split into parts (--parts): forward with the loss, forward and backward, the AdamW update alone,
+# and the whole step; prints one JSON line of median seconds (one warm-up call each).
+TORCH_PARTS = TORCH_SETUP + r"""
+def forward():
+  return float(loss())
+def forward_backward():
+  loss().backward()
+  model.zero_grad(set_to_none=False)
+def median_seconds(fn):
+  return statistics.median(timed_seconds(fn, 1))
 parts = {"forward": median_seconds(forward), "forward_backward": median_seconds(forward_backward)}
 forward_backward()
-torch.nn.functional.cross_entropy(model(input_ids=inputs).logits.reshape(-1, shape["vocab_size"]),
-                                  targets.reshape(-1)).backward()
+loss().backward()
 parts["adamw"] = median_seconds(optimizer.step)
 optimizer.zero_grad(set_to_none=True)
 parts["step"] = median_seconds(step)
