@@ -159,6 +159,11 @@ def _index(tree: Any, index) -> Any:
   return jax.tree.map(lambda a: a[index], tree)
 
 
+def _stack(trees: Sequence[Any]) -> Any:
+  """Per-layer trees (outputs, parameters) stacked into one tree of `[len(trees), ...]` arrays."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
 def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config: ModelConfig,
                attend_layer: AttendLayer, layer_inputs: Any = None):
   """The model's one layer loop: every layer projects, lets `attend_layer` attend, then finishes.
@@ -194,7 +199,7 @@ def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config
       outputs.append(output)
       if index == feedback_layer:
         feedback_BQD = x_BQD
-    return x_BQD, jax.tree.map(lambda *xs: jnp.stack(xs), *outputs), feedback_BQD
+    return x_BQD, _stack(outputs), feedback_BQD
 
   num_units, remainder = divmod(num_layers, period)
   keep_feedback = feedback_layer != num_layers - 1
@@ -219,7 +224,7 @@ def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config
     reads the parameters the forward pass used straight from these inputs (scan forwards them), where a
     slice taken inside the loop would be saved again, a second copy of every weight.
     """
-    if period == 1 and count == num_layers:
+    if period == 1:  # then count == num_layers
       return (tree,)
     return tuple(jax.tree.map(lambda a, p=p: a[p:count * period:period], tree) for p in range(period))
 
@@ -244,8 +249,7 @@ def run_layers(params: Params, x_BQD: jax.Array, positions_BQ: jax.Array, config
     tail_params = [_index(blocks, start + i) for i in range(remainder)]
     tail_inputs = None if layer_inputs is None else [_index(layer_inputs, start + i) for i in range(remainder)]
     carry, tail_outputs = run_unit(carry, tail_params, tail_inputs, start, remainder)
-    tail_outputs = jax.tree.map(lambda *xs: jnp.stack(xs), *tail_outputs)
-    outputs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outputs, tail_outputs)
+    outputs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outputs, _stack(tail_outputs))
   x_BQD, feedback_BQD = carry
   return x_BQD, outputs, (feedback_BQD if keep_feedback else x_BQD)
 
@@ -285,7 +289,7 @@ def init_block(config: ModelConfig, layer: int, rng: jax.Array) -> Params:
 def stack_blocks(blocks: Sequence[Params]) -> Params:
   """Per-layer parameter trees (the layout of checkpoints written before layers were scanned) stacked
   into one tree of `[L, ...]` arrays."""
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+  return _stack(blocks)
 
 
 def unstack_blocks(blocks: Params) -> list:
